@@ -1,0 +1,266 @@
+"""The paged KV cache's bookkeeping: physical blocks, block tables, reference counts, prefix cache.
+
+Plain Python, no torch. Tensors never appear here: the runner turns block tables into slot
+mappings, and performs the (src, dst) block copies that copy-on-write asks for.
+
+A block is in exactly one of three places:
+  used         ref_count > 0, listed in ref_count block tables
+  free         ref_count 0, no hash, in `_free` (FIFO)
+  cached-free  ref_count 0, hash kept, in `_evictable` (LRU order): reusable by a later request
+               with the same prefix, or evicted (hash dropped) when a fresh block is needed
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+# Chained hash of a full block: depends on every token before it, so equal hashes mean equal prefixes.
+ROOT_HASH = 0
+
+
+def block_hash(parent: int, tokens: Iterable[int]) -> int:
+    return hash((parent, tuple(tokens)))
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int | None = None  # set once the block is full and registered in the prefix cache
+    token_ids: tuple[int, ...] = ()  # the block's tokens while hashed, to rule out hash collisions
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """Counters a dashboard can read. used + free + cached_free == total."""
+
+    total: int
+    used: int
+    free: int
+    cached_free: int  # free but still holding a reusable prefix
+    cached: int  # all blocks registered in the prefix cache (used or cached_free)
+    shared: int  # used blocks with ref_count > 1
+    tokens_stored: int  # token slots holding a token, each physical slot counted once
+    slots_reserved: int  # token slots in used blocks
+    block_size: int
+
+
+@dataclass
+class _SeqState:
+    table: list[int] = field(default_factory=list)
+    num_tokens: int = 0  # slots this sequence has claimed in its table
+    hashes: list[int] = field(default_factory=list)  # chained hashes of its leading full blocks
+
+
+class BlockManager:
+    """Allocates fixed-size KV blocks to sequences, shares them by reference count.
+
+    Prefix caching: full blocks are registered by chained hash; a new sequence whose prompt starts
+    with the same tokens reuses them (`match_prefix`), even after their owner freed them (LRU).
+    Copy-on-write: a partly filled block shared by forked samples is copied before one writes to it.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self._free: deque[int] = deque(range(num_blocks))
+        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._by_hash: dict[int, int] = {}
+        self._seqs: dict[int, _SeqState] = {}
+        self._copies: list[tuple[int, int]] = []
+
+    # ---- queries -------------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can take now: free plus cached-free (evicted on demand)."""
+        return len(self._free) + len(self._evictable)
+
+    def block_table(self, seq_id: int) -> list[int]:
+        return self._seqs[seq_id].table
+
+    def has_seq(self, seq_id: int) -> bool:
+        return seq_id in self._seqs
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def match_prefix(self, token_ids: list[int]) -> list[int]:
+        """Cached blocks holding the longest run of full blocks that starts `token_ids`.
+
+        The last token is never covered: its logits must be computed to sample the next one.
+        """
+        if not self.enable_prefix_caching:
+            return []
+        found: list[int] = []
+        parent = ROOT_HASH
+        bs = self.block_size
+        for i in range((len(token_ids) - 1) // bs):
+            tokens = tuple(token_ids[i * bs:(i + 1) * bs])
+            parent = block_hash(parent, tokens)
+            block_id = self._by_hash.get(parent)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            found.append(block_id)
+        return found
+
+    # ---- allocation ----------------------------------------------------------------------------
+    def allocate_slots(self, seq_id: int, num_computed: int, num_new: int, prefix: list[int] = ()) -> bool:
+        """Make `seq_id`'s table cover num_computed + num_new tokens; False (and no change) if short.
+
+        `prefix` (first call only) are cached blocks from `match_prefix` covering num_computed tokens.
+        """
+        state = self._seqs.get(seq_id)
+        if state is None:
+            if len(prefix) * self.block_size != num_computed:
+                raise ValueError("a new sequence starts from its cached prefix only")
+            reused_free = sum(1 for b in prefix if self.blocks[b].ref_count == 0)
+            state = _SeqState()
+        else:
+            if prefix:
+                raise ValueError(f"sequence {seq_id} already has blocks")
+            reused_free = 0
+        end = num_computed + num_new
+        fresh = max(0, self.blocks_needed(end) - len(state.table) - len(prefix))
+        cow = self._needs_copy(state, num_computed, num_new)
+        if fresh + int(cow) > self.num_free_blocks - reused_free:
+            return False
+        if seq_id not in self._seqs:
+            self._seqs[seq_id] = state
+            for block_id in prefix:
+                self._take(block_id)
+                state.hashes.append(self.blocks[block_id].hash)
+            state.table.extend(prefix)
+        if cow:
+            self._copy_on_write(state, num_computed // self.block_size)
+        state.table.extend(self._pop_fresh() for _ in range(fresh))
+        state.num_tokens = max(state.num_tokens, end)
+        return True
+
+    def _needs_copy(self, state: _SeqState, num_computed: int, num_new: int) -> bool:
+        """Writing into a partly filled block that another sequence also holds."""
+        idx = num_computed // self.block_size
+        return (num_new > 0 and num_computed % self.block_size != 0 and idx < len(state.table)
+                and self.blocks[state.table[idx]].ref_count > 1)
+
+    def _copy_on_write(self, state: _SeqState, idx: int) -> None:
+        src = state.table[idx]
+        dst = self._pop_fresh()
+        self.blocks[src].ref_count -= 1
+        state.table[idx] = dst
+        self._copies.append((src, dst))
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """(src, dst) block copies the runner must do before this step's KV writes."""
+        copies, self._copies = self._copies, []
+        return copies
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self._evictable[block_id]
+        block.ref_count += 1
+
+    def _pop_fresh(self) -> int:
+        if self._free:
+            block_id = self._free.popleft()
+        else:
+            block_id, _ = self._evictable.popitem(last=False)  # least recently freed
+            block = self.blocks[block_id]
+            del self._by_hash[block.hash]
+            block.hash, block.token_ids = None, ()
+        self.blocks[block_id].ref_count = 1
+        return block_id
+
+    # ---- after a step --------------------------------------------------------------------------
+    def cache_full_blocks(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
+        """Register in the prefix cache the blocks that `num_computed` tokens have filled."""
+        if not self.enable_prefix_caching:
+            return
+        state = self._seqs[seq_id]
+        bs = self.block_size
+        for idx in range(len(state.hashes), num_computed // bs):
+            parent = state.hashes[-1] if state.hashes else ROOT_HASH
+            tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
+            h = block_hash(parent, tokens)
+            state.hashes.append(h)
+            block = self.blocks[state.table[idx]]
+            if block.hash is None and h not in self._by_hash:
+                block.hash, block.token_ids = h, tokens
+                self._by_hash[h] = block.block_id
+
+    def fork(self, parent_id: int, child_id: int) -> None:
+        """The child shares every block of the parent (copy-on-write for the partly filled one)."""
+        parent = self._seqs[parent_id]
+        for block_id in parent.table:
+            self.blocks[block_id].ref_count += 1
+        self._seqs[child_id] = _SeqState(list(parent.table), parent.num_tokens, list(parent.hashes))
+
+    def free(self, seq_id: int) -> None:
+        """Drop a sequence's references. Tail blocks first, so they are the first evicted later."""
+        state = self._seqs.pop(seq_id, None)
+        if state is None:
+            return
+        for block_id in reversed(state.table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                if block.hash is not None:
+                    self._evictable[block_id] = None
+                else:
+                    self._free.append(block_id)
+
+    # ---- introspection -------------------------------------------------------------------------
+    def block_fill(self) -> list[int]:
+        """Tokens held by each physical block (0 for blocks no sequence holds)."""
+        fill = [0] * self.num_blocks
+        bs = self.block_size
+        for state in self._seqs.values():
+            for i, block_id in enumerate(state.table):
+                fill[block_id] = max(fill[block_id], min(bs, state.num_tokens - i * bs))
+        return fill
+
+    def owners(self) -> dict[int, list[int]]:
+        """block id -> ids of the sequences holding it, for the used blocks."""
+        owners: dict[int, list[int]] = {}
+        for seq_id, state in self._seqs.items():
+            for block_id in state.table:
+                owners.setdefault(block_id, []).append(seq_id)
+        return owners
+
+    def stats(self) -> BlockStats:
+        used = self.num_blocks - len(self._free) - len(self._evictable)
+        return BlockStats(
+            total=self.num_blocks, used=used, free=len(self._free), cached_free=len(self._evictable),
+            cached=len(self._by_hash), shared=sum(1 for b in self.blocks if b.ref_count > 1),
+            tokens_stored=sum(self.block_fill()), slots_reserved=used * self.block_size,
+            block_size=self.block_size,
+        )
+
+    def check_integrity(self) -> None:
+        """Raise AssertionError if the accounting is inconsistent anywhere."""
+        counts = [0] * self.num_blocks
+        for seq_id, state in self._seqs.items():
+            assert len(state.table) == len(set(state.table)), f"seq {seq_id} holds a block twice"
+            assert len(state.table) * self.block_size >= state.num_tokens, f"seq {seq_id} table too short"
+            for block_id in state.table:
+                counts[block_id] += 1
+        free, evictable = set(self._free), set(self._evictable)
+        assert len(free) == len(self._free), "a block is twice in the free list"
+        assert not free & evictable, "a block is both free and cached-free"
+        for block in self.blocks:
+            assert block.ref_count == counts[block.block_id], (
+                f"block {block.block_id}: ref_count {block.ref_count} but in {counts[block.block_id]} tables")
+            in_pool = block.block_id in free or block.block_id in evictable
+            assert in_pool == (block.ref_count == 0), f"block {block.block_id} used and pooled, or lost"
+            assert (block.block_id in free) <= (block.hash is None), f"free block {block.block_id} has a hash"
+            assert (block.block_id in evictable) <= (block.hash is not None), "cached-free block lost its hash"
+        for h, block_id in self._by_hash.items():
+            assert self.blocks[block_id].hash == h, f"hash {h} points at block {block_id} holding another"
+        hashed = sum(1 for b in self.blocks if b.hash is not None)
+        assert hashed == len(self._by_hash), "a hashed block is missing from the prefix cache"
+        assert len(free) + len(evictable) + sum(1 for c in counts if c) == self.num_blocks

@@ -1,0 +1,172 @@
+"""Continuous batching: which sequences run this step, and how many tokens each feeds.
+
+Plain Python, no torch. Every step shares one token budget between the running sequences (decodes
+and unfinished prefill chunks, oldest first) and then newly admitted ones (chunked prefill).
+When the KV pool runs dry, the newest running sequence is preempted by recompute: its blocks are
+freed and it goes back to the front of the waiting queue.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.config import SchedulerConfig
+from engine.sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def completes_prompt(self) -> bool:
+        """After this step every known token is computed: the next token can be sampled."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+    @property
+    def num_samples(self) -> int:
+        return self.seq.samples_at_prompt_end if self.completes_prompt else 0
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst) blocks
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled if s.seq.num_computed_tokens < s.seq.num_tokens - 1)
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.num_tokens - self.num_prefill_tokens
+
+
+class Scheduler:
+    """Holds the waiting and running queues and decides each step's batch."""
+
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._seq_ids = itertools.count()
+        self.num_preemptions = 0
+
+    def next_seq_id(self) -> int:
+        return next(self._seq_ids)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        out.copies = self.blocks.take_copies()
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            while not self.blocks.allocate_slots(seq.seq_id, seq.num_computed_tokens, num_new):
+                victim = self.running.pop()  # the newest
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    return budget
+            out.scheduled.append(ScheduledSeq(seq, num_new))
+            budget -= num_new
+            i += 1
+        return budget
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            prefix = self.blocks.match_prefix(seq.token_ids)
+            num_cached = len(prefix) * self.blocks.block_size
+            num_new = min(seq.num_tokens - num_cached, budget)
+            if not self.blocks.allocate_slots(seq.seq_id, num_cached, num_new, prefix):
+                break
+            self.waiting.popleft()
+            seq.num_computed_tokens = seq.num_cached_tokens = num_cached
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSeq(seq, num_new))
+            budget -= num_new
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq.seq_id)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def update(self, out: SchedulerOutput, sampled: list[list[int]]) -> list[Sequence]:
+        """Advance each scheduled sequence by its computed tokens and append its sampled tokens.
+
+        `sampled[i]` holds scheduled[i].num_samples tokens. A prompt completing with n > 1 forks
+        into n sequences, each taking one. Returns the sequences that received a new token.
+        """
+        grew: list[Sequence] = []
+        for item, tokens in zip(out.scheduled, sampled):
+            seq = item.seq
+            seq.num_computed_tokens += item.num_new_tokens
+            self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+            if not tokens:
+                continue
+            seq.token_ids.append(tokens[0])
+            grew.append(seq)
+            if len(tokens) > 1:
+                grew.extend(self._fork(seq, tokens[1:]))
+        return grew
+
+    def _fork(self, seq: Sequence, tokens: list[int]) -> list[Sequence]:
+        seq.forked = True
+        children = []
+        for index, token in enumerate(tokens, start=1):
+            child = seq.fork(self.next_seq_id(), index, token)
+            self.blocks.fork(seq.seq_id, child.seq_id)
+            children.append(child)
+        seq.children = children
+        at = self.running.index(seq) + 1
+        self.running[at:at] = children
+        return children
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        """Take a sequence out of the queues for good and free its blocks."""
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.blocks.free(seq.seq_id)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Finish every sequence of a request; returns them."""
+        victims = [s for s in itertools.chain(self.running, self.waiting) if s.request_id == request_id]
+        for seq in victims:
+            self.finish(seq, FinishReason.ABORT)
+        return victims

@@ -1,0 +1,83 @@
+"""A sequence: one sample of one request, its tokens, and how far its KV cache has been computed."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the model's context length
+    ABORT = "abort"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Tokens of one sample (prompt + generated) and its place in the KV cache.
+
+    `num_computed_tokens` counts tokens whose K/V are in the cache; the tokens after them are fed in
+    the next steps (a whole prompt, a prefill chunk, or the one newest token of a decode).
+    A request with n > 1 starts as one sequence; when its prompt is done it forks into n.
+    """
+
+    seq_id: int
+    request_id: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    params: SamplingParams
+    arrival_time: float
+    sample_index: int = 0
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at the last admission
+    num_preemptions: int = 0
+    forked: bool = False  # the n - 1 siblings have been made (only ever True for sample 0)
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    children: list["Sequence"] = field(default_factory=list, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def samples_at_prompt_end(self) -> int:
+        """How many next tokens to draw when the prompt's last token is computed: n before the fork."""
+        return 1 if self.forked or self.sample_index else self.params.n
+
+    def fork(self, seq_id: int, sample_index: int, first_token: int) -> "Sequence":
+        """A sibling sample sharing everything computed so far, with its own first token."""
+        child = Sequence(
+            seq_id=seq_id, request_id=self.request_id, token_ids=self.token_ids[:-1] + [first_token],
+            num_prompt_tokens=self.num_prompt_tokens, params=self.params, arrival_time=self.arrival_time,
+            sample_index=sample_index, status=self.status, num_computed_tokens=self.num_computed_tokens,
+            num_cached_tokens=self.num_cached_tokens, first_token_time=self.first_token_time,
+            last_token_time=self.last_token_time,
+        )
+        return child

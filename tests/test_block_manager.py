@@ -1,0 +1,159 @@
+"""The block manager on its own: unit cases and a hypothesis state machine over its invariants."""
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from engine.block_manager import BlockManager
+
+
+def test_allocate_and_free_returns_every_block() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    assert bm.allocate_slots(0, 0, 10)
+    assert bm.block_table(0) == [0, 1, 2]
+    assert bm.stats().used == 3 and bm.stats().tokens_stored == 10 and bm.stats().slots_reserved == 12
+    assert not bm.allocate_slots(1, 0, 24), "needs 6 blocks, 5 free"
+    assert not bm.has_seq(1), "a failed allocation changes nothing"
+    bm.free(0)
+    bm.check_integrity()
+    assert bm.num_free_blocks == 8 and bm.stats().used == 0
+
+
+def test_prefix_is_reused_while_shared_and_after_free() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    prompt = list(range(10))  # two full blocks and a partial one
+    bm.allocate_slots(0, 0, 10)
+    bm.cache_full_blocks(0, prompt, 10)
+    shared = bm.match_prefix(prompt + [99])
+    assert shared == bm.block_table(0)[:2]
+    assert bm.allocate_slots(1, 8, 3, shared)
+    assert bm.stats().shared == 2
+    bm.check_integrity()
+    bm.free(0)
+    bm.free(1)
+    assert bm.stats().cached_free == 2, "full blocks stay reusable after their owners leave"
+    assert bm.match_prefix(prompt) == shared
+    assert bm.match_prefix([5] + prompt[1:]) == [], "a different first token shares nothing"
+
+
+def test_match_never_covers_the_last_token() -> None:
+    bm = BlockManager(num_blocks=4, block_size=4)
+    bm.allocate_slots(0, 0, 8)
+    bm.cache_full_blocks(0, list(range(8)), 8)
+    assert len(bm.match_prefix(list(range(8)))) == 1
+
+
+def test_eviction_takes_least_recently_freed_and_tail_first() -> None:
+    bm = BlockManager(num_blocks=4, block_size=2)
+    for seq_id, base in ((0, 0), (1, 100)):
+        tokens = [base, base + 1, base + 2, base + 3]
+        bm.allocate_slots(seq_id, 0, 4)
+        bm.cache_full_blocks(seq_id, tokens, 4)
+    first = bm.block_table(0)
+    bm.free(0)
+    bm.free(1)
+    bm.allocate_slots(2, 0, 2)  # one fresh block: evicts seq 0's tail block
+    assert bm.block_table(2) == [first[1]]
+    assert bm.match_prefix([0, 1, 2, 3, 4]) == [first[0]]
+    bm.check_integrity()
+
+
+def test_fork_copies_the_shared_partial_block_on_write() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    bm.allocate_slots(0, 0, 6)  # blocks [0, 1], block 1 half full
+    bm.fork(0, 1)
+    assert bm.stats().shared == 2
+    assert bm.allocate_slots(0, 6, 1)
+    assert bm.take_copies() == [(1, 2)]
+    assert bm.block_table(0) == [0, 2] and bm.block_table(1) == [0, 1]
+    assert bm.allocate_slots(1, 6, 1), "the last holder writes in place"
+    assert bm.take_copies() == []
+    bm.check_integrity()
+    bm.free(0)
+    bm.free(1)
+    assert bm.num_free_blocks == 8
+
+
+def test_integrity_check_catches_a_leak() -> None:
+    bm = BlockManager(num_blocks=4, block_size=4)
+    bm.allocate_slots(0, 0, 4)
+    bm.blocks[0].ref_count += 1
+    with pytest.raises(AssertionError):
+        bm.check_integrity()
+
+
+class BlockManagerMachine(RuleBasedStateMachine):
+    """Random allocate / append / cache / fork / free sequences keep every invariant."""
+
+    PREFIXES = [[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 9, 9, 9, 9], [7] * 12]
+
+    @initialize(num_blocks=st.integers(1, 24), block_size=st.sampled_from([1, 2, 4]))
+    def setup(self, num_blocks: int, block_size: int) -> None:
+        self.bm = BlockManager(num_blocks, block_size)
+        self.seqs: dict[int, tuple[list[int], int]] = {}  # seq id -> (tokens, tokens computed)
+        self.next_id = 0
+
+    @rule(which=st.integers(0, 2), tail=st.lists(st.integers(0, 20), min_size=1, max_size=10))
+    def add(self, which: int, tail: list[int]) -> None:
+        tokens = self.PREFIXES[which] + tail
+        prefix = self.bm.match_prefix(tokens)
+        cached = len(prefix) * self.bm.block_size
+        before = self.bm.stats()
+        if self.bm.allocate_slots(self.next_id, cached, len(tokens) - cached, prefix):
+            self.bm.cache_full_blocks(self.next_id, tokens, len(tokens))
+            self.seqs[self.next_id] = (tokens, len(tokens))
+        else:
+            assert self.bm.stats() == before
+        self.next_id += 1
+
+    @precondition(lambda self: self.seqs)
+    @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5))
+    def append(self, data: st.DataObject, new: list[int]) -> None:
+        seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
+        tokens, done = self.seqs[seq_id]
+        if self.bm.allocate_slots(seq_id, done, len(new)):
+            tokens = tokens + new
+            self.bm.cache_full_blocks(seq_id, tokens, len(tokens))
+            self.seqs[seq_id] = (tokens, len(tokens))
+            for src, dst in self.bm.take_copies():
+                assert src != dst and self.bm.blocks[dst].ref_count == 1
+
+    @precondition(lambda self: self.seqs)
+    @rule(data=st.data())
+    def fork(self, data: st.DataObject) -> None:
+        seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
+        self.bm.fork(seq_id, self.next_id)
+        self.seqs[self.next_id] = self.seqs[seq_id]
+        self.next_id += 1
+
+    @precondition(lambda self: self.seqs)
+    @rule(data=st.data())
+    def free(self, data: st.DataObject) -> None:
+        seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
+        self.bm.free(seq_id)
+        del self.seqs[seq_id]
+
+    @invariant()
+    def consistent(self) -> None:
+        if not hasattr(self, "bm"):
+            return
+        self.bm.check_integrity()
+        s = self.bm.stats()
+        assert s.used + s.free + s.cached_free == s.total
+        assert all(b.ref_count >= 0 for b in self.bm.blocks)
+        for seq_id, (tokens, _) in self.seqs.items():
+            assert len(self.bm.block_table(seq_id)) == self.bm.blocks_needed(len(tokens))
+
+    def teardown(self) -> None:
+        if not hasattr(self, "bm"):
+            return
+        for seq_id in list(self.seqs):
+            self.bm.free(seq_id)
+        self.bm.check_integrity()
+        assert self.bm.num_free_blocks == self.bm.num_blocks, "every block is back after all are freed"
+
+
+TestBlockManagerMachine = BlockManagerMachine.TestCase
+TestBlockManagerMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

@@ -1,0 +1,146 @@
+"""The scheduler with the block manager, no model: budgets, chunked prefill, preemption, abort."""
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from engine.block_manager import BlockManager
+from engine.config import SchedulerConfig
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerOutput
+from engine.sequence import FinishReason, Sequence
+
+
+def make(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_seqs: int = 8) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget),
+                     BlockManager(num_blocks, block_size))
+
+
+def add(s: Scheduler, prompt_len: int, max_tokens: int = 4, n: int = 1, first: int = 1) -> Sequence:
+    seq = Sequence(seq_id=s.next_seq_id(), request_id=f"r{first}-{prompt_len}", token_ids=[first] * prompt_len,
+                   num_prompt_tokens=prompt_len, params=SamplingParams(max_tokens=max_tokens, n=n), arrival_time=0.0)
+    s.add(seq)
+    return seq
+
+
+def fake_step(s: Scheduler) -> SchedulerOutput:
+    """Run one step with a stand-in model: next token = length of the sequence; finish at max_tokens."""
+    out = s.schedule()
+    sampled = [[it.seq.num_tokens + k for k in range(it.num_samples)] for it in out.scheduled]
+    for seq in s.update(out, sampled):
+        if seq.num_output_tokens >= seq.params.max_tokens:
+            s.finish(seq, FinishReason.LENGTH)
+    s.blocks.check_integrity()
+    return out
+
+
+def test_chunked_prefill_shares_the_budget_with_decodes() -> None:
+    s = make(budget=16)
+    short = add(s, 3, max_tokens=10)
+    fake_step(s)
+    long = add(s, 40, first=2)
+    out = fake_step(s)
+    assert [(i.seq, i.num_new_tokens) for i in out.scheduled] == [(short, 1), (long, 15)]
+    assert out.num_decode_tokens == 1 and out.num_prefill_tokens == 15
+    while long.num_output_tokens == 0:
+        out = fake_step(s)
+        assert out.num_tokens <= 16
+    assert long.num_computed_tokens == 40
+
+
+def test_preemption_recomputes_the_newest_and_everyone_finishes() -> None:
+    s = make(num_blocks=6, block_size=4, budget=64)
+    seqs = [add(s, 6, max_tokens=8, first=i) for i in range(3)]
+    steps = 0
+    while s.has_unfinished:
+        out = fake_step(s)
+        for victim in out.preempted:
+            assert s.waiting[0] is victim, "a preempted sequence goes to the front"
+        steps += 1
+        assert steps < 200
+    assert s.num_preemptions > 0
+    assert all(q.num_output_tokens == 8 for q in seqs)
+    assert s.blocks.num_free_blocks == 6
+
+
+def test_abort_frees_every_block_of_the_request() -> None:
+    s = make()
+    seq = add(s, 9, max_tokens=100)
+    fake_step(s)
+    fake_step(s)
+    assert s.blocks.stats().used > 0
+    assert s.abort(seq.request_id) == [seq]
+    assert seq.finish_reason is FinishReason.ABORT
+    assert s.blocks.stats().used == 0 and not s.has_unfinished
+
+
+def test_n_samples_fork_after_the_prompt_and_share_its_blocks() -> None:
+    s = make(block_size=4)
+    parent = add(s, 6, max_tokens=3, n=3)
+    fake_step(s)
+    assert len(s.running) == 3
+    assert s.blocks.stats().shared == 2, "both prompt blocks are shared by the three samples"
+    out = s.schedule()
+    assert len(out.copies) == 2, "two of three samples copy the partly filled block before writing"
+    assert [c.sample_index for c in parent.children] == [1, 2]
+
+
+def test_prefix_cache_hit_skips_the_shared_prompt() -> None:
+    s = make(block_size=4)
+    add(s, 13, max_tokens=1)
+    fake_step(s)
+    second = add(s, 13, max_tokens=1)
+    out = fake_step(s)
+    assert second.num_cached_tokens == 12 and out.scheduled[0].num_new_tokens == 1
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random add / step / abort sequences keep the scheduler's and block manager's invariants."""
+
+    @initialize(blocks=st.integers(10, 40), budget=st.integers(4, 40), max_seqs=st.integers(1, 6))
+    def setup(self, blocks: int, budget: int, max_seqs: int) -> None:
+        self.s = make(num_blocks=blocks, block_size=4, budget=budget, max_seqs=max_seqs)
+        self.requests: list[str] = []
+
+    @rule(prompt=st.integers(1, 28), max_tokens=st.integers(1, 12), n=st.integers(1, 3), first=st.integers(0, 3))
+    def add(self, prompt: int, max_tokens: int, n: int, first: int) -> None:
+        seq = add(self.s, prompt, max_tokens, n, first)
+        seq.request_id = f"req{seq.seq_id}"
+        self.requests.append(seq.request_id)
+
+    @rule()
+    def step(self) -> None:
+        out = fake_step(self.s)
+        assert out.num_tokens <= self.s.config.max_num_batched_tokens
+        assert len(self.s.running) <= self.s.config.max_num_seqs + 2  # forks may add siblings
+
+    @rule(data=st.data())
+    def abort(self, data: st.DataObject) -> None:
+        if self.requests:
+            self.s.abort(data.draw(st.sampled_from(self.requests)))
+
+    @invariant()
+    def consistent(self) -> None:
+        if not hasattr(self, "s"):
+            return
+        self.s.blocks.check_integrity()
+        for seq in self.s.running:
+            table = self.s.blocks.block_table(seq.seq_id)
+            assert len(table) * 4 >= seq.num_computed_tokens
+        for seq in self.s.waiting:
+            assert not self.s.blocks.has_seq(seq.seq_id) and seq.num_computed_tokens == 0
+
+    def teardown(self) -> None:
+        if not hasattr(self, "s"):
+            return
+        for _ in range(400):  # 10 blocks hold any one sequence (40 tokens), so everything drains
+            if not self.s.has_unfinished:
+                break
+            fake_step(self.s)
+        assert not self.s.has_unfinished
+        assert self.s.blocks.num_free_blocks == self.s.blocks.num_blocks
+
+
+TestSchedulerMachine = SchedulerMachine.TestCase
+TestSchedulerMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
