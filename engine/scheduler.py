@@ -101,8 +101,12 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        # an unforked n > 1 request holds room for all its samples
+        seats = sum(s.samples_at_prompt_end for s in self.running)
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if seats + seq.samples_at_prompt_end > self.config.max_num_seqs:
+                break
             prefix = self.blocks.match_prefix(seq.token_ids)
             num_cached = len(prefix) * self.blocks.block_size
             num_new = min(seq.num_tokens - num_cached, budget)
@@ -114,6 +118,7 @@ class Scheduler:
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
+            seats += seq.samples_at_prompt_end
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.free(seq.seq_id)
