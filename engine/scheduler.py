@@ -27,6 +27,11 @@ class ScheduledSeq:
         return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
     @property
+    def is_decode(self) -> bool:
+        """Feeds only the newest generated token; anything else is (re)computing a prompt."""
+        return self.num_new_tokens == 1 and self.seq.num_output_tokens > 0 and self.completes_prompt
+
+    @property
     def num_samples(self) -> int:
         return self.seq.samples_at_prompt_end if self.completes_prompt else 0
 
@@ -36,6 +41,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst) blocks
+    num_cached_tokens: int = 0  # tokens that newly admitted sequences found in the prefix cache
 
     @property
     def is_empty(self) -> bool:
@@ -47,7 +53,7 @@ class SchedulerOutput:
 
     @property
     def num_prefill_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled if s.seq.num_computed_tokens < s.seq.num_tokens - 1)
+        return sum(s.num_new_tokens for s in self.scheduled if not s.is_decode)
 
     @property
     def num_decode_tokens(self) -> int:
@@ -114,6 +120,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.num_computed_tokens = seq.num_cached_tokens = num_cached
+            out.num_cached_tokens += num_cached
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new))

@@ -1,0 +1,186 @@
+"""LLMEngine: add requests, step them all together, read deltas and a metrics snapshot."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.forward_metadata import ScheduledChunk
+from engine.metrics import MetricsRecorder, MetricsSnapshot
+from engine.model_loader import load_tokenizer, resolve_model
+from engine.model_runner import ModelRunner
+from engine.outputs import RequestOutput
+from engine.sampler import SampleRow
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerOutput
+from engine.sequence import FinishReason, Sequence
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    outputs: list[RequestOutput]
+    metrics: MetricsSnapshot
+
+
+class LLMEngine:
+    """Continuous batching over a paged KV cache. Not thread-safe: one thread drives it."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.model_path = resolve_model(self.config.model)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.runner = ModelRunner(self.config, self.model_path)
+        self.model_config = self.runner.model_config
+        cache = self.config.cache
+        self.block_manager = BlockManager(self.runner.num_blocks, cache.block_size, cache.enable_prefix_caching)
+        self.scheduler = Scheduler(self.config.scheduler, self.block_manager)
+        # one sequence must always fit the pool, or preemption could never make room for it
+        self.max_model_len = min(self.config.scheduler.max_model_len or self.model_config.max_position_embeddings,
+                                 self.runner.num_blocks * cache.block_size)
+        eos = set(self.model_config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(eos)
+        self.metrics = MetricsRecorder()
+        self._detokenizers: dict[int, IncrementalDetokenizer] = {}
+        self._live: dict[str, int] = {}  # request id -> its unfinished sequences
+
+    # ---- requests ------------------------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        return list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt).input_ids
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of a conversation through the model's chat template, ready for the answer."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> Sequence:
+        """Queue a request. Raises ValueError for what could never be served."""
+        params = params or SamplingParams()
+        token_ids = self.encode(prompt)
+        if request_id in self._live:
+            raise ValueError(f"request id {request_id!r} is already running")
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(token_ids)} tokens; at most {self.max_model_len - 1} fit")
+        if params.n > self.config.scheduler.max_num_seqs:
+            raise ValueError(f"n={params.n} exceeds max_num_seqs={self.config.scheduler.max_num_seqs}")
+        seq = Sequence(seq_id=self.scheduler.next_seq_id(), request_id=request_id, token_ids=token_ids,
+                       num_prompt_tokens=len(token_ids), params=params,
+                       arrival_time=time.perf_counter() if arrival_time is None else arrival_time)
+        self._live[request_id] = params.n
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> list[RequestOutput]:
+        """Stop a request now and free its blocks; returns its final (aborted) outputs."""
+        outputs = []
+        for seq in self.scheduler.abort(request_id):
+            detok = self._detokenizers.pop(seq.seq_id, None)
+            outputs.append(self._output(seq, "", [], detok.text if detok else ""))
+        self._live.pop(request_id, None)
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    # ---- the step ------------------------------------------------------------------------------
+    def step(self) -> StepOutput:
+        """Schedule, run one forward pass for every scheduled sequence, sample, detokenize."""
+        start = time.perf_counter()
+        out = self.scheduler.schedule()
+        num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens
+        outputs: list[RequestOutput] = []
+        if not out.is_empty:
+            chunks, rows = self._prepare(out)
+            tokens = self.runner.execute(chunks, out.copies, rows)
+            sampled, at = [], 0
+            for item in out.scheduled:
+                sampled.append(tokens[at:at + item.num_samples])
+                at += item.num_samples
+            grew = self.scheduler.update(out, sampled)
+            now = time.perf_counter()
+            outputs = [self._process(seq, now) for seq in grew]
+        self.metrics.total_prompt_tokens += num_prefill
+        self.metrics.total_cached_tokens += out.num_cached_tokens
+        if self.config.check_integrity:
+            self.block_manager.check_integrity()
+        return StepOutput(outputs, self._snapshot(out, start, num_prefill, num_decode))
+
+    def _prepare(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[SampleRow]]:
+        chunks, rows = [], []
+        for item in out.scheduled:
+            seq = item.seq
+            start = seq.num_computed_tokens
+            chunks.append(ScheduledChunk(seq.token_ids[start:start + item.num_new_tokens], start,
+                                         self.block_manager.block_table(seq.seq_id), item.num_samples))
+            first = seq.sample_index if item.num_samples == 1 else 0
+            rows.extend(SampleRow(seq.params, seq.token_ids, first + k, seq.num_output_tokens)
+                        for k in range(item.num_samples))
+        return chunks, rows
+
+    def _process(self, seq: Sequence, now: float) -> RequestOutput:
+        """Account, detokenize and check the stop conditions of a sequence that got a token."""
+        token = seq.token_ids[-1]
+        self.metrics.token(now, seq.arrival_time, seq.last_token_time)
+        seq.first_token_time = seq.first_token_time or now
+        seq.last_token_time = now
+        detok = self._detokenizers.get(seq.seq_id)
+        if detok is None:
+            detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], seq.params.stop)
+            self._detokenizers[seq.seq_id] = detok
+        delta = detok.add_tokens([token])
+        reason = self._finish_reason(seq, token, detok)
+        if reason is not None:
+            if not detok.stopped:
+                delta += detok.flush()
+            self.scheduler.finish(seq, reason)
+            del self._detokenizers[seq.seq_id]
+            self._release(seq.request_id)
+        return self._output(seq, delta, [token], detok.text)
+
+    def _finish_reason(self, seq: Sequence, token: int, detok: IncrementalDetokenizer) -> FinishReason | None:
+        params = seq.params
+        if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
+            seq.stop_reason = token
+            return FinishReason.STOP
+        if detok.stopped:
+            seq.stop_reason = detok.stop_string
+            return FinishReason.STOP
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _release(self, request_id: str) -> None:
+        left = self._live.get(request_id, 1) - 1
+        if left > 0:
+            self._live[request_id] = left
+        else:
+            self._live.pop(request_id, None)
+        self.metrics.total_finished += 1
+
+    @staticmethod
+    def _output(seq: Sequence, delta: str, tokens: list[int], text: str) -> RequestOutput:
+        reason = seq.finish_reason.value if seq.finish_reason else None
+        return RequestOutput(seq.request_id, seq.sample_index, delta, tokens, text, seq.num_output_tokens,
+                             seq.is_finished, reason)
+
+    def _snapshot(self, out: SchedulerOutput, start: float, num_prefill: int, num_decode: int) -> MetricsSnapshot:
+        now = time.perf_counter()
+        ttft, itl = self.metrics.take_latencies()
+        self.metrics.steps += 1
+        m = self.metrics
+        return MetricsSnapshot(
+            step=m.steps, timestamp=now, step_time=now - start, num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting), batch_size=len(out.scheduled),
+            num_prefill_tokens=num_prefill, num_decode_tokens=num_decode,
+            num_preempted=len(out.preempted), blocks=self.block_manager.stats(), ttft=ttft, itl=itl,
+            total_generated_tokens=m.total_generated_tokens, total_prompt_tokens=m.total_prompt_tokens,
+            total_cached_tokens=m.total_cached_tokens, total_preemptions=self.scheduler.num_preemptions,
+            total_finished=m.total_finished,
+        )
