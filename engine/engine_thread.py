@@ -1,0 +1,226 @@
+"""The engine on its own background thread: the only thread that ever touches engine state.
+
+Callers post commands to a thread-safe inbox and read each request's outputs from its own
+`RequestStream`. The loop: take every pending command, step while anything is unfinished,
+hand the deltas out, publish metrics; with nothing to do it blocks on the inbox (no CPU).
+If a step raises, the thread dies: every open request gets `EngineDeadError`, and so does
+every later submit, at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.block_map import BlockMapSnapshot, build_block_map, kv_waste, live_seqs
+from engine.engine_info import EngineInfo, engine_info
+from engine.metrics import MetricsSnapshot
+from engine.metrics_history import MetricsHistory
+from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
+from engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation in messages format, put through the model's chat template by the engine."""
+
+    messages: tuple[dict[str, Any], ...]
+
+
+Prompt = str | list[int] | ChatPrompt
+
+
+@dataclass(frozen=True)
+class _Add:
+    stream: RequestStream
+    prompt: Prompt
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+_STOP = object()
+
+
+class EngineThread:
+    """Owns an `LLMEngine` (any object with its add_request / step / abort API) on a daemon thread."""
+
+    def __init__(self, engine: Any, block_map_interval: float = 0.25, history: MetricsHistory | None = None) -> None:
+        self.engine = engine  # touched by the engine thread only, once started
+        self.info: EngineInfo = engine_info(engine)
+        self.history = history or MetricsHistory()
+        self.block_map_interval = block_map_interval
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[RequestStream, int]] = {}  # request id -> (stream, samples left)
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._lock = threading.Lock()  # orders submits against the thread's death
+        self._block_map: BlockMapSnapshot = self._build_block_map()
+        self._block_map_dirty = False
+
+    # ---- any thread ----------------------------------------------------------------------------
+    def start(self) -> "EngineThread":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Abort what runs, end the thread and wait for it."""
+        with self._lock:
+            self._stopping = True
+        self._inbox.put(_STOP)
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
+    def error(self) -> BaseException | None:
+        """What killed the engine thread, if it died."""
+        return self._error
+
+    @property
+    def block_map(self) -> BlockMapSnapshot:
+        return self._block_map
+
+    @property
+    def latest(self) -> MetricsSnapshot | None:
+        return self.history.view().latest
+
+    def submit(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
+        """Queue a request; read its outputs from the returned stream (async if `loop` is given).
+
+        Raises EngineDeadError at once when the engine thread is not running.
+        """
+        request_id = request_id or f"req-{next(self._ids)}"
+        stream = RequestStream(request_id, self.abort, loop)
+        with self._lock:
+            if not self.alive:
+                raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
+            self._inbox.put(_Add(stream, prompt, params))
+        return stream
+
+    def submit_async(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> RequestStream:
+        """`submit` for a coroutine: the stream is read with `async for` on the running loop."""
+        return self.submit(prompt, params, request_id, asyncio.get_running_loop())
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks (no-op if it already finished)."""
+        self._inbox.put(_Abort(request_id))
+
+    # ---- the engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self._take_commands(block=not self.engine.has_unfinished_requests()):
+                if self.engine.has_unfinished_requests():
+                    self._step()
+                self._publish_block_map(idle=not self.engine.has_unfinished_requests())
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, every reader must hear of it
+            log.exception("the engine thread died")
+            self._error = exc
+        with self._lock:
+            self._stopping = True
+        self._fail_all(EngineDeadError(f"the engine stopped: {self._error or 'shut down'}"))
+
+    def _take_commands(self, block: bool) -> bool:
+        """Handle every queued command (waiting for the first one if `block`); False on stop."""
+        try:
+            command = self._inbox.get() if block else self._inbox.get_nowait()
+            while True:
+                if command is _STOP:
+                    return False
+                self._handle(command)
+                command = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _handle(self, command: _Add | _Abort) -> None:
+        self._block_map_dirty = True
+        if isinstance(command, _Abort):
+            self._abort(command.request_id)
+        else:
+            self._add(command)
+
+    def _add(self, command: _Add) -> None:
+        stream, prompt = command.stream, command.prompt
+        if stream.finished:  # closed by its reader before the engine saw it
+            return
+        try:
+            if isinstance(prompt, ChatPrompt):
+                prompt = self.engine.encode_chat(list(prompt.messages))
+            seq = self.engine.add_request(stream.request_id, prompt, command.params)
+        except Exception as exc:  # noqa: BLE001 - a bad request (or chat template) must not kill the engine
+            stream.push(RequestRejected(str(exc)))
+            return
+        stream.num_prompt_tokens = seq.num_prompt_tokens
+        self._streams[stream.request_id] = (stream, command.params.n)
+
+    def _abort(self, request_id: str) -> None:
+        entry = self._streams.pop(request_id, None)
+        outputs = self.engine.abort(request_id)
+        if entry is not None:
+            for out in outputs:
+                entry[0].push(out)
+            entry[0].end()
+
+    def _step(self) -> None:
+        result = self.engine.step()
+        for out in result.outputs:
+            entry = self._streams.get(out.request_id)
+            if entry is None:
+                continue
+            stream, left = entry
+            if not stream.push(out):  # the reader's loop is gone: nobody will read the rest
+                self._abort(out.request_id)
+                continue
+            if out.finished:
+                left -= 1
+                self._streams[out.request_id] = (stream, left)
+                if left == 0:
+                    del self._streams[out.request_id]
+                    stream.end()
+        snap = result.metrics
+        self.history.record(snap, kv_waste(snap.blocks, self._seqs()))
+        self._block_map_dirty = True
+
+    def _seqs(self):
+        sched = self.engine.scheduler
+        return live_seqs(sched.running, sched.waiting, self.engine.max_model_len)
+
+    def _build_block_map(self) -> BlockMapSnapshot:
+        return build_block_map(self.engine.block_manager, self._seqs(), time.perf_counter())
+
+    def _publish_block_map(self, idle: bool) -> None:
+        """Rebuild at most every `block_map_interval` while busy, and once more on going idle."""
+        if not self._block_map_dirty:
+            return
+        if idle or time.perf_counter() - self._block_map.timestamp >= self.block_map_interval:
+            self._block_map = bm = self._build_block_map()
+            self._block_map_dirty = False
+            if idle:
+                self.history.record_idle(bm.timestamp, bm.stats, kv_waste(bm.stats, bm.seqs))
+
+    def _fail_all(self, exc: EngineDeadError) -> None:
+        for stream, _ in self._streams.values():
+            stream.push(exc)
+        self._streams.clear()
+        while True:  # requests still in the inbox fail too
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Add):
+                command.stream.push(exc)
