@@ -1,0 +1,104 @@
+"""The block map: every physical KV block as one cell of a grid, coloured by the request holding it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from engine.block_map import BlockMapSnapshot
+from ui.plots.common import (CACHED_FREE_COLOR, FREE_COLOR, SHARED_LINE_COLOR, empty_note, layout,
+                             request_color)
+
+MAX_LEGEND_REQUESTS = 12
+
+
+@dataclass(frozen=True)
+class BlockCell:
+    block_id: int
+    color: str
+    request_id: str | None  # the first holder's request; None for a free block
+    shared: bool  # held by more than one sequence (prefix sharing or forked samples)
+    cached: bool  # registered in the prefix cache
+    hover: str
+
+
+def grid_columns(num_blocks: int) -> int:
+    """Wide rather than square: the map spans the page width in a few rows."""
+    return 32 if num_blocks <= 256 else 64 if num_blocks <= 2048 else 128
+
+
+def _cell(bm: BlockMapSnapshot, block_id: int) -> BlockCell:
+    holders, cached = bm.owners[block_id], bm.cached[block_id]
+    if not holders:
+        color = CACHED_FREE_COLOR if cached else FREE_COLOR
+        state = "free, cached prefix (reusable)" if cached else "free"
+        return BlockCell(block_id, color, None, False, cached, f"block {block_id}<br>{state}")
+    lines = [f"block {block_id} · {bm.fill[block_id]}/{bm.block_size} slots filled"]
+    request_id = None
+    for seq_id in holders:
+        seq = bm.seq(seq_id)
+        name = seq.request_id if seq else f"seq {seq_id}"
+        request_id = request_id or name
+        tokens = f"{seq.num_tokens} tokens" if seq else "?"
+        lines.append(f"{name} (sample {seq.sample_index if seq else '?'}): {tokens}")
+    if len(holders) > 1:
+        lines.append(f"shared by {len(holders)} sequences")
+    if cached:
+        lines.append("in the prefix cache")
+    return BlockCell(block_id, request_color(request_id), request_id, len(holders) > 1, cached, "<br>".join(lines))
+
+
+def block_cells(bm: BlockMapSnapshot) -> list[BlockCell]:
+    """One cell per physical block, in block-id order."""
+    return [_cell(bm, i) for i in range(bm.num_blocks)]
+
+
+def _heatmap(cells: list[BlockCell], cols: int) -> go.Heatmap:
+    palette = sorted({c.color for c in cells})
+    index = {color: i for i, color in enumerate(palette)}
+    rows = math.ceil(len(cells) / cols)
+    z: list[list[float | None]] = [[None] * cols for _ in range(rows)]
+    text: list[list[str]] = [[""] * cols for _ in range(rows)]
+    for c in cells:
+        r, k = divmod(c.block_id, cols)
+        z[r][k], text[r][k] = index[c.color] + 0.5, c.hover
+    k = len(palette)
+    scale = [[pos, color] for i, color in enumerate(palette) for pos in (i / k, (i + 1) / k)]
+    return go.Heatmap(z=z, text=text, hovertemplate="%{text}<extra></extra>", colorscale=scale, zmin=0, zmax=k,
+                      showscale=False, xgap=2, ygap=2, name="blocks")
+
+
+def _legend(fig: go.Figure, cells: list[BlockCell]) -> None:
+    entries = [("free", FREE_COLOR, "square"), ("cached, free", CACHED_FREE_COLOR, "square"),
+               ("shared (refcount > 1)", "white", "square-open")]
+    requests = list(dict.fromkeys(c.request_id for c in cells if c.request_id))
+    entries += [(r, request_color(r), "square") for r in requests[:MAX_LEGEND_REQUESTS]]
+    for name, color, symbol in entries:
+        line = {"color": SHARED_LINE_COLOR, "width": 2} if symbol == "square-open" else {"width": 0}
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, showlegend=True,
+                                 marker={"color": color if symbol == "square" else SHARED_LINE_COLOR,
+                                         "symbol": symbol, "size": 12, "line": line}))
+
+
+def block_map_figure(bm: BlockMapSnapshot) -> go.Figure:
+    """Cells left to right, top to bottom from block 0; shared blocks outlined in black."""
+    cells = block_cells(bm)
+    cols = grid_columns(len(cells))
+    fig = go.Figure(_heatmap(cells, cols))
+    shared = [c for c in cells if c.shared]
+    fig.add_trace(go.Scatter(
+        x=[c.block_id % cols for c in shared], y=[c.block_id // cols for c in shared], mode="markers",
+        name="shared", showlegend=False, hoverinfo="skip",
+        marker={"symbol": "square-open", "size": 12, "color": SHARED_LINE_COLOR, "line": {"width": 2}}))
+    _legend(fig, cells)
+    s = bm.stats
+    title = (f"KV block map: {s.used} used ({s.shared} shared) · {s.cached_free} cached-free · {s.free} free"
+             f" of {s.total} blocks × {bm.block_size} tokens")
+    rows = math.ceil(len(cells) / cols)
+    layout(fig, title, height=min(900, max(200, 120 + 22 * rows)))
+    fig.update_xaxes(visible=False, range=[-0.5, cols - 0.5])
+    fig.update_yaxes(visible=False, range=[rows - 0.5, -0.5])
+    if not cells:
+        empty_note(fig, "no KV blocks")
+    return fig

@@ -1,0 +1,53 @@
+"""What the plot builders share: colours, percentiles, the time axis, one layout."""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+# A request's colour depends on its id only, so it stays put from one refresh to the next.
+REQUEST_PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+    "#7f3c8d", "#11a579", "#3969ac", "#f2b701", "#e73f74", "#80ba5a", "#e68310", "#008695", "#cf1c90",
+    "#f97b72", "#4b4b8f", "#2e91e5", "#e15f99", "#1ca71c", "#fb0d0d", "#da16ff", "#b68100", "#750d86",
+    "#eb663b", "#511cfb", "#00a08b",
+)
+FREE_COLOR = "#e5e7eb"  # grey: never written, or evicted
+CACHED_FREE_COLOR = "#bfdbfe"  # pale blue: free, but still holding a reusable prefix
+SHARED_LINE_COLOR = "#111827"
+USED_COLOR, CACHED_COLOR = "#2563eb", "#93c5fd"
+PAGED_COLOR, CONTIGUOUS_COLOR = "#16a34a", "#dc2626"
+PREFILL_COLOR, DECODE_COLOR = "#f59e0b", "#2563eb"
+
+
+def request_color(request_id: str) -> str:
+    return REQUEST_PALETTE[zlib.crc32(request_id.encode()) % len(REQUEST_PALETTE)]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def seconds_ago(t: float, now: float) -> float:
+    return round(t - now, 3)
+
+
+def layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
+    fig.update_layout(title={"text": title, "x": 0.01, "font": {"size": 15}}, height=height,
+                      margin={"l": 50, "r": 20, "t": 60, "b": 30}, template="plotly_white",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0}, uirevision="keep")
+    return fig
+
+
+def empty_note(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font={"size": 14, "color": "#6b7280"})
+    return fig
