@@ -1,0 +1,143 @@
+"""The engine on its background thread: many readers at once, abort frees blocks, bad input is
+refused without harm, a dead engine fails requests fast, an idle engine costs no CPU, and the
+load generator's simulated users come and go."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig
+from engine.engine_thread import ChatPrompt, EngineThread
+from engine.llm_engine import LLMEngine
+from engine.request_stream import EngineDeadError, RequestRejected
+from engine.sampling_params import SamplingParams
+from ui.load_generator import LoadConfig, LoadGenerator, load_prompts
+
+PROMPTS = ["What is the capital of France?", "List three prime numbers.", "Write a haiku about rain.",
+           "Why is the sky blue?"]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_dir: str) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=embedded_model_dir, cache=CacheConfig(num_blocks=64), check_integrity=True))
+
+
+@pytest.fixture
+def thread(engine: LLMEngine):
+    t = EngineThread(engine, block_map_interval=0.05).start()
+    yield t
+    t.stop()
+
+
+def chat(text: str) -> ChatPrompt:
+    return ChatPrompt(({"role": "user", "content": text},))
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def read_all(stream) -> tuple[list[int], str, str]:
+    tokens, text, reason = [], "", None
+    for out in stream:
+        tokens += out.delta_token_ids
+        text += out.delta_text
+        reason = out.finish_reason
+    return tokens, text, reason
+
+
+def test_concurrent_readers_get_what_each_would_get_alone(thread: EngineThread) -> None:
+    alone = [read_all(thread.submit(chat(p), GREEDY)) for p in PROMPTS]
+    results: dict[int, tuple] = {}
+
+    def reader(i: int) -> None:
+        results[i] = read_all(thread.submit(chat(PROMPTS[i]), GREEDY))
+
+    async def async_reader() -> tuple:
+        tokens, text = [], ""
+        async for out in thread.submit_async(chat(PROMPTS[0]), GREEDY):
+            tokens += out.delta_token_ids
+            text += out.delta_text
+        return tokens, text
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    async_result = asyncio.run(async_reader())
+    for t in threads:
+        t.join(60)
+    assert [results[i] for i in range(len(PROMPTS))] == alone
+    assert async_result == alone[0][:2]
+    assert all(len(tokens) <= GREEDY.max_tokens and text for tokens, text, _ in alone)
+    assert max(p.max_batch_size for p in thread.history.view().points) >= 2  # batched together
+
+
+def test_close_mid_stream_aborts_and_frees_blocks(thread: EngineThread) -> None:
+    stream = thread.submit(chat("Tell me a very long story about dragons."), SamplingParams(max_tokens=500))
+    for _, _ in zip(stream, range(3)):
+        pass
+    assert thread.block_map.stats.used > 0
+    stream.close()
+    wait_for(lambda: not thread.block_map.seqs and thread.block_map.stats.used == 0)
+    assert thread.history.view().latest_waste.paged_reserved == 0
+
+
+def test_bad_requests_are_refused_and_the_engine_keeps_serving(thread: EngineThread) -> None:
+    with pytest.raises(RequestRejected, match="empty"):
+        read_all(thread.submit("", GREEDY))
+    with pytest.raises(RequestRejected, match="tokens"):
+        read_all(thread.submit(list(range(5000)), GREEDY))
+    assert read_all(thread.submit(chat(PROMPTS[0]), GREEDY))[1]
+
+
+def test_an_idle_engine_thread_uses_no_cpu(thread: EngineThread) -> None:
+    read_all(thread.submit(chat(PROMPTS[1]), GREEDY))
+    time.sleep(0.2)
+    start = time.process_time()
+    time.sleep(1.0)
+    assert time.process_time() - start < 0.05
+
+
+def test_a_dead_engine_fails_requests_fast(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom() -> None:
+        raise RuntimeError("the device fell off")
+
+    monkeypatch.setattr(engine, "step", boom)
+    thread = EngineThread(engine).start()
+    stream = thread.submit(chat(PROMPTS[0]), GREEDY, request_id="doomed")
+    with pytest.raises(EngineDeadError, match="fell off"):
+        read_all(stream)
+    assert not thread.alive and "fell off" in str(thread.error)
+    start = time.monotonic()
+    with pytest.raises(EngineDeadError):
+        thread.submit(chat(PROMPTS[1]), GREEDY)
+    assert time.monotonic() - start < 0.1
+    engine.abort("doomed")  # leave the shared engine clean for the next test
+
+
+def test_load_generator_users_come_and_go(thread: EngineThread) -> None:
+    prompts = load_prompts(Path(__file__).resolve().parent.parent / "assets" / "prompts.txt")
+    assert len(prompts) >= 20
+    config = LoadConfig(max_tokens=(2, 6), arrival_spread_s=0.3, think_s=(0.0, 0.1))
+    load = LoadGenerator(thread, prompts, config, seed=1)
+    load.start(3)
+    seen: set[str] = set()
+
+    def progressed() -> bool:
+        seen.update(s.request_id for s in thread.block_map.seqs)
+        return load.status().completed >= 4
+
+    wait_for(progressed, timeout=60)
+    assert any(r.startswith("sim-") for r in seen)
+    load.stop()
+    status = load.status()
+    assert status.users == 0 and status.in_flight == 0 and status.failed == 0
+    wait_for(lambda: not thread.block_map.seqs and thread.block_map.stats.used == 0)
