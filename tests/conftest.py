@@ -44,3 +44,15 @@ def smol_tokenizer(tmp_path_factory: pytest.TempPathFactory):
         root.mkdir(parents=True, exist_ok=True)
         _convert_smol_tokenizer(target)
     return AutoTokenizer.from_pretrained(target)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The embedded SmolLM2 converted to a Hugging Face folder (config.json, safetensors, tokenizer).
+
+    The conversion (about 20 s) runs once per session, into $PAGEDCHAT_CACHE when set (then once ever).
+    """
+    from engine.model_loader import resolve_model
+
+    cache = os.environ.get("PAGEDCHAT_CACHE") or str(tmp_path_factory.mktemp("pagedchat_cache"))
+    return resolve_model("embedded", cache_dir=cache)

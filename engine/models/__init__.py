@@ -1,0 +1,46 @@
+"""Model registry: which of our model classes runs a given transformers `model_type`."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from engine.attention.backend import AttentionBackend
+from engine.config import ModelConfig
+from engine.models.llama import LlamaForCausalLM
+
+# Mistral runs as full attention (its sliding window ignored); Qwen2 differs by q/k/v bias,
+# Qwen3 by per-head q/k norms, both carried by ModelConfig flags.
+MODEL_REGISTRY: dict[str, type[LlamaForCausalLM]] = {
+    "llama": LlamaForCausalLM,
+    "mistral": LlamaForCausalLM,
+    "qwen2": LlamaForCausalLM,
+    "qwen3": LlamaForCausalLM,
+}
+
+
+def build_model(
+    model_config: ModelConfig, backend: AttentionBackend, dtype: torch.dtype, device: torch.device | str,
+) -> LlamaForCausalLM:
+    """An inference-only model with uninitialised parameters of `dtype` on `device`; call load_weights next."""
+    cls = MODEL_REGISTRY.get(model_config.model_type)
+    if cls is None:
+        raise ValueError(f"unsupported model type {model_config.model_type!r}; "
+                         f"supported: {', '.join(sorted(MODEL_REGISTRY))}")
+    with torch.device(device), _default_dtype(dtype):
+        model = cls(model_config, backend)
+    return model.requires_grad_(False).eval()
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+__all__ = ["MODEL_REGISTRY", "LlamaForCausalLM", "build_model"]

@@ -1,0 +1,136 @@
+"""Our Llama-family decoder over a paged KV cache: Llama 2/3, SmolLM2, Mistral, Qwen2/2.5, Qwen3.
+
+Differences between the family members are flags of ModelConfig: q/k/v bias (Qwen2), per-head
+q/k RMSNorm before rope (Qwen3), tied embeddings, rope scaling. Mistral's sliding window is ignored
+(full attention). Projections are fused: one qkv matmul and one gate_up matmul per layer.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention.backend import AttentionBackend
+from engine.config import ModelConfig
+from engine.forward_metadata import ForwardMetadata
+from engine.models.layers import Linear, RMSNorm, RotaryEmbedding, apply_rotary, silu_and_mul
+from engine.models.weight_map import load_into
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention of one layer: fused qkv, optional q/k norm, rope, paged attention, o_proj."""
+
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim ** -0.5
+        self.backend = backend
+        qkv_out = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
+        self.qkv_proj = Linear(config.hidden_size, qkv_out, bias=config.attention_bias)
+        # Qwen2 biases q/k/v only; Llama's attention_bias also biases o_proj
+        o_bias = config.attention_bias and config.model_type != "qwen2"
+        self.o_proj = Linear(config.num_heads * config.head_dim, config.hidden_size, bias=o_bias)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
+    ) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden]; stores this step's K/V into kv_cache on the way."""
+        n_q, n_kv = self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(x.shape[0], n_q + 2 * n_kv, self.head_dim)  # heads: q, then k, then v
+        v = qkv[:, n_q + n_kv:]
+        if self.q_norm is None:
+            qk = apply_rotary(qkv[:, :n_q + n_kv], cos, sin)  # q and k rotated together: one set of ops
+            q, k = qk[:, :n_q], qk[:, n_q:]
+        else:
+            q = apply_rotary(self.q_norm(qkv[:, :n_q]), cos, sin)
+            k = apply_rotary(self.k_norm(qkv[:, n_q:n_q + n_kv]), cos, sin)
+        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
+        return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: h += attn(norm(h)); h += mlp(norm(h))."""
+
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, backend)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
+    ) -> torch.Tensor:
+        """h [T, hidden], updated in place (the model owns it) and returned."""
+        h.add_(self.self_attn(self.input_layernorm(h), cos, sin, kv_cache, meta))
+        return h.add_(self.mlp(self.post_attention_layernorm(h)))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers, final norm (HF's `model.` prefix)."""
+
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        # _weight given: no random init (load_weights fills it)
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size),
+        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, backend) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling,
+        )
+
+
+class LlamaForCausalLM(nn.Module):
+    """A Llama-family causal LM whose attention runs through an AttentionBackend over a paged cache."""
+
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, backend)
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
+    ) -> torch.Tensor:
+        """input_ids, positions [T] -> final-normed hidden states [T, hidden].
+
+        kv_caches[i] is layer i's cache [2, num_blocks, block_size, num_kv_heads, head_dim]; this
+        step's keys and values are written into it at meta.slot_mapping.
+        """
+        if len(kv_caches) != len(self.model.layers):
+            raise ValueError(f"{len(kv_caches)} KV caches for {len(self.model.layers)} layers")
+        cos, sin = self.model.rotary(positions)  # looked up once, shared by all layers
+        h = F.embedding(input_ids, self.model.embed_tokens.weight)  # [T, hidden], a fresh tensor we own
+        for layer, kv_cache in zip(self.model.layers, kv_caches):
+            h = layer(h, cos, sin, kv_cache, meta)
+        return self.model.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into our (fused) parameters; raise on missing, unexpected or misshapen ones."""
+        load_into(self, weights)
