@@ -1,0 +1,38 @@
+"""One FastAPI app carrying the HTTP API (/v1/*, /health, /metrics) and, mounted at /, the Gradio UI."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from engine.engine_thread import EngineThread
+from server.openai_api import build_openai_router
+from server.prometheus import CONTENT_TYPE, render_metrics
+
+# Gradio's default is one event at a time per listener: far below what continuous batching serves.
+UI_CONCURRENCY = 128
+
+
+def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None) -> FastAPI:
+    """The API routes for `engine`; `ui` (a gr.Blocks) is queued and mounted at / when given."""
+    app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
+    app.include_router(build_openai_router(engine, model_name))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if engine.alive:
+            return JSONResponse({"status": "ok", "model": model_name})
+        return JSONResponse({"status": "dead", "error": str(engine.error or "stopped")}, 503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        text = render_metrics(engine.history.view(), engine.block_map, engine.alive)
+        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+    if ui is not None:
+        import gradio as gr
+
+        ui.queue(default_concurrency_limit=UI_CONCURRENCY)
+        app = gr.mount_gradio_app(app, ui, path="/", footer_links=["api"])
+    return app

@@ -1,0 +1,163 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions.
+
+Streaming answers are server-sent events ending in `data: [DONE]`, as the official clients expect.
+A client that goes away mid-stream has its request aborted in the engine (its blocks freed).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.engine_thread import ChatPrompt, EngineThread, Prompt
+from engine.outputs import RequestOutput
+from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
+from engine.sampling_params import SamplingParams
+from server.openai_protocol import ChatCompletionRequest, CompletionRequest
+
+Chunk = Callable[[RequestOutput, bool], dict[str, Any]]  # (output, first of its sample) -> choice
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
+
+
+class _Call:
+    """One API call's stream plus what its response bodies share (id, model, token counts)."""
+
+    def __init__(self, stream: RequestStream, model: str, prefix: str, kind: str) -> None:
+        self.stream = stream
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.kind = kind
+        self.output_tokens: dict[int, int] = {}
+
+    def count(self, out: RequestOutput) -> None:
+        self.output_tokens[out.index] = out.num_output_tokens
+
+    def usage(self) -> dict[str, int]:
+        prompt, completion = self.stream.num_prompt_tokens or 0, sum(self.output_tokens.values())
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+
+async def _open(engine: EngineThread, prompt: Prompt, params: SamplingParams) -> tuple[RequestStream, list[RequestOutput]]:
+    """Submit and wait for the first output, so that a refused request still gets a plain HTTP error."""
+    stream = engine.submit_async(prompt, params)
+    try:
+        first = await anext(stream, None)
+    except BaseException:
+        stream.close()
+        raise
+    return stream, [] if first is None else [first]
+
+
+async def _outputs(call: _Call, first: list[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    for out in first:
+        call.count(out)
+        yield out
+    async for out in call.stream:
+        call.count(out)
+        yield out
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk,
+                        include_usage: bool) -> AsyncIterator[str]:
+    seen: set[int] = set()
+    try:
+        async for out in _outputs(call, first):
+            yield _sse(call.body([choice(out, out.index not in seen)]))
+            seen.add(out.index)
+        if include_usage:
+            yield _sse(call.body([], usage=call.usage()))
+        yield _sse("[DONE]")
+    finally:
+        call.stream.close()
+
+
+async def _respond(engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str, stream: bool,
+                   include_usage: bool, chat: bool) -> Any:
+    try:
+        handle, first = await _open(engine, prompt, params)
+    except RequestRejected as exc:
+        return error_response(400, str(exc))
+    except EngineDeadError as exc:
+        return error_response(503, str(exc), "server_error")
+    if chat:
+        call = _Call(handle, model, "chatcmpl", "chat.completion.chunk" if stream else "chat.completion")
+    else:
+        call = _Call(handle, model, "cmpl", "text_completion")
+    if stream:
+        events = _event_stream(call, first, _chat_chunk if chat else _text_chunk, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
+    texts: dict[int, RequestOutput] = {}
+    try:
+        async for out in _outputs(call, first):
+            texts[out.index] = out
+    except EngineDeadError as exc:
+        return error_response(503, str(exc), "server_error")
+    finally:
+        handle.close()
+    make = _chat_choice if chat else _text_choice
+    return call.body([make(texts[i]) for i in sorted(texts)], usage=call.usage())
+
+
+def _text_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
+    return {"index": out.index, "text": out.delta_text, "logprobs": None, "finish_reason": out.finish_reason}
+
+
+def _chat_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
+    delta = {"role": "assistant", "content": out.delta_text} if first else {"content": out.delta_text}
+    return {"index": out.index, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason}
+
+
+def _text_choice(out: RequestOutput) -> dict[str, Any]:
+    return {"index": out.index, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+
+
+def _chat_choice(out: RequestOutput) -> dict[str, Any]:
+    return {"index": out.index, "message": {"role": "assistant", "content": out.text}, "logprobs": None,
+            "finish_reason": out.finish_reason}
+
+
+def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
+    """Routes serving `engine` under the name `model_name` (any requested model name is accepted)."""
+    router = APIRouter()
+    max_len = engine.info.max_model_len
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "pagedchat", "max_model_len": max_len}
+        return {"object": "list", "data": [card]}
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Any:
+        try:
+            prompt = body.single_prompt()
+            params = body.sampling_params(body.max_tokens or max_len)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        return await _respond(engine, prompt, params, model_name, body.stream, body.include_usage, chat=False)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest) -> Any:
+        try:
+            params = body.sampling_params(body.token_limit or max_len)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        prompt = ChatPrompt(tuple(m.plain() for m in body.messages))
+        return await _respond(engine, prompt, params, model_name, body.stream, body.include_usage, chat=True)
+
+    return router
