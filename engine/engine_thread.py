@@ -67,6 +67,7 @@ class EngineThread:
         self._error: BaseException | None = None
         self._stopping = False
         self._lock = threading.Lock()  # orders submits against the thread's death
+        self._block_map_shape = (0, 0)  # (running, waiting) when the block map was built
         self._block_map: BlockMapSnapshot = self._build_block_map()
         self._block_map_dirty = False
 
@@ -201,13 +202,18 @@ class EngineThread:
         return live_seqs(sched.running, sched.waiting, self.engine.max_model_len)
 
     def _build_block_map(self) -> BlockMapSnapshot:
+        sched = self.engine.scheduler
+        self._block_map_shape = (len(sched.running), len(sched.waiting))
         return build_block_map(self.engine.block_manager, self._seqs(), time.perf_counter())
 
     def _publish_block_map(self, idle: bool) -> None:
-        """Rebuild at most every `block_map_interval` while busy, and once more on going idle."""
+        """Rebuild when the set of live sequences changed (admitted, finished, preempted, aborted),
+        on going idle, and otherwise at most every `block_map_interval` seconds."""
         if not self._block_map_dirty:
             return
-        if idle or time.perf_counter() - self._block_map.timestamp >= self.block_map_interval:
+        sched = self.engine.scheduler
+        changed = (len(sched.running), len(sched.waiting)) != self._block_map_shape
+        if idle or changed or time.perf_counter() - self._block_map.timestamp >= self.block_map_interval:
             self._block_map = bm = self._build_block_map()
             self._block_map_dirty = False
             if idle:

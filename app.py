@@ -1,0 +1,75 @@
+"""PagedChat: `python app.py` serves the chat UI, the live dashboard and an OpenAI-compatible API
+from one process, with the engine stepping on its own background thread."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.engine_thread import EngineThread
+from engine.llm_engine import LLMEngine
+from server.http_app import build_http_app
+from ui.layout import build_ui
+from ui.load_generator import LoadGenerator, load_prompts
+from ui.utilization import UtilizationMonitor
+
+PROMPTS = Path(__file__).parent / "assets" / "prompts.txt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), a folder or a hub id")
+    p.add_argument("--served-model-name", default=None, help="the model's name in the API (default: from --model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (a power of two)")
+    p.add_argument("--num-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
+    p.add_argument("--gpu-memory-fraction", type=float, default=0.85,
+                   help="on a GPU without --num-blocks: share of free GPU memory for the KV pool")
+    p.add_argument("--cpu-kv-gib", type=float, default=1.0, help="on a CPU without --num-blocks: KV pool GiB")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences batched together at most")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="turn off prefix sharing")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return p.parse_args(argv)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    cache = CacheConfig(block_size=args.block_size, num_blocks=args.num_blocks,
+                        gpu_memory_fraction=args.gpu_memory_fraction, cpu_kv_gib=args.cpu_kv_gib,
+                        enable_prefix_caching=not args.no_prefix_caching)
+    scheduler = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                                max_model_len=args.max_model_len)
+    return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, cache=cache, scheduler=scheduler)
+
+
+def served_name(args: argparse.Namespace) -> str:
+    if args.served_model_name:
+        return args.served_model_name
+    return "SmolLM2-135M-Instruct" if args.model == "embedded" else Path(args.model).name or args.model
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    engine = EngineThread(LLMEngine(engine_config(args))).start()
+    load = LoadGenerator(engine, load_prompts(PROMPTS))
+    utilization = UtilizationMonitor(engine.info.device, engine.history.busy_fraction)
+    name = served_name(args)
+    app = build_http_app(engine, name, build_ui(engine, load, utilization, name))
+    logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        load.stop()
+        engine.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The chat tab: streaming answers from the engine thread, with a stop button that aborts the request.
+
+The chat function is an async generator, so a waiting user holds no worker thread: with the
+queue's concurrency raised, many browsers stream at once and the engine batches them together.
+Stop, a closed tab or a dropped connection cancels the generator; `finally` aborts the request
+in the engine, which frees its blocks.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, AsyncIterator
+
+import gradio as gr
+
+from engine.engine_thread import ChatPrompt, EngineThread
+from engine.request_stream import EngineDeadError, RequestRejected
+from engine.sampling_params import SamplingParams
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and briefly."
+EXAMPLES = ["Explain how a paged KV cache works, in three sentences.", "Write a haiku about GPUs.",
+            "What is continuous batching?"]
+_ids = itertools.count()
+
+
+def content_text(content: Any) -> str:
+    """The text of a Gradio message's content: a string, a text part, or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text", "") if content.get("type", "text") == "text" else ""
+    if isinstance(content, (list, tuple)):
+        return "".join(content_text(part) for part in content)
+    return ""
+
+
+def conversation(message: str, history: list[dict[str, Any]], system_prompt: str) -> ChatPrompt:
+    """System prompt, earlier turns (text only) and the new message, in messages format."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    messages += [{"role": m["role"], "content": content_text(m.get("content"))}
+                 for m in history if m.get("role") in ("user", "assistant")]
+    messages.append({"role": "user", "content": message})
+    return ChatPrompt(tuple(messages))
+
+
+def make_responder(engine: EngineThread):
+    """The ChatInterface function, bound to `engine`."""
+
+    async def respond(message: str, history: list[dict[str, Any]], system_prompt: str, temperature: float,
+                      top_p: float, max_new_tokens: float) -> AsyncIterator[str]:
+        params = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_new_tokens))
+        try:
+            stream = engine.submit_async(conversation(message, history, system_prompt), params,
+                                         request_id=f"chat-{next(_ids)}")
+        except EngineDeadError as exc:
+            raise gr.Error(str(exc)) from exc
+        text = ""
+        try:
+            async for out in stream:
+                text += out.delta_text
+                yield text
+        except (RequestRejected, EngineDeadError) as exc:
+            raise gr.Error(str(exc)) from exc
+        finally:
+            stream.close()  # a no-op when finished; otherwise (stop, closed tab) an abort
+
+    return respond
+
+
+def build_chat(engine: EngineThread, default_max_tokens: int = 256) -> gr.ChatInterface:
+    """Render the chat interface inside the current Blocks context."""
+    settings = gr.Accordion("System prompt and sampling", open=False, render=False)
+    system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, render=False)
+    temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)", render=False)
+    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", render=False)
+    max_tokens = gr.Slider(1, min(2048, engine.info.max_model_len - 1), value=default_max_tokens, step=1,
+                           label="Max new tokens", render=False)
+    return gr.ChatInterface(
+        make_responder(engine),
+        chatbot=gr.Chatbot(height=460, label="PagedChat", elem_id="chatbot"),
+        textbox=gr.Textbox(placeholder="Ask something...", elem_id="chat-input", submit_btn=True, stop_btn=True),
+        additional_inputs=[system, temperature, top_p, max_tokens],
+        additional_inputs_accordion=settings,
+        examples=[[e, DEFAULT_SYSTEM_PROMPT, 0.7, 0.95, default_max_tokens] for e in EXAMPLES],
+        api_name="chat",
+        fill_height=False,
+    )
