@@ -49,7 +49,7 @@ def latency_figure(view: HistoryView, window_s: float = 60.0) -> go.Figure:
         f"inter-token ms: p50 {s.itl_p50:.0f} · p95 {s.itl_p95:.0f}"))
     _histogram(fig, [1000 * v for v in recent(view.ttft, view.now, window_s)], 1, PREFILL_COLOR, "TTFT")
     _histogram(fig, [1000 * v for v in recent(view.itl, view.now, window_s)], 2, DECODE_COLOR, "ITL")
-    fig.update_yaxes(title_text="tokens", row=1, col=1)
+    fig.update_yaxes(title_text="count", row=1, col=1)
     layout(fig, f"Per-token latency, last {window_s:.0f} s (solid p50, dashed p95)", height=320)
     if not s.num_ttft and not s.num_itl:
         empty_note(fig, "no tokens in this window")
