@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine.block_map import BlockMapSnapshot, build_block_map, kv_waste, live_seqs
+from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, kv_waste, live_seqs
 from engine.engine_info import EngineInfo, engine_info
 from engine.metrics import MetricsSnapshot
 from engine.metrics_history import MetricsHistory
@@ -98,7 +98,8 @@ class EngineThread:
 
     @property
     def latest(self) -> MetricsSnapshot | None:
-        return self.history.view().latest
+        """The metrics of the last step (None before the first)."""
+        return self.history.latest
 
     def submit(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None,
                loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
@@ -197,7 +198,7 @@ class EngineThread:
         self.history.record(snap, kv_waste(snap.blocks, self._seqs()))
         self._block_map_dirty = True
 
-    def _seqs(self):
+    def _seqs(self) -> tuple[SeqInfo, ...]:
         sched = self.engine.scheduler
         return live_seqs(sched.running, sched.waiting, self.engine.max_model_len)
 

@@ -137,6 +137,10 @@ class MetricsHistory:
                                tuple(self._ttft), tuple(self._itl), self._ttft_hist.view(), self._itl_hist.view(),
                                self._latest, self._latest_waste)
 
+    @property
+    def latest(self) -> MetricsSnapshot | None:
+        return self._latest
+
     def busy_fraction(self, window_s: float = 2.0, now: float | None = None) -> float:
         """Share of the last `window_s` seconds the engine spent inside steps."""
         now = time.perf_counter() if now is None else now

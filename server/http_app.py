@@ -10,8 +10,11 @@ from engine.engine_thread import EngineThread
 from server.openai_api import build_openai_router
 from server.prometheus import CONTENT_TYPE, render_metrics
 
-# Gradio's default is one event at a time per listener: far below what continuous batching serves.
+# Gradio's defaults run one event at a time per listener and 40 events in all: far below what
+# continuous batching serves. Each listener may run UI_CONCURRENCY events; all of them together
+# (chats, dashboard refreshes, buttons) UI_WORKERS.
 UI_CONCURRENCY = 128
+UI_WORKERS = 256
 
 
 def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None) -> FastAPI:
@@ -33,6 +36,7 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None)
     if ui is not None:
         import gradio as gr
 
+        ui.max_threads = UI_WORKERS  # read by queue(): it sizes the queue's worker pool
         ui.queue(default_concurrency_limit=UI_CONCURRENCY)
         app = gr.mount_gradio_app(app, ui, path="/", footer_links=["api"])
     return app

@@ -35,7 +35,7 @@ class LiveServer:
 
 def start_live_server(model_dir: str, num_blocks: int = 256) -> LiveServer:
     config = EngineConfig(model=model_dir, device="cpu", cache=CacheConfig(num_blocks=num_blocks),
-                          scheduler=SchedulerConfig(max_num_seqs=32), check_integrity=True)
+                          scheduler=SchedulerConfig(max_num_seqs=64), check_integrity=True)
     engine = EngineThread(LLMEngine(config)).start()
     load = LoadGenerator(engine, load_prompts(PROMPTS), seed=0)
     util = UtilizationMonitor(engine.info.device, engine.history.busy_fraction)

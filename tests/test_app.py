@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 from gradio_client import Client
+from gradio_client.client import Job
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.sampling_params import SamplingParams
@@ -34,7 +35,7 @@ def new_client(live: LiveServer):
     clients: list[Client] = []
 
     def make() -> Client:
-        clients.append(Client(live.url, verbose=False))
+        clients.append(Client(live.url, verbose=False, max_workers=80))  # its default, 40, caps concurrency
         return clients[-1]
 
     yield make
@@ -63,7 +64,7 @@ def wait_until_idle(live: LiveServer) -> None:
     wait_for(lambda: not bm().seqs and not bm().stats.used, "blocks freed")
 
 
-def ask(client: Client, prompt: str, max_tokens: int = MAX_TOKENS, temperature: float = 0.0):
+def ask(client: Client, prompt: str, max_tokens: int = MAX_TOKENS, temperature: float = 0.0) -> Job:
     return client.submit(prompt, SYSTEM, temperature, 1.0, max_tokens, api_name="/chat")
 
 
@@ -187,3 +188,14 @@ def test_metrics_show_running_requests_and_kv_usage(live: LiveServer) -> None:
 def test_health(live: LiveServer) -> None:
     response = httpx.get(f"{live.url}/health")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_sixty_four_chats_stream_at_once(live: LiveServer, new_client) -> None:
+    """Gradio's default of one event at a time is raised: 64 chats end up in one engine batch."""
+    client = new_client()
+    jobs = [ask(client, f"Say the number {i}.", max_tokens=24) for i in range(64)]
+    answers = [job.result(timeout=120) for job in jobs]
+    assert all(isinstance(a, str) and a for a in answers)
+    biggest = max(p.max_batch_size for p in live.engine.history.view().points)
+    assert biggest >= 48, biggest
+    wait_until_idle(live)

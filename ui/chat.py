@@ -8,7 +8,7 @@ in the engine, which frees its blocks.
 from __future__ import annotations
 
 import itertools
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
@@ -42,7 +42,10 @@ def conversation(message: str, history: list[dict[str, Any]], system_prompt: str
     return ChatPrompt(tuple(messages))
 
 
-def make_responder(engine: EngineThread):
+Responder = Callable[[str, list[dict[str, Any]], str, float, float, float], AsyncIterator[str]]
+
+
+def make_responder(engine: EngineThread) -> Responder:
     """The ChatInterface function, bound to `engine`."""
 
     async def respond(message: str, history: list[dict[str, Any]], system_prompt: str, temperature: float,
