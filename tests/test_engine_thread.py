@@ -1,5 +1,5 @@
 """The engine on its background thread: many readers at once, abort frees blocks, bad input is
-refused without harm, a dead engine fails requests fast, an idle engine costs no CPU, and the
+refused without harm, a dead engine fails requests fast (and /health says so), an idle engine costs no CPU, and the
 load generator's simulated users come and go."""
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from engine.config import CacheConfig, EngineConfig
 from engine.engine_thread import ChatPrompt, EngineThread
 from engine.llm_engine import LLMEngine
 from engine.request_stream import EngineDeadError, RequestRejected
 from engine.sampling_params import SamplingParams
+from server.http_app import build_http_app
 from ui.load_generator import LoadConfig, LoadGenerator, load_prompts
 
 PROMPTS = ["What is the capital of France?", "List three prime numbers.", "Write a haiku about rain.",
@@ -120,6 +122,11 @@ def test_a_dead_engine_fails_requests_fast(engine: LLMEngine, monkeypatch: pytes
     with pytest.raises(EngineDeadError):
         thread.submit(chat(PROMPTS[1]), GREEDY)
     assert time.monotonic() - start < 0.1
+    http = TestClient(build_http_app(thread, "m"))
+    assert http.get("/health").status_code == 503 and "fell off" in http.get("/health").json()["error"]
+    assert "pagedchat_engine_up 0" in http.get("/metrics").text
+    reply = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+    assert reply.status_code == 503 and "not running" in reply.json()["error"]["message"]
     engine.abort("doomed")  # leave the shared engine clean for the next test
 
 
