@@ -12,11 +12,14 @@ import platform
 import time
 from pathlib import Path
 
+import sys
+
 import torch
 
-from engine import LLM, SamplingParams
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine import LLM, SamplingParams  # noqa: E402
 
 
 def cpu_name() -> str:
