@@ -27,9 +27,15 @@ def live(embedded_model_dir: str):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    missing = None
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = "playwright is not installed (pip install playwright; never `playwright install`)"
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+        missing = f"no chromium at {CHROMIUM} (apt-get install chromium)"
+    if missing:  # CI installs both: there a missing one is a broken install step, not a reason to skip
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -41,7 +47,7 @@ def screenshot_path(tmp_path: Path) -> Path:
     return Path(os.environ.get("PAGEDCHAT_SCREENSHOT") or tmp_path / "dashboard.png")
 
 
-def test_chat_streams_and_dashboard_draws(live: LiveServer, browser, tmp_path: Path) -> None:
+def test_chat_streams_and_dashboard_draws(browser, live: LiveServer, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
     page.goto(live.url)
@@ -72,7 +78,7 @@ def test_chat_streams_and_dashboard_draws(live: LiveServer, browser, tmp_path: P
     live.load.stop()  # whether or not the click's event ran yet
 
 
-def test_closing_the_tab_aborts_the_request_and_frees_its_blocks(live: LiveServer, browser) -> None:
+def test_closing_the_tab_aborts_the_request_and_frees_its_blocks(browser, live: LiveServer) -> None:
     page = browser.new_page()
     page.goto(live.url)
     generated = live.engine.history.view().latest
