@@ -37,9 +37,7 @@ class LLMEngine:
         cache = self.config.cache
         self.block_manager = BlockManager(self.runner.num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(self.config.scheduler, self.block_manager)
-        # one sequence must always fit the pool, or preemption could never make room for it
-        self.max_model_len = min(self.config.scheduler.max_model_len or self.model_config.max_position_embeddings,
-                                 self.runner.num_blocks * cache.block_size)
+        self.max_model_len = self.runner.max_model_len
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)

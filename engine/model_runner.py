@@ -5,7 +5,8 @@ import torch
 
 from engine.attention import get_backend
 from engine.config import CacheConfig, EngineConfig, ModelConfig
-from engine.forward_metadata import ScheduledChunk, build_metadata
+from engine.cuda_graphs import DecodeGraphs
+from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
 from engine.model_loader import load_model
 from engine.sampler import SampleRow, Sampler
 
@@ -25,7 +26,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    """Owns the weights, the KV cache tensors and the sampler; knows nothing of scheduling."""
+    """Owns the weights, the KV cache tensors, the decode graphs and the sampler; knows nothing of scheduling."""
 
     def __init__(self, config: EngineConfig, model_path: str) -> None:
         self.device = resolve_device(config.device)
@@ -33,21 +34,50 @@ class ModelRunner:
         self.backend = get_backend(config.attention_backend, self.device)
         self.model, self.model_config = load_model(model_path, self.backend, self.dtype, self.device)
         self.block_size = config.cache.block_size
+        if self.device.type == "cuda":
+            self._warm_up(config.scheduler.max_num_batched_tokens)
         self.num_blocks = self._count_blocks(config.cache, self.model_config)
-        # per layer [2 (K, V), num_blocks, block_size, kv_heads, head_dim]
-        shape = (2, self.num_blocks, self.block_size, self.model_config.num_kv_heads, self.model_config.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                          for _ in range(self.model_config.num_layers)]
+        # one sequence must always fit the pool, or preemption could never make room for it
+        self.max_model_len = min(config.scheduler.max_model_len or self.model_config.max_position_embeddings,
+                                 self.num_blocks * self.block_size)
+        self.kv_caches = self._allocate_kv(self.num_blocks)
         self.sampler = Sampler(config.seed)
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton":
+            self.graphs = DecodeGraphs(self._logits_of, config.scheduler.max_num_seqs,
+                                       -(-self.max_model_len // self.block_size), self.block_size, self.device)
 
     @property
     def kv_bytes_per_token(self) -> int:
         return self.model_config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
 
+    def _allocate_kv(self, num_blocks: int) -> list[torch.Tensor]:
+        # per layer [2 (K, V), num_blocks, block_size, kv_heads, head_dim]
+        mc = self.model_config
+        shape = (2, num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        return [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+
+    @torch.inference_mode()
+    def _warm_up(self, num_tokens: int) -> None:
+        """One prefill of a full token budget, so activation peaks are taken before the KV pool is sized."""
+        per_seq = min(num_tokens, self.model_config.max_position_embeddings - 1)
+        blocks = -(-num_tokens // self.block_size)
+        self.kv_caches = self._allocate_kv(blocks)
+        chunks, table, left = [], list(range(blocks)), num_tokens
+        while left > 0:
+            n = min(per_seq, left)
+            chunks.append(ScheduledChunk([0] * n, 0, table, 1))
+            left -= n
+        meta = build_metadata(chunks, self.block_size, self.device)
+        self._logits_of(meta.input_ids, meta.positions, meta)
+        del self.kv_caches
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
     def _count_blocks(self, cache: CacheConfig, model: ModelConfig) -> int:
         if cache.num_blocks is not None:
             return cache.num_blocks
-        per_block = model.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8) * cache.block_size
+        per_block = self.kv_bytes_per_token * cache.block_size
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = free * cache.gpu_memory_fraction
@@ -55,15 +85,21 @@ class ModelRunner:
             budget = cache.cpu_kv_gib * 2**30
         return max(1, int(budget // per_block))
 
+    def _logits_of(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: ForwardMetadata) -> torch.Tensor:
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        return self.model.compute_logits(hidden[meta.logits_indices])
+
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> list[int]:
         """One forward pass; returns one sampled token per row (rows follow the chunks' samples)."""
         self._copy_blocks(copies)
         meta = build_metadata(chunks, self.block_size, self.device)
-        hidden = self.model(meta.input_ids, meta.positions, self.kv_caches, meta)
+        if self.graphs is not None and self.graphs.fits(meta):
+            logits = self.graphs.replay(meta)
+        else:
+            logits = self._logits_of(meta.input_ids, meta.positions, meta)
         if not rows:
             return []
-        logits = self.model.compute_logits(hidden[meta.logits_indices])
         return self.sampler.sample(logits, rows).tolist()
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:

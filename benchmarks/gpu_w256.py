@@ -1,0 +1,171 @@
+"""GPU throughput and latency: our engine against HF transformers on the same GPU, same weights.
+
+W256: a random-weight model of Qwen3-0.6B's shape, bf16; 256 requests, prompt lengths uniform in
+[100, 1024] (random token ids, seed 0), 512 new tokens each, EOS ignored, greedy, all at once.
+Also: single-stream decode (128-token prompt, 256 new tokens) and the TTFT of a lone 1,024-token
+prompt. The memory roofline (weights + each step's KV reads at the measured copy bandwidth, plus
+the prefill's matmul work at the measured bf16 rate) is printed beside them.
+
+    python benchmarks/gpu_w256.py [--hf none|padded|all] [--hf-requests 64]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.synthetic_model import QWEN3_0_6B, make_model_dir  # noqa: E402
+from engine import LLM, SamplingParams  # noqa: E402
+
+
+def workload(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab - 2) for _ in range(rng.randint(100, 1024))] for _ in range(n)]
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    a = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 10 / (time.perf_counter() - start)
+
+
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (time.perf_counter() - start)
+
+
+def roofline(prompts: list[list[int]], new: int, weight_bytes: int, kv_per_token: int, params: int) -> float:
+    """Output tok/s if every decode step only moved weights + KV and prefill only did its matmuls."""
+    kv = sum(sum(len(p) + t for t in range(new)) for p in prompts) * kv_per_token
+    decode = (new * weight_bytes + kv) / copy_bandwidth()
+    prefill = 2 * params * sum(len(p) for p in prompts) / matmul_rate()
+    return len(prompts) * new / (decode + prefill)
+
+
+def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
+    engine = llm.engine
+    greedy = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
+    llm.generate(prompts[:8], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = llm.generate(prompts, greedy)
+    w256 = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
+    out = {"w256": w256}
+    engine.add_request("single", prompts[0][:128], SamplingParams(temperature=0.0, max_tokens=256, ignore_eos=True))
+    stamps = []
+    while engine.has_unfinished_requests():
+        if engine.step().outputs:
+            stamps.append(time.perf_counter())
+    out["single"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    lone = max(prompts, key=len)[:1024]
+    ttfts = []
+    for i in range(5):
+        start = time.perf_counter()
+        engine.add_request(f"ttft{i}", [t + i for t in lone], SamplingParams(temperature=0.0, max_tokens=1))
+        while engine.has_unfinished_requests():
+            engine.step()
+        ttfts.append(time.perf_counter() - start)
+    out["ttft_ms"] = sorted(ttfts)[2] * 1e3
+    return out
+
+
+def hf(model_dir: Path, prompts: list[list[int]], new: int, which: str, hf_requests: int) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
+    out: dict[str, float] = {}
+    kw = dict(do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+    with torch.inference_mode():
+        one = torch.tensor([prompts[0][:128]], device="cuda")
+        model.generate(one, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
+        start = time.perf_counter()
+        model.generate(one, **{**kw, "max_new_tokens": 256, "min_new_tokens": 256})
+        out["single"] = 256 / (time.perf_counter() - start)
+        subset = prompts[:hf_requests]
+        start, total = time.perf_counter(), 0
+        for i in range(0, len(subset), 64):
+            batch = subset[i:i + 64]
+            width = max(map(len, batch))
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device="cuda")
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device="cuda")
+            gen = model.generate(ids, attention_mask=mask, **kw)
+            total += (gen.shape[1] - width) * len(batch)
+        out["padded64"] = total / (time.perf_counter() - start)
+        if which == "all":
+            config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=-1)
+            try:
+                start = time.perf_counter()
+                res = model.generate_batch(inputs=subset, generation_config=config)
+                total = sum(len(r.generated_tokens) for r in res.values())
+                out["generate_batch"] = total / (time.perf_counter() - start)
+            except Exception as err:  # noqa: BLE001 - report, do not die
+                print(f"generate_batch failed: {err!r}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", default="/tmp/qwen3-0.6b-random")
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--hf", choices=["none", "padded", "all"], default="padded")
+    ap.add_argument("--hf-requests", type=int, default=64, help="HF runs on the first N requests (a multiple of 64)")
+    ap.add_argument("--enforce-eager", action="store_true")
+    args = ap.parse_args()
+    model_dir = make_model_dir(args.model_dir)
+    prompts = workload(args.requests, QWEN3_0_6B["vocab_size"])
+    llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=args.requests, max_num_batched_tokens=8192,
+              max_model_len=2048, enforce_eager=args.enforce_eager)
+    engine = llm.engine
+    mc = engine.model_config
+    params = sum(p.numel() for p in engine.runner.model.parameters())
+    ceiling = roofline(prompts, args.new_tokens, params * 2, mc.kv_bytes_per_token(2), params)
+    mine = ours(llm, prompts, args.new_tokens)
+    del llm, engine
+    torch.cuda.empty_cache()
+    theirs = hf(model_dir, prompts, args.new_tokens, args.hf, args.hf_requests) if args.hf != "none" else {}
+    import transformers
+
+    na = "n/a"
+    print(f"hardware: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model: random-weight Qwen3-0.6B shape ({params / 1e6:.0f}M parameters), bf16; "
+          f"CUDA graphs {'off' if args.enforce_eager else 'on'}")
+    print(f"workload W{args.requests}: {args.requests} requests, prompts 100-1024 tokens (seed 0), "
+          f"{args.new_tokens} new tokens, EOS ignored, greedy, all at once; HF on the first {args.hf_requests}")
+    print()
+    print("| | W256 output tok/s | single-stream decode tok/s | TTFT, lone 1,024-token prompt |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| memory roofline | {ceiling:,.0f} | | |")
+    print(f"| PagedChat | {mine['w256']:,.0f} | {mine['single']:,.0f} | {mine['ttft_ms']:.1f} ms |")
+    if theirs:
+        gb = theirs.get("generate_batch")
+        print(f"| HF generate, padded batches of 64 | {theirs['padded64']:,.0f} | {theirs['single']:,.1f} | |")
+        print(f"| HF generate_batch (continuous batching) | {f'{gb:,.0f}' if gb else na} | | |")
+        print(f"| PagedChat / HF padded | {mine['w256'] / theirs['padded64']:.1f}x | "
+              f"{mine['single'] / theirs['single']:.1f}x | |")
+
+
+if __name__ == "__main__":
+    main()

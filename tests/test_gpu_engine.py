@@ -1,0 +1,80 @@
+"""The whole engine on a GPU (Triton attention, CUDA graphs) against HF transformers, on a
+random-weight model of Qwen3-0.6B's shape. Skipped where there is no CUDA device."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.synthetic_model import QWEN3_0_6B, make_model_dir  # noqa: E402
+from engine import LLM, SamplingParams  # noqa: E402
+
+NEW = 32
+BF16_LOGIT_TOL = 0.15  # bf16 logits of this model differ from HF's by a few 1e-2; ties within this are fair
+
+
+def prompts() -> list[list[int]]:
+    rng = random.Random(0)
+    return [[rng.randrange(QWEN3_0_6B["vocab_size"] - 2) for _ in range(n)] for n in (5, 130, 517, 33)]
+
+
+def hf_model(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="cuda").eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("q3fp32"), dtype=torch.float32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("q3bf16"), dtype=torch.bfloat16, seed=2)
+
+
+def test_fp32_greedy_equals_hf_token_for_token(fp32_dir: Path) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = hf_model(fp32_dir, torch.float32)
+    expected = []
+    with torch.inference_mode():
+        for p in prompts():
+            out = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=NEW, min_new_tokens=NEW,
+                                 do_sample=False)
+            expected.append(out[0, len(p):].tolist())
+    del model
+    llm = LLM(str(fp32_dir), dtype="float32", num_blocks=512, max_model_len=1024, check_integrity=True)
+    assert llm.engine.runner.backend.name == "triton" and llm.engine.runner.graphs is not None
+    params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+    batched = [r.outputs[0].token_ids for r in llm.generate(prompts(), params)]
+    alone = [llm.generate([p], params)[0].outputs[0].token_ids for p in prompts()]
+    assert batched == expected
+    assert alone == expected
+
+
+def test_bf16_greedy_tokens_are_hf_argmax_within_tolerance(bf16_dir: Path) -> None:
+    llm = LLM(str(bf16_dir), dtype="bfloat16", num_blocks=512, max_model_len=1024)
+    params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+    ours = [r.outputs[0].token_ids for r in llm.generate(prompts(), params)]
+    del llm
+    model = hf_model(bf16_dir, torch.bfloat16)
+    exact = total = 0
+    with torch.inference_mode():
+        for p, gen in zip(prompts(), ours):
+            # teacher-forced: HF's logits at every position of our own continuation
+            logits = model(torch.tensor([p + gen], device="cuda")).logits[0, len(p) - 1:-1].float()
+            chosen = logits.gather(1, torch.tensor(gen, device="cuda")[:, None])[:, 0]
+            gap = logits.max(dim=1).values - chosen
+            assert gap.max().item() <= BF16_LOGIT_TOL, f"a token {gap.max().item():.3f} below HF's argmax"
+            exact += int((gap == 0).sum())
+            total += len(gen)
+    assert exact / total >= 0.9, f"only {exact}/{total} tokens are HF's exact argmax"
