@@ -1,7 +1,6 @@
 """The torch paged-attention backend against a naive dense attention, per sequence, in float64."""
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 
 from engine.attention import TorchAttentionBackend, get_backend
 from engine.forward_metadata import ScheduledChunk, build_metadata
+from attention_cases import build_case, random_specs
 
 NUM_KV_HEADS = 2
 HEAD_DIM = 16
@@ -32,49 +32,18 @@ def run_case(specs: list[tuple[int, int]], block_size: int, group: int, seed: in
     The cache starts full of NaN; each prefix is written at its slots beforehand (earlier steps),
     the new tokens' K/V go through store_kv. Block tables are random, non-contiguous blocks.
     """
-    gen = torch.Generator().manual_seed(seed)
-    heads = NUM_KV_HEADS * group
-    need = [math.ceil((p + n) / block_size) for p, n in specs]
-    num_blocks = sum(need) + 3  # spare blocks stay NaN
-    cache = torch.full((2, num_blocks, block_size, NUM_KV_HEADS, HEAD_DIM), float("nan"))
-    flat = cache.view(2, -1, NUM_KV_HEADS, HEAD_DIM)
-    perm = torch.randperm(num_blocks, generator=gen).tolist()
-    chunks, full_k, full_v, qs, new_k, new_v = [], [], [], [], [], []
-    for (prefix, n), blocks in zip(specs, need):
-        table, perm = perm[:blocks], perm[blocks:]
-        k = torch.randn(prefix + n, NUM_KV_HEADS, HEAD_DIM, generator=gen)
-        v = torch.randn(prefix + n, NUM_KV_HEADS, HEAD_DIM, generator=gen)
-        slots = torch.tensor([table[p // block_size] * block_size + p % block_size for p in range(prefix)],
-                             dtype=torch.int64)
-        flat[0, slots], flat[1, slots] = k[:prefix], v[:prefix]
-        chunks.append(ScheduledChunk([0] * n, prefix, table, 1))
-        full_k.append(k)
-        full_v.append(v)
-        new_k.append(k[prefix:])
-        new_v.append(v[prefix:])
-        qs.append(torch.randn(n, heads, HEAD_DIM, generator=gen))
-    meta = build_metadata(chunks, block_size, "cpu")
+    case = build_case(specs, block_size, group, seed, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM)
     scale = HEAD_DIM ** -0.5
-    out = TorchAttentionBackend().forward(torch.cat(qs), torch.cat(new_k), torch.cat(new_v), cache, meta, scale)
+    out = TorchAttentionBackend().forward(case.q, case.new_k, case.new_v, case.cache, case.meta, scale)
 
-    ref = torch.cat([naive_attention(q.double(), k.double(), v.double(), scale) for q, k, v in zip(qs, full_k, full_v)])
+    ref = torch.cat([naive_attention(q.double(), k.double(), v.double(), scale)
+                     for q, k, v in zip(case.qs, case.full_k, case.full_v)])
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(flat[0, meta.slot_mapping], torch.cat(new_k))
-    torch.testing.assert_close(flat[1, meta.slot_mapping], torch.cat(new_v))
-    written = (~cache[0].isnan().any(-1).any(-1)).sum().item()
+    flat, slots = case.flat_cache, case.meta.slot_mapping
+    torch.testing.assert_close(flat[0, slots], case.new_k)
+    torch.testing.assert_close(flat[1, slots], case.new_v)
+    written = (~case.cache[0].isnan().any(-1).any(-1)).sum().item()
     assert written == sum(p + n for p, n in specs), "store_kv wrote outside the slot mapping"
-
-
-def random_specs(rng: random.Random, num_seqs: int) -> list[tuple[int, int]]:
-    """A shuffled mix of decodes, fresh prefills and prefill chunks over a cached prefix."""
-    kinds = [
-        lambda: (rng.randint(0, 40), 1),  # decode (prefix 0: a one-token prompt)
-        lambda: (0, rng.randint(2, 40)),  # prefill
-        lambda: (rng.randint(1, 40), rng.randint(2, 20)),  # chunked prefill after a cached prefix
-    ]
-    specs = [kinds[i % 3]() for i in range(num_seqs)]
-    rng.shuffle(specs)
-    return specs
 
 
 @pytest.mark.parametrize("block_size", [4, 8, 16])
@@ -113,9 +82,8 @@ def test_plan_is_rebuilt_for_each_step() -> None:
 
 
 def test_get_backend() -> None:
+    """The Triton backend's choice is tested with its kernels, in test_triton_kernels.py."""
     assert isinstance(get_backend("torch", "cpu"), TorchAttentionBackend)
     assert isinstance(get_backend("auto", "cpu"), TorchAttentionBackend)
-    with pytest.raises(NotImplementedError, match="triton"):
-        get_backend("triton", "cpu")
     with pytest.raises(ValueError, match="unknown attention backend"):
         get_backend("flash", "cpu")

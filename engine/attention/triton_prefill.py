@@ -1,0 +1,187 @@
+"""Prefill attention in Triton over the paged cache: causal, variable query lengths, one launch.
+
+The grid is (query tile, kv head). A tile is up to BLOCK_Q consecutive query tokens of one sequence
+times the GROUP query heads of one kv head, flattened into BLOCK_M = BLOCK_Q x GROUP rows (padded), so
+each K/V load serves the whole group. The program reads the sequence's context through its block
+table from position 0 (a cached prefix included: prefix caching, chunked prefill) up to its last
+query's position, with an online softmax (flash attention). Query token j of sequence i sits at
+position context_len - query_len + j and sees positions 0..that one.
+
+Tiles come from the host-side query lengths (`plan_tiles`), so the grid is exact and rows of
+query length 1 (decodes in a mixed batch) are just one-token tiles.
+
+The reference, and the CPU path, is the torch backend's attention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.attention.torch_backend import TorchAttentionBackend
+from engine.attention.triton_decode import dot_precision
+from engine.forward_metadata import ForwardMetadata
+
+LOG2E = math.log2(math.e)
+DEFAULT_BLOCK_M = 64  # query rows (tokens x group heads) per program
+DEFAULT_BLOCK_N = 64  # context tokens per loop iteration
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr,  # [T, H, d]
+    cache_ptr,  # [2, num_slots, kv_heads, d] contiguous: keys, then values at v_offset
+    out_ptr,  # [T, H, d]
+    block_tables_ptr,  # [B, max_blocks] int32
+    context_lens_ptr,  # [B] int32
+    query_start_loc_ptr,  # [B + 1] int32
+    tiles_ptr,  # [2, num_tiles] int32: each tile's sequence, then its first query index in that sequence
+    num_tiles, scale_log2,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_bt, v_offset, stride_cache_slot, stride_cache_head, head_dim,
+    GROUP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = tl.load(tiles_ptr + tile)
+    first = tl.load(tiles_ptr + num_tiles + tile)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    context_len = tl.load(context_lens_ptr + seq)
+    prefix = context_len - q_len
+
+    rows = tl.arange(0, BLOCK_M)
+    j = first + rows // GROUP  # query index within the sequence
+    heads = kv_head * GROUP + rows % GROUP
+    row_mask = (rows < BLOCK_Q * GROUP) & (j < q_len)
+    positions = prefix + j  # padding rows too see position 0, so no row's max stays -inf
+    dims = tl.arange(0, D_PAD)
+    dim_mask = dims < head_dim
+    q = tl.load(q_ptr + (q_start + j)[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :],
+                mask=row_mask[:, None] & dim_mask[None, :], other=0.0)  # [BLOCK_M, D_PAD]
+
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    end = tl.minimum(prefix + tl.minimum(first + BLOCK_Q, q_len), context_len)  # past the tile's last position
+    table = block_tables_ptr + seq * stride_bt
+    for n0 in range(0, end, BLOCK_N):
+        tokens = n0 + tl.arange(0, BLOCK_N)
+        token_mask = tokens < end
+        page = tl.load(table + tokens // BLOCK_SIZE, mask=token_mask, other=0).to(tl.int64)
+        offs = (page * BLOCK_SIZE + tokens % BLOCK_SIZE) * stride_cache_slot + kv_head * stride_cache_head
+        kv_mask = token_mask[:, None] & dim_mask[None, :]  # masked slots read 0: a NaN there never spreads
+        k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N]
+        visible = token_mask[None, :] & (tokens[None, :] <= positions[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        v = tl.load(cache_ptr + v_offset + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m = m_new
+
+    out = acc / l[:, None]
+    dst = out_ptr + (q_start + j)[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :]
+    tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
+
+
+@dataclass(frozen=True)
+class PrefillTiles:
+    """The query tiles of one step for one BLOCK_Q: which sequence and first query index each covers."""
+
+    block_q: int
+    tiles: torch.Tensor  # [2, num_tiles] int32 on the device: sequence ids, then first query indices
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.tiles.shape[1])
+
+
+def tile_shape(group: int, block_m: int = DEFAULT_BLOCK_M) -> tuple[int, int]:
+    """(BLOCK_Q, BLOCK_M): query tokens per tile and rows (tokens x group heads, padded) per program."""
+    block_m = max(block_m, 16, triton.next_power_of_2(group))
+    return block_m // group, block_m
+
+
+def plan_tiles(meta: ForwardMetadata, block_q: int) -> PrefillTiles:
+    """Cut each sequence's queries into tiles of block_q tokens, from the host-side query lengths."""
+    seqs: list[int] = []
+    firsts: list[int] = []
+    for i, n in enumerate(meta.query_lens_cpu):
+        starts = range(0, n, block_q)
+        seqs.extend([i] * len(starts))
+        firsts.extend(starts)
+    tiles = torch.tensor([seqs, firsts], dtype=torch.int32).to(meta.query_start_loc.device, non_blocking=True)
+    return PrefillTiles(block_q, tiles)
+
+
+def prefill_attention(
+    q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float,
+    tiles: PrefillTiles | None = None, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q [T, H, d] -> [T, H, d]: causal attention of every query over its sequence's cached context.
+
+    Any mix of query lengths (decodes, prefills, chunks after a cached prefix). `tiles` (from
+    plan_tiles with tile_shape's BLOCK_Q) may be given to share it between layers.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, cache_dim = kv_cache.shape
+    _check(q, kv_cache, meta, block_size, num_kv_heads, cache_dim, block_n)
+    group = num_heads // num_kv_heads
+    block_q, block_m = tile_shape(group, block_m)
+    if tiles is None:
+        tiles = plan_tiles(meta, block_q)
+    assert tiles.block_q == block_q, f"tiles cut for BLOCK_Q {tiles.block_q}, kernel uses {block_q}"
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    assert out.shape == q.shape and out.dtype == q.dtype and out.stride(2) == 1, "bad out tensor"
+    if tiles.num_tiles == 0:
+        return out
+    tables = meta.block_tables
+    _prefill_kernel[(tiles.num_tiles, num_kv_heads)](
+        q, kv_cache, out, tables, meta.context_lens, meta.query_start_loc, tiles.tiles,
+        tiles.num_tiles, scale * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        tables.stride(0), kv_cache.stride(0), num_kv_heads * head_dim, head_dim, head_dim,
+        GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, D_PAD=triton.next_power_of_2(head_dim),
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, PRECISION=dot_precision(q.dtype),
+        num_warps=4,
+    )
+    return out
+
+
+def _check(q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
+           block_size: int, num_kv_heads: int, cache_dim: int, block_n: int) -> None:
+    num_tokens, num_heads, head_dim = q.shape
+    batch = meta.num_seqs
+    tables, lens, starts = meta.block_tables, meta.context_lens, meta.query_start_loc
+    assert kv_cache.dim() == 5 and kv_cache.shape[0] == 2 and kv_cache.is_contiguous(), \
+        f"kv_cache {tuple(kv_cache.shape)} must be a contiguous [2, blocks, block_size, kv_heads, head_dim]"
+    assert block_size == meta.block_size, f"cache block size {block_size} != meta.block_size {meta.block_size}"
+    assert cache_dim == head_dim and num_heads % num_kv_heads == 0, \
+        f"q heads/dim ({num_heads}, {head_dim}) do not fit cache kv heads/dim ({num_kv_heads}, {cache_dim})"
+    assert q.dtype == kv_cache.dtype and q.dtype in (torch.float32, torch.bfloat16, torch.float16), \
+        f"q {q.dtype} and cache {kv_cache.dtype} must share one of fp32/bf16/fp16"
+    assert q.stride(2) == 1, "q needs a unit stride over head_dim"
+    assert num_tokens == sum(meta.query_lens_cpu), f"q has {num_tokens} tokens, meta {sum(meta.query_lens_cpu)}"
+    assert tables.dim() == 2 and tables.shape[0] == batch and tables.dtype == torch.int32, \
+        f"block_tables {tuple(tables.shape)} {tables.dtype} is not [{batch}, max_blocks] int32"
+    assert tables.stride(1) == 1, "block_tables rows must be contiguous"
+    assert lens.shape == (batch,) and lens.dtype == torch.int32, f"context_lens {tuple(lens.shape)} {lens.dtype}"
+    assert starts.shape == (batch + 1,) and starts.dtype == torch.int32, \
+        f"query_start_loc {tuple(starts.shape)} {starts.dtype} is not [{batch + 1}] int32"
+    assert block_n >= 16 and block_n & (block_n - 1) == 0, f"block_n {block_n} must be a power of two >= 16"
+    assert q.device == kv_cache.device == tables.device == lens.device == starts.device, "tensors on different devices"
+
+
+def ref_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
+    """The plain-torch attention, the CPU path: the torch backend's, for any mix of query lengths."""
+    return TorchAttentionBackend().attend(q, kv_cache, meta, scale)

@@ -1,0 +1,337 @@
+"""The Triton attention kernels against their plain-torch references, on tiny random paged steps.
+
+Without CUDA the kernels run in the Triton interpreter (TRITON_INTERPRET=1, set here before any
+kernel is defined); with CUDA they run compiled. Caches and outputs start as NaN, so an unwritten
+row, a misindexed slot or a read past a context shows up as NaN or as a mismatch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.6.0)")
+
+from attention_cases import AttentionCase, build_case, random_specs  # noqa: E402
+from engine.attention import TorchAttentionBackend, get_backend  # noqa: E402
+from engine.attention.triton_backend import TritonAttentionBackend  # noqa: E402
+from engine.attention.triton_decode import choose_num_splits, decode_attention, ref_decode_attention  # noqa: E402
+from engine.attention.triton_prefill import prefill_attention, ref_prefill_attention  # noqa: E402
+from engine.attention.triton_store_kv import ref_store_kv, store_kv  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DEVICE = "cpu" if INTERPRET else "cuda"
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}  # atol = rtol
+
+
+def _patch_interpreter() -> None:
+    """Two gaps of Triton 3.6's interpreter that the compiled kernels do not have.
+
+    - A loop bound loaded from memory is a 1-element array, and NumPy >= 2.4 refuses int() of it
+      (triton-lang/triton#9171, fixed after 3.6): index through a 0-d view instead.
+    - tl.dot on bfloat16 multiplies the raw uint16 bit patterns (triton-lang/triton#11584):
+      widen bfloat16 operands to float32 first, as the GPU's tensor cores effectively do.
+    """
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    create_dot = getattr(getattr(interpreter, "InterpreterBuilder", None), "create_dot", None)
+    if patch_tensor is None or create_dot is None or getattr(patch_tensor, "pagedchat_fixed", False):
+        return  # another Triton version: its interpreter is taken as it is
+
+    def patched_tensor(tensor: type, scope: object) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    def widen(h: interpreter.TensorHandle) -> interpreter.TensorHandle:
+        if h.dtype.scalar != tl.bfloat16:
+            return h
+        return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def patched_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # noqa: ANN001, ANN202
+        return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    patched_tensor.pagedchat_fixed = True
+    interpreter._patch_lang_tensor = patched_tensor
+    interpreter.InterpreterBuilder.create_dot = patched_dot
+
+
+def _interpret_triton_library() -> None:
+    """Triton's own library (tl.max, tl.sum, tl.zeros, ...) is @triton.jit code too, wrapped when triton
+    is first imported. In a whole-suite run transformers imports triton (via torch._dynamo) before
+    this module sets TRITON_INTERPRET, leaving compiled-mode functions that the interpreter refuses
+    to call; wrap them again as interpreted ones. (Setting TRITON_INTERPRET in conftest.py, before
+    anything imports triton, would make this a no-op.)"""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for name, fn in list(vars(tl.standard).items()):
+        if isinstance(fn, JITFunction):
+            wrapped = InterpretedFunction(fn.fn)
+            setattr(tl.standard, name, wrapped)
+            if getattr(tl, name, None) is fn:
+                setattr(tl, name, wrapped)
+
+
+if INTERPRET:
+    _patch_interpreter()
+    _interpret_triton_library()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernels_match_mode() -> None:
+    """The kernels are interpreted only if TRITON_INTERPRET was set before their module was imported."""
+    from engine.attention import triton_decode
+
+    interpreted = type(triton_decode._decode_split_kernel).__name__ == "InterpretedFunction"
+    if interpreted != INTERPRET:
+        pytest.fail("the Triton kernels were imported before TRITON_INTERPRET was set; run this file on its own")
+
+
+def make_case(specs: list[tuple[int, int]], block_size: int, group: int, seed: int,
+              dtype: torch.dtype = torch.float32, **kwargs: object) -> AttentionCase:
+    case = build_case(specs, block_size, group, seed, dtype=dtype, **kwargs)
+    if DEVICE == "cpu":
+        return case
+    moved = {f.name: _to(getattr(case, f.name)) for f in dataclasses.fields(case)}
+    moved["meta"] = dataclasses.replace(case.meta, **{
+        f.name: _to(getattr(case.meta, f.name)) for f in dataclasses.fields(case.meta)})
+    return AttentionCase(**moved)
+
+
+def _to(x: object) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.to(DEVICE)
+    if isinstance(x, list) and x and isinstance(x[0], torch.Tensor):
+        return [t.to(DEVICE) for t in x]
+    return x
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def reference(case: AttentionCase, cache: torch.Tensor, scale: float) -> torch.Tensor:
+    """The torch reference in float32 over the same (possibly bf16) values."""
+    return ref_prefill_attention(case.q.float(), cache.float(), case.meta, scale)
+
+
+def nan_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+# ---------------------------------------------------------------- store
+
+
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("num_kv_heads, heads_per_program", [(1, None), (3, None), (3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_matches_reference(block_size: int, num_kv_heads: int, heads_per_program: int | None,
+                                    dtype: torch.dtype) -> None:
+    case = make_case([(3, 1), (0, 13), (17, 5)], block_size, 1, seed=block_size + num_kv_heads,
+                     dtype=dtype, num_kv_heads=num_kv_heads)
+    # k and v as strided views of one fused [T, q + k + v heads, d] tensor, as the model gives them
+    fused = torch.cat([case.q, case.new_k, case.new_v], dim=1)
+    heads = case.q.shape[1]
+    k, v = fused[:, heads:heads + num_kv_heads], fused[:, heads + num_kv_heads:]
+    ours, ref = case.cache.clone(), case.cache.clone()
+    store_kv(k, v, ours, case.meta, heads_per_program)
+    ref_store_kv(case.new_k, case.new_v, ref, case.meta)
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0, equal_nan=True)
+
+
+def test_store_kv_skips_negative_slots() -> None:
+    """Padding tokens of a captured graph carry slot -1 and must not write anywhere."""
+    case = make_case([(0, 6)], 8, 1, seed=3)
+    slots = case.meta.slot_mapping.clone()
+    slots[2] = slots[4] = -1
+    meta = dataclasses.replace(case.meta, slot_mapping=slots)
+    store_kv(case.new_k, case.new_v, case.cache, meta)
+    flat = case.flat_cache
+    kept = slots >= 0
+    torch.testing.assert_close(flat[0, slots[kept]], case.new_k[kept])
+    torch.testing.assert_close(flat[1, slots[kept]], case.new_v[kept])
+    assert flat.isnan().any(-1).any(-1).sum(-1).tolist() == [flat.shape[1] - 4] * 2
+
+
+# ---------------------------------------------------------------- decode
+
+
+DECODE_CASES = [  # (block_size, group, head_dim, context lengths): none a multiple of the block size
+    (16, 1, 16, [1, 37, 20]),
+    (16, 2, 32, [45, 3]),
+    (8, 4, 16, [30, 9, 17]),
+    (32, 8, 16, [70, 33]),
+]
+
+
+@pytest.mark.parametrize("block_size, group, head_dim, lens", DECODE_CASES)
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_matches_reference(block_size: int, group: int, head_dim: int, lens: list[int],
+                                  num_splits: int, dtype: torch.dtype) -> None:
+    case = make_case([(n - 1, 1) for n in lens], block_size, group, seed=len(lens) + group,
+                     dtype=dtype, head_dim=head_dim)
+    cache = case.stored_cache()
+    scale = head_dim ** -0.5
+    out = decode_attention(case.q, cache, case.meta, scale, num_splits=num_splits, block_n=16,
+                           out=nan_like(case.q))
+    assert_close(out, reference(case, cache, scale), dtype)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_decode_fp16_and_model_head_dims(head_dim: int) -> None:
+    case = make_case([(50, 1), (21, 1)], 16, 2, seed=head_dim, dtype=torch.float16, head_dim=head_dim)
+    cache = case.stored_cache()
+    out = decode_attention(case.q, cache, case.meta, head_dim ** -0.5, num_splits=2, block_n=16,
+                           out=nan_like(case.q))
+    assert_close(out, reference(case, cache, head_dim ** -0.5), torch.float16)
+
+
+def test_decode_reference_is_the_torch_path() -> None:
+    case = make_case([(9, 1), (30, 1)], 8, 2, seed=5)
+    cache = case.stored_cache()
+    torch.testing.assert_close(ref_decode_attention(case.q, cache, case.meta, 0.3),
+                               TorchAttentionBackend().attend(case.q, cache, case.meta, 0.3))
+
+
+def test_decode_more_splits_than_tiles_and_shared_prefix() -> None:
+    """Empty splits (past a short context, or past the table) must not disturb the combine."""
+    case = make_case([(40, 1), (51, 1), (32, 1)], 16, 2, seed=11, shared_prefix=32)
+    assert torch.equal(case.meta.block_tables[0, :2], case.meta.block_tables[1, :2])
+    cache = case.stored_cache()
+    out = decode_attention(case.q, cache, case.meta, 0.25, num_splits=8, block_n=16, out=nan_like(case.q))
+    assert_close(out, reference(case, cache, 0.25), torch.float32)
+
+
+def test_decode_zero_length_row_gives_zeros() -> None:
+    """A padding row of a captured batch (context length 0) yields zeros; its neighbours are intact."""
+    case = make_case([(20, 1), (0, 1), (11, 1)], 8, 2, seed=2)
+    cache = case.stored_cache()
+    ref = reference(case, cache, 0.25)
+    lens = case.meta.context_lens.clone()
+    lens[1] = 0
+    meta = dataclasses.replace(case.meta, context_lens=lens)
+    for splits in (1, 3):
+        out = decode_attention(case.q, cache, meta, 0.25, num_splits=splits, block_n=16, out=nan_like(case.q))
+        assert torch.equal(out[1], torch.zeros_like(out[1]))
+        assert_close(out[[0, 2]], ref[[0, 2]], torch.float32)
+
+
+def test_num_splits_fill_an_h100() -> None:
+    device = torch.device("cuda")  # the H100's 132 SMs, whether or not a GPU is here
+    if not torch.cuda.is_available():
+        pytest.skip("the SM count needs a CUDA device")
+    one_long = choose_num_splits(1, 8, 256, 16, device)
+    assert 8 <= one_long <= 32, "one sequence of 4k tokens spreads over many splits"
+    assert choose_num_splits(256, 8, 256, 16, device) == 1, "a full batch fills the GPU without splits"
+
+
+def test_num_splits_bounds() -> None:
+    cpu = torch.device("cpu")
+    assert choose_num_splits(1, 1, 1, 16, cpu) == 1, "never more splits than tiles"
+    assert 1 <= choose_num_splits(1, 1, 10_000, 16, cpu) <= 32
+
+
+# ---------------------------------------------------------------- prefill
+
+
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("group", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_mixed_batch_matches_reference(block_size: int, group: int, dtype: torch.dtype) -> None:
+    """Decodes, fresh prefills and chunks after a cached prefix, shuffled, in one launch."""
+    specs = random_specs(random.Random(block_size * 7 + group), num_seqs=5, max_len=30)
+    case = make_case(specs, block_size, group, seed=group, dtype=dtype)
+    cache = case.stored_cache()
+    out = prefill_attention(case.q, cache, case.meta, 0.25, block_m=16, block_n=16, out=nan_like(case.q))
+    assert_close(out, reference(case, cache, 0.25), dtype)
+
+
+@pytest.mark.parametrize("specs", [
+    [(0, 1)],  # a one-token prompt
+    [(0, 16)],  # exactly one block
+    [(16, 16)],  # a chunk starting on a block boundary
+    [(15, 2), (30, 9)],  # chunks straddling block boundaries
+    [(40, 5), (40, 12)],  # chunked prefill over a shared cached prefix
+])
+def test_prefill_edge_cases(specs: list[tuple[int, int]]) -> None:
+    shared = 32 if specs[0][0] == 40 else 0
+    case = make_case(specs, 16, 2, seed=7, head_dim=32, shared_prefix=shared)
+    cache = case.stored_cache()
+    out = prefill_attention(case.q, cache, case.meta, 0.2, block_m=16, block_n=16, out=nan_like(case.q))
+    assert_close(out, reference(case, cache, 0.2), torch.float32)
+
+
+@pytest.mark.parametrize("block_size, head_dim, dtype", [(32, 64, torch.float16), (16, 128, torch.bfloat16)])
+def test_prefill_larger_blocks_and_model_head_dims(block_size: int, head_dim: int, dtype: torch.dtype) -> None:
+    case = make_case([(40, 9), (0, 1), (0, 35)], block_size, 2, seed=head_dim, dtype=dtype, head_dim=head_dim)
+    cache = case.stored_cache()
+    scale = head_dim ** -0.5
+    out = prefill_attention(case.q, cache, case.meta, scale, block_m=16, block_n=32, out=nan_like(case.q))
+    assert_close(out, reference(case, cache, scale), dtype)
+
+
+def test_prefill_default_tiles_and_padded_head_dim() -> None:
+    """The GPU's default tile sizes, and a head_dim (48) that is not a power of two."""
+    case = make_case([(20, 30), (0, 1)], 16, 2, seed=4, head_dim=48)
+    cache = case.stored_cache()
+    out = prefill_attention(case.q, cache, case.meta, 0.15, out=nan_like(case.q))
+    assert_close(out, reference(case, cache, 0.15), torch.float32)
+
+
+# ---------------------------------------------------------------- backend
+
+
+@pytest.mark.parametrize("specs", [
+    [(12, 1), (0, 1), (33, 1)],  # pure decode: the decode kernel
+    [(5, 1), (0, 7), (20, 6), (3, 1)],  # mixed: the prefill kernel for every row
+])
+def test_backend_forward_matches_torch_backend(specs: list[tuple[int, int]]) -> None:
+    case = make_case(specs, 8, 2, seed=9)
+    ours, ref_cache = case.cache.clone(), case.cache.clone()
+    backend = TritonAttentionBackend()
+    out = backend.forward(case.q, case.new_k, case.new_v, ours, case.meta, 0.25)
+    ref = TorchAttentionBackend().forward(case.q, case.new_k, case.new_v, ref_cache, case.meta, 0.25)
+    torch.testing.assert_close(ours, ref_cache, atol=0, rtol=0, equal_nan=True)
+    assert_close(out, ref, torch.float32)
+    plan = backend.plan(case.meta, case.q.shape[1], 2, case.q.device)
+    assert (plan.num_splits is not None) == case.meta.is_pure_decode
+
+
+def test_backend_plans_once_per_step() -> None:
+    backend = TritonAttentionBackend()
+    step_a = make_case([(3, 1), (9, 1)], 8, 2, seed=1).meta
+    step_b = make_case([(3, 1), (0, 4)], 8, 2, seed=1).meta
+    dev = step_a.block_tables.device
+    assert backend.plan(step_a, 4, 2, dev) is backend.plan(step_a, 4, 2, dev)
+    assert backend.plan(step_b, 4, 2, dev).tiles is not None
+    assert backend.plan(step_b, 4, 2, dev) is not backend.plan(step_b, 8, 2, dev)
+
+
+def test_get_backend_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(get_backend("auto", "cuda"), TritonAttentionBackend)
+    assert isinstance(get_backend("auto", "cpu"), TorchAttentionBackend)
+    if INTERPRET:
+        assert isinstance(get_backend("triton", "cpu"), TritonAttentionBackend)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        get_backend("triton", "cpu")
+    # without triton: "triton" fails clearly, "auto" falls back to torch
+    for name in [m for m in sys.modules if m.startswith("engine.attention.triton")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "triton", None)
+    with pytest.raises(ImportError, match="needs the triton package"):
+        get_backend("triton", "cuda")
+    with pytest.warns(UserWarning, match="triton does not import"):
+        assert isinstance(get_backend("auto", "cuda"), TorchAttentionBackend)
