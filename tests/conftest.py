@@ -1,6 +1,8 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import triton_interpreter  # noqa: F401  (first: TRITON_INTERPRET must be set before triton loads)
+
 import importlib.util
 import os
 import shutil
