@@ -73,6 +73,10 @@ class BlockManager:
         self._by_hash: dict[int, int] = {}
         self._seqs: dict[int, _SeqState] = {}
         self._copies: list[tuple[int, int]] = []
+        # counters kept as blocks change hands, so stats() is O(1) on pools of tens of thousands
+        self._fill = [0] * num_blocks  # tokens held by each used block
+        self._tokens_stored = 0
+        self._num_shared = 0
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -138,8 +142,19 @@ class BlockManager:
         if cow:
             self._copy_on_write(state, num_computed // self.block_size)
         state.table.extend(self._pop_fresh() for _ in range(fresh))
-        state.num_tokens = max(state.num_tokens, end)
+        if end > state.num_tokens:
+            self._grow_fill(state, end)
         return True
+
+    def _grow_fill(self, state: _SeqState, end: int) -> None:
+        bs = self.block_size
+        for idx in range(state.num_tokens // bs, self.blocks_needed(end)):
+            block_id = state.table[idx]
+            fill = min(bs, end - idx * bs)
+            if fill > self._fill[block_id]:
+                self._tokens_stored += fill - self._fill[block_id]
+                self._fill[block_id] = fill
+        state.num_tokens = end
 
     def _needs_copy(self, state: _SeqState, num_computed: int, num_new: int) -> bool:
         """Writing into a partly filled block that another sequence also holds."""
@@ -150,7 +165,9 @@ class BlockManager:
     def _copy_on_write(self, state: _SeqState, idx: int) -> None:
         src = state.table[idx]
         dst = self._pop_fresh()
-        self.blocks[src].ref_count -= 1
+        self._release(src)
+        self._fill[dst] = self._fill[src]
+        self._tokens_stored += self._fill[src]
         state.table[idx] = dst
         self._copies.append((src, dst))
 
@@ -160,10 +177,29 @@ class BlockManager:
         return copies
 
     def _take(self, block_id: int) -> None:
+        """One more holder of a block; a cached-free one comes back into use (it is full)."""
         block = self.blocks[block_id]
         if block.ref_count == 0:
             del self._evictable[block_id]
+            self._fill[block_id] = self.block_size
+            self._tokens_stored += self.block_size
+        elif block.ref_count == 1:
+            self._num_shared += 1
         block.ref_count += 1
+
+    def _release(self, block_id: int) -> None:
+        """One holder fewer; at zero the block goes to the cached-free or the free pool."""
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 1:
+            self._num_shared -= 1
+        elif block.ref_count == 0:
+            self._tokens_stored -= self._fill[block_id]
+            self._fill[block_id] = 0
+            if block.hash is not None:
+                self._evictable[block_id] = None
+            else:
+                self._free.append(block_id)
 
     def _pop_fresh(self) -> int:
         if self._free:
@@ -197,7 +233,7 @@ class BlockManager:
         """The child shares every block of the parent (copy-on-write for the partly filled one)."""
         parent = self._seqs[parent_id]
         for block_id in parent.table:
-            self.blocks[block_id].ref_count += 1
+            self._take(block_id)
         self._seqs[child_id] = _SeqState(list(parent.table), parent.num_tokens, list(parent.hashes))
 
     def free(self, seq_id: int) -> None:
@@ -206,17 +242,14 @@ class BlockManager:
         if state is None:
             return
         for block_id in reversed(state.table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                if block.hash is not None:
-                    self._evictable[block_id] = None
-                else:
-                    self._free.append(block_id)
+            self._release(block_id)
 
     # ---- introspection -------------------------------------------------------------------------
     def block_fill(self) -> list[int]:
         """Tokens held by each physical block (0 for blocks no sequence holds)."""
+        return list(self._fill)
+
+    def _recount_fill(self) -> list[int]:
         fill = [0] * self.num_blocks
         bs = self.block_size
         for state in self._seqs.values():
@@ -236,8 +269,8 @@ class BlockManager:
         used = self.num_blocks - len(self._free) - len(self._evictable)
         return BlockStats(
             total=self.num_blocks, used=used, free=len(self._free), cached_free=len(self._evictable),
-            cached=len(self._by_hash), shared=sum(1 for b in self.blocks if b.ref_count > 1),
-            tokens_stored=sum(self.block_fill()), slots_reserved=used * self.block_size,
+            cached=len(self._by_hash), shared=self._num_shared,
+            tokens_stored=self._tokens_stored, slots_reserved=used * self.block_size,
             block_size=self.block_size,
         )
 
@@ -264,3 +297,6 @@ class BlockManager:
         hashed = sum(1 for b in self.blocks if b.hash is not None)
         assert hashed == len(self._by_hash), "a hashed block is missing from the prefix cache"
         assert len(free) + len(evictable) + sum(1 for c in counts if c) == self.num_blocks
+        assert self._num_shared == sum(1 for c in counts if c > 1), "shared-block counter drifted"
+        assert self._fill == self._recount_fill(), "block fill drifted from the block tables"
+        assert self._tokens_stored == sum(self._fill), "tokens-stored counter drifted"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -67,33 +68,38 @@ def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.
     query_lens: list[int] = []
     context_lens: list[int] = []
     logits_indices: list[int] = []
-    for chunk in chunks:
+    width = max((len(c.block_table) for c in chunks), default=0)
+    tables = np.zeros((len(chunks), width), dtype=np.int32)
+    for i, chunk in enumerate(chunks):
         n = len(chunk.token_ids)
-        end = chunk.start_pos + n
-        if n < 1 or len(chunk.block_table) * block_size < end:
-            raise ValueError(f"chunk of {n} tokens ending at {end} does not fit its block table")
-        input_ids.extend(chunk.token_ids)
+        start, end = chunk.start_pos, chunk.start_pos + n
         table = chunk.block_table
-        for pos in range(chunk.start_pos, end):
-            positions.append(pos)
-            slots.append(table[pos // block_size] * block_size + pos % block_size)
+        if n < 1 or len(table) * block_size < end:
+            raise ValueError(f"chunk of {n} tokens ending at {end} does not fit its block table")
+        tables[i, :len(table)] = table
+        input_ids.extend(chunk.token_ids)
+        if n == 1:  # a decode: the common case, kept free of inner loops
+            positions.append(start)
+            slots.append(table[start // block_size] * block_size + start % block_size)
+        else:
+            positions.extend(range(start, end))
+            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
         query_lens.append(n)
         context_lens.append(end)
         logits_indices.extend([len(input_ids) - 1] * chunk.num_samples)
-    width = max((len(c.block_table) for c in chunks), default=0)
-    tables = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
     starts = [0]
     for n in query_lens:
         starts.append(starts[-1] + n)
 
-    def t(data: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(data, dtype=dtype).to(device, non_blocking=True)
+    def t(data: list | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        host = torch.from_numpy(data) if isinstance(data, np.ndarray) else torch.tensor(data, dtype=dtype)
+        return host.to(device, non_blocking=True)
 
     return ForwardMetadata(
         input_ids=t(input_ids, torch.int64),
         positions=t(positions, torch.int64),
         slot_mapping=t(slots, torch.int64),
-        block_tables=t(tables, torch.int32).reshape(len(chunks), width),
+        block_tables=t(tables, torch.int32),
         context_lens=t(context_lens, torch.int32),
         query_start_loc=t(starts, torch.int32),
         logits_indices=t(logits_indices, torch.int64),
