@@ -45,6 +45,7 @@ class LLMEngine:
         self.metrics = MetricsRecorder()
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self._live: dict[str, int] = {}  # request id -> its unfinished sequences
+        self._undetokenized: list[Sequence] = []  # got a token last step; text still to make
 
     # ---- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -85,25 +86,37 @@ class LLMEngine:
         return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished
+        """Sequences to run, or tokens whose text has not been handed out yet."""
+        return self.scheduler.has_unfinished or bool(self._undetokenized)
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> StepOutput:
-        """Schedule, run one forward pass for every scheduled sequence, sample, detokenize."""
+        """Schedule and launch one forward pass for every scheduled sequence; while the device runs
+        it, detokenize the tokens of the previous step; then take this step's tokens.
+
+        Text therefore comes out one step after its token (a few ms), and a stop string found then
+        drops the token the sequence got meanwhile. Token-based stops (EOS, stop ids, max_tokens)
+        end a sequence at once.
+        """
         start = time.perf_counter()
         out = self.scheduler.schedule()
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens
-        outputs: list[RequestOutput] = []
+        pending = None
         if not out.is_empty:
             chunks, rows = self._prepare(out)
-            tokens = self.runner.execute(chunks, out.copies, rows)
+            pending = self.runner.launch(chunks, out.copies, rows)
+        outputs = [self._detokenize(seq) for seq in self._undetokenized if seq.finish_reason is not FinishReason.ABORT]
+        self._undetokenized = []
+        if pending is not None:
+            tokens = pending.result()
             sampled, at = [], 0
             for item in out.scheduled:
                 sampled.append(tokens[at:at + item.num_samples])
                 at += item.num_samples
-            grew = self.scheduler.update(out, sampled)
+            self._undetokenized = self.scheduler.update(out, sampled)
             now = time.perf_counter()
-            outputs = [self._process(seq, now) for seq in grew]
+            for seq in self._undetokenized:
+                self._account(seq, now)
         self.metrics.total_prompt_tokens += num_prefill
         self.metrics.total_cached_tokens += out.num_cached_tokens
         if self.config.check_integrity:
@@ -122,37 +135,37 @@ class LLMEngine:
                         for k in range(item.num_samples))
         return chunks, rows
 
-    def _process(self, seq: Sequence, now: float) -> RequestOutput:
-        """Account, detokenize and check the stop conditions of a sequence that got a token."""
-        token = seq.token_ids[-1]
+    def _account(self, seq: Sequence, now: float) -> None:
+        """Latency of the token a sequence just got, and the stops that need no text."""
         self.metrics.token(now, seq.arrival_time, seq.last_token_time)
         seq.first_token_time = seq.first_token_time or now
         seq.last_token_time = now
+        token, params = seq.token_ids[-1], seq.params
+        if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
+            seq.stop_reason = token
+            self.scheduler.finish(seq, FinishReason.STOP)
+        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            self.scheduler.finish(seq, FinishReason.LENGTH)
+
+    def _detokenize(self, seq: Sequence) -> RequestOutput:
+        """The text of a sequence's newest token; a stop string in it finishes the sequence."""
+        token = seq.token_ids[-1]
         detok = self._detokenizers.get(seq.seq_id)
         if detok is None:
             detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], seq.params.stop)
             self._detokenizers[seq.seq_id] = detok
         delta = detok.add_tokens([token])
-        reason = self._finish_reason(seq, token, detok)
-        if reason is not None:
-            if not detok.stopped:
-                delta += detok.flush()
-            self.scheduler.finish(seq, reason)
+        if detok.stopped:
+            seq.stop_reason = detok.stop_string
+            if not seq.is_finished:
+                self.scheduler.finish(seq, FinishReason.STOP)
+            seq.finish_reason = FinishReason.STOP
+        elif seq.is_finished:
+            delta += detok.flush()
+        if seq.is_finished:
             del self._detokenizers[seq.seq_id]
             self._release(seq.request_id)
         return self._output(seq, delta, [token], detok.text)
-
-    def _finish_reason(self, seq: Sequence, token: int, detok: IncrementalDetokenizer) -> FinishReason | None:
-        params = seq.params
-        if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
-            seq.stop_reason = token
-            return FinishReason.STOP
-        if detok.stopped:
-            seq.stop_reason = detok.stop_string
-            return FinishReason.STOP
-        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
-            return FinishReason.LENGTH
-        return None
 
     def _release(self, request_id: str) -> None:
         left = self._live.get(request_id, 1) - 1

@@ -89,9 +89,13 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[meta.logits_indices])
 
-    @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> list[int]:
         """One forward pass; returns one sampled token per row (rows follow the chunks' samples)."""
+        return self.launch(chunks, copies, rows).result()
+
+    @torch.inference_mode()
+    def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> "PendingTokens":
+        """Queue one forward pass and its sampling on the device; the host is free until result()."""
         self._copy_blocks(copies)
         meta = build_metadata(chunks, self.block_size, self.device)
         if self.graphs is not None and self.graphs.fits(meta):
@@ -99,8 +103,8 @@ class ModelRunner:
         else:
             logits = self._logits_of(meta.input_ids, meta.positions, meta)
         if not rows:
-            return []
-        return self.sampler.sample(logits, rows).tolist()
+            return PendingTokens(None)
+        return PendingTokens(self.sampler.sample(logits, rows))
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:
@@ -109,3 +113,24 @@ class ModelRunner:
         dst = torch.tensor([d for _, d in copies], device=self.device)
         for cache in self.kv_caches:
             cache[:, dst] = cache[:, src]
+
+
+class PendingTokens:
+    """Sampled token ids on their way to the host: copied without blocking, waited for on result()."""
+
+    def __init__(self, tokens: torch.Tensor | None) -> None:
+        self._event = None
+        if tokens is not None and tokens.is_cuda:
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            tokens = host
+        self._tokens = tokens
+
+    def result(self) -> list[int]:
+        if self._tokens is None:
+            return []
+        if self._event is not None:
+            self._event.synchronize()
+        return self._tokens.tolist()

@@ -144,6 +144,8 @@ class Scheduler:
         grew: list[Sequence] = []
         for item, tokens in zip(out.scheduled, sampled):
             seq = item.seq
+            if seq.is_finished:  # stopped (or aborted) while its step ran: its token is dropped
+                continue
             seq.num_computed_tokens += item.num_new_tokens
             self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
             if not tokens:
