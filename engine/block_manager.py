@@ -119,6 +119,12 @@ class BlockManager:
         `prefix` (first call only) are cached blocks from `match_prefix` covering num_computed tokens.
         """
         state = self._seqs.get(seq_id)
+        end = num_computed + num_new
+        if state is not None and not prefix and end <= len(state.table) * self.block_size:
+            if not self._needs_copy(state, num_computed, num_new):  # the common decode: room in its last block
+                if end > state.num_tokens:
+                    self._grow_fill(state, end)
+                return True
         if state is None:
             if len(prefix) * self.block_size != num_computed:
                 raise ValueError("a new sequence starts from its cached prefix only")
@@ -128,7 +134,6 @@ class BlockManager:
             if prefix:
                 raise ValueError(f"sequence {seq_id} already has blocks")
             reused_free = 0
-        end = num_computed + num_new
         fresh = max(0, self.blocks_needed(end) - len(state.table) - len(prefix))
         cow = self._needs_copy(state, num_computed, num_new)
         if fresh + int(cow) > self.num_free_blocks - reused_free:

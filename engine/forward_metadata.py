@@ -50,7 +50,7 @@ class ForwardMetadata:
         return self.max_query_len == 1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScheduledChunk:
     """One sequence's share of a step, as plain Python: the tokens it feeds and where they go."""
 
