@@ -22,14 +22,21 @@ MODEL_REGISTRY: dict[str, type[LlamaForCausalLM]] = {
 
 def build_model(
     model_config: ModelConfig, backend: AttentionBackend, dtype: torch.dtype, device: torch.device | str,
+    fused: bool | None = None,
 ) -> LlamaForCausalLM:
-    """An inference-only model with uninitialised parameters of `dtype` on `device`; call load_weights next."""
+    """An inference-only model with uninitialised parameters of `dtype` on `device`; call load_weights next.
+
+    fused: the elementwise ops (norms, rope, silu*up) as Triton kernels; by default on CUDA only,
+    where triton is present and the kernels compile. The CPU path runs their plain-torch references.
+    """
+    if fused is None:
+        fused = torch.device(device).type == "cuda"
     cls = MODEL_REGISTRY.get(model_config.model_type)
     if cls is None:
         raise ValueError(f"unsupported model type {model_config.model_type!r}; "
                          f"supported: {', '.join(sorted(MODEL_REGISTRY))}")
     with torch.device(device), _default_dtype(dtype):
-        model = cls(model_config, backend)
+        model = cls(model_config, backend, fused)
     return model.requires_grad_(False).eval()
 
 

@@ -26,21 +26,44 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-class RMSNorm(nn.Module):
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in fp32 like HF's LlamaRMSNorm."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    # HF rounds the normalised value to the input dtype before scaling by the weight
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
 
-    def __init__(self, dim: int, eps: float) -> None:
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """residual += x (in place, in the model dtype), then rms_norm(residual)."""
+    return rms_norm(residual.add_(x), weight, eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim; with a residual, the pre-norm residual add fused in front of it.
+
+    fused: run the Triton kernels of engine.models.triton_rmsnorm (CUDA only), else the torch functions.
+    """
+
+    def __init__(self, dim: int, eps: float, fused: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(dim))
         self.eps = eps
+        if fused:
+            from engine.models import triton_rmsnorm  # imports triton: only where the kernels run
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        # HF rounds the normalised value to the input dtype before scaling by the weight
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+            self._norm, self._add_norm = triton_rmsnorm.rms_norm, triton_rmsnorm.add_rms_norm
+        else:
+            self._norm, self._add_norm = rms_norm, add_rms_norm
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., dim] -> norm(x). With residual [T, dim]: residual += x in place, returns norm(residual)
+        (the fused kernel writes that output into x, which the caller must own)."""
+        if residual is None:
+            return self._norm(x, self.weight, self.eps)
+        return self._add_norm(x, residual, self.weight, self.eps)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -111,3 +134,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     torch.mul(x2, cos, out=o2)
     o2.addcmul_(x1, sin)
     return out
+
+
+def rotate_qk(
+    qkv: torch.Tensor, num_q: int, num_kv: int, cos: torch.Tensor, sin: torch.Tensor,
+    q_weight: torch.Tensor | None, k_weight: torch.Tensor | None, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """qkv [T, num_q + 2 * num_kv, head_dim] -> rotated q [T, num_q, d], k [T, num_kv, d].
+
+    With q_weight and k_weight (Qwen3), q and k are RMS-normed per head before the rotation.
+    """
+    if q_weight is None:
+        qk = apply_rotary(qkv[:, :num_q + num_kv], cos, sin)  # q and k rotated together: one set of ops
+        return qk[:, :num_q], qk[:, num_q:]
+    q = apply_rotary(rms_norm(qkv[:, :num_q], q_weight, eps), cos, sin)
+    k = apply_rotary(rms_norm(qkv[:, num_q:num_q + num_kv], k_weight, eps), cos, sin)
+    return q, k

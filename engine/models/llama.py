@@ -3,6 +3,10 @@
 Differences between the family members are flags of ModelConfig: q/k/v bias (Qwen2), per-head
 q/k RMSNorm before rope (Qwen3), tied embeddings, rope scaling. Mistral's sliding window is ignored
 (full attention). Projections are fused: one qkv matmul and one gate_up matmul per layer.
+
+The residual stream travels beside the hidden state, vLLM style: each norm first adds the previous
+sub-block's output into the residual, so with `fused` (CUDA) a layer runs four elementwise Triton
+kernels (add+norm, q/k norm+rope, add+norm, silu*up); without it, the same functions in plain torch.
 """
 from __future__ import annotations
 
@@ -15,14 +19,15 @@ from torch import nn
 from engine.attention.backend import AttentionBackend
 from engine.config import ModelConfig
 from engine.forward_metadata import ForwardMetadata
-from engine.models.layers import Linear, RMSNorm, RotaryEmbedding, apply_rotary, silu_and_mul
+from engine.models import layers
+from engine.models.layers import Linear, RMSNorm, RotaryEmbedding
 from engine.models.weight_map import load_into
 
 
 class LlamaAttention(nn.Module):
     """Self-attention of one layer: fused qkv, optional q/k norm, rope, paged attention, o_proj."""
 
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, fused: bool = False) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
@@ -36,6 +41,13 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(config.num_heads * config.head_dim, config.hidden_size, bias=o_bias)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.eps = config.rms_norm_eps
+        if fused:
+            from engine.models.triton_rotary import rotate_qk  # imports triton: only where the kernels run
+
+            self._rotate_qk = rotate_qk  # q/k norm and rope in one launch, in place in qkv
+        else:
+            self._rotate_qk = layers.rotate_qk
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
@@ -44,12 +56,9 @@ class LlamaAttention(nn.Module):
         n_q, n_kv = self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(x.shape[0], n_q + 2 * n_kv, self.head_dim)  # heads: q, then k, then v
         v = qkv[:, n_q + n_kv:]
-        if self.q_norm is None:
-            qk = apply_rotary(qkv[:, :n_q + n_kv], cos, sin)  # q and k rotated together: one set of ops
-            q, k = qk[:, :n_q], qk[:, n_q:]
-        else:
-            q = apply_rotary(self.q_norm(qkv[:, :n_q]), cos, sin)
-            k = apply_rotary(self.k_norm(qkv[:, n_q:n_q + n_kv]), cos, sin)
+        q_weight = None if self.q_norm is None else self.q_norm.weight
+        k_weight = None if self.k_norm is None else self.k_norm.weight
+        q, k = self._rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
         out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
         return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim))
 
@@ -57,56 +66,76 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, fused: bool = False) -> None:
         super().__init__()
         self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        if fused:
+            from engine.models.triton_silu_mul import silu_and_mul  # imports triton: only where it runs
+
+            self._act = silu_and_mul
+        else:
+            self._act = layers.silu_and_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self._act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: h += attn(norm(h)); h += mlp(norm(h))."""
+    """Pre-norm block: r += attn(norm(r)); r += mlp(norm(r)), each add fused into the norm after it."""
 
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, fused: bool = False) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, backend)
-        self.mlp = LlamaMLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, backend, fused)
+        self.mlp = LlamaMLP(config, fused)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, fused)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, fused)
 
     def forward(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
-    ) -> torch.Tensor:
-        """h [T, hidden], updated in place (the model owns it) and returned."""
-        h.add_(self.self_attn(self.input_layernorm(h), cos, sin, kv_cache, meta))
-        return h.add_(self.mlp(self.post_attention_layernorm(h)))
+        self, h: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+        kv_cache: torch.Tensor, meta: ForwardMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, residual) [T, hidden] -> (this layer's mlp output, residual), residual updated in place.
+
+        The residual stream is residual + h: the previous layer's mlp output h is not yet added
+        (residual None: h is the embedding, which becomes the residual).
+        """
+        if residual is None:
+            residual, h = h, self.input_layernorm(h)
+        else:
+            h = self.input_layernorm(h, residual)
+        h = self.self_attn(h, cos, sin, kv_cache, meta)
+        h = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
     """Embedding, decoder layers, final norm (HF's `model.` prefix)."""
 
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, fused: bool = False) -> None:
         super().__init__()
         # _weight given: no random init (load_weights fills it)
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size),
         )
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, backend) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, backend, fused) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, fused)
         self.rotary = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling,
         )
 
 
 class LlamaForCausalLM(nn.Module):
-    """A Llama-family causal LM whose attention runs through an AttentionBackend over a paged cache."""
+    """A Llama-family causal LM whose attention runs through an AttentionBackend over a paged cache.
 
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    fused: run the elementwise ops as Triton kernels (CUDA); else in plain torch (the CPU path).
+    """
+
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, fused: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, backend)
+        self.fused = fused
+        self.model = LlamaModel(config, backend, fused)
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size)
 
     def forward(
@@ -121,9 +150,12 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"{len(kv_caches)} KV caches for {len(self.model.layers)} layers")
         cos, sin = self.model.rotary(positions)  # looked up once, shared by all layers
         h = F.embedding(input_ids, self.model.embed_tokens.weight)  # [T, hidden], a fresh tensor we own
+        residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            h = layer(h, cos, sin, kv_cache, meta)
-        return self.model.norm(h)
+            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
+        if residual is None:  # no layers
+            return self.model.norm(h)
+        return self.model.norm(h, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32."""
