@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from engine.forward_metadata import ForwardMetadata
+from engine.forward_metadata import ForwardMetadata, ScheduledChunk
 
 LADDER = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 
@@ -24,7 +24,11 @@ def graph_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    """Captured decode forwards for batch sizes up to `max_batch`, contexts up to `max_blocks` blocks."""
+    """Captured decode forwards for batch sizes up to `max_batch`, contexts up to `max_blocks` blocks.
+
+    A step's inputs go from two pinned host buffers to the device in two copies (token ids,
+    positions, slots as int64; block tables and context lengths as int32), then the graph replays.
+    """
 
     def __init__(self, forward: Forward, max_batch: int, max_blocks: int, block_size: int,
                  device: torch.device) -> None:
@@ -32,19 +36,22 @@ class DecodeGraphs:
         self.max_blocks = max_blocks
         self.sizes = graph_sizes(max_batch)
         n = self.sizes[-1]
-        i32, i64 = torch.int32, torch.int64
-        self.input_ids = torch.zeros(n, dtype=i64, device=device)
-        self.positions = torch.zeros(n, dtype=i64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=i64, device=device)
-        self.block_tables = torch.zeros(n, max_blocks, dtype=i32, device=device)
-        self.context_lens = torch.ones(n, dtype=i32, device=device)
-        self.query_start_loc = torch.arange(n + 1, dtype=i32, device=device)
-        self.logits_indices = torch.arange(n, dtype=i64, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, ForwardMetadata]] = {}
+        # pinned host staging, filled through numpy views: rows of token ids, positions, slots; tables; lengths
+        self._host64 = torch.zeros(3, n, dtype=torch.int64, pin_memory=True)
+        self._host_tables = torch.zeros(n, max_blocks, dtype=torch.int32, pin_memory=True)
+        self._host_lens = torch.ones(n, dtype=torch.int32, pin_memory=True)
+        self._h64, self._ht, self._hl = self._host64.numpy(), self._host_tables.numpy(), self._host_lens.numpy()
+        self._dev64 = torch.zeros(3, n, dtype=torch.int64, device=device)
+        self._dev64[2].fill_(-1)
+        self._tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
+        self._context_lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         pool = None
         for size in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory
             meta = self._static_meta(size)
-            ids, pos = self.input_ids[:size], self.positions[:size]
+            ids, pos = self._dev64[0, :size], self._dev64[1, :size]
             for _ in range(2):  # warm-up outside the graph: Triton compiles, allocator settles
                 forward(ids, pos, meta)
             torch.cuda.synchronize(device)
@@ -52,35 +59,39 @@ class DecodeGraphs:
             with torch.cuda.graph(graph, pool=pool):
                 logits = forward(ids, pos, meta)
             pool = graph.pool()
-            self.graphs[size] = (graph, logits, meta)
+            self.graphs[size] = (graph, logits)
         torch.cuda.synchronize(device)
 
     def _static_meta(self, size: int) -> ForwardMetadata:
         return ForwardMetadata(
-            input_ids=self.input_ids[:size], positions=self.positions[:size],
-            slot_mapping=self.slot_mapping[:size], block_tables=self.block_tables[:size],
-            context_lens=self.context_lens[:size], query_start_loc=self.query_start_loc[:size + 1],
-            logits_indices=self.logits_indices[:size], query_lens_cpu=[1] * size,
-            context_lens_cpu=[self.max_blocks * self.block_size] * size, block_size=self.block_size,
+            input_ids=self._dev64[0, :size], positions=self._dev64[1, :size], slot_mapping=self._dev64[2, :size],
+            block_tables=self._tables[:size], context_lens=self._context_lens[:size],
+            query_start_loc=self.query_start_loc[:size + 1], logits_indices=self.logits_indices[:size],
+            query_lens_cpu=[1] * size, context_lens_cpu=[self.max_blocks * self.block_size] * size,
+            block_size=self.block_size,
         )
 
-    def fits(self, meta: ForwardMetadata) -> bool:
-        return (meta.is_pure_decode and meta.num_seqs <= self.sizes[-1]
-                and meta.block_tables.shape[1] <= self.max_blocks
-                and meta.logits_indices.shape[0] == meta.num_seqs)
+    def accepts(self, chunks: list[ScheduledChunk]) -> bool:
+        """A pure-decode step (one token and one sample per sequence) that a captured size holds."""
+        return (0 < len(chunks) <= self.sizes[-1]
+                and all(len(c.token_ids) == 1 and c.num_samples == 1 and len(c.block_table) <= self.max_blocks
+                        for c in chunks))
 
-    def replay(self, meta: ForwardMetadata) -> torch.Tensor:
-        """Logits [B, vocab] of a pure-decode step of B sequences (B <= the largest size)."""
-        b = meta.num_seqs
+    def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Logits [B, vocab] of a pure-decode step of B = len(chunks) sequences."""
+        b, bs = len(chunks), self.block_size
         size = next(s for s in self.sizes if s >= b)
-        graph, logits, _ = self.graphs[size]
-        self.input_ids[:b].copy_(meta.input_ids)
-        self.positions[:b].copy_(meta.positions)
-        self.slot_mapping[:b].copy_(meta.slot_mapping)
-        self.slot_mapping[b:size].fill_(-1)
-        width = meta.block_tables.shape[1]
-        self.block_tables[:b, :width].copy_(meta.block_tables)
-        self.context_lens[:b].copy_(meta.context_lens)
-        self.context_lens[b:size].fill_(1)
+        h64, tables, lens = self._h64, self._ht, self._hl
+        for i, c in enumerate(chunks):
+            pos, table = c.start_pos, c.block_table
+            h64[0, i], h64[1, i], h64[2, i] = c.token_ids[0], pos, table[pos // bs] * bs + pos % bs
+            tables[i, :len(table)] = table
+            lens[i] = pos + 1
+        h64[:, b:size] = ((0,), (0,), (-1,))  # pad rows: write nowhere, attend one slot
+        lens[b:size] = 1
+        self._dev64.copy_(self._host64, non_blocking=True)  # whole (12 KiB at most): a slice would not be contiguous
+        self._tables[:size].copy_(self._host_tables[:size], non_blocking=True)
+        self._context_lens[:size].copy_(self._host_lens[:size], non_blocking=True)
+        graph, logits = self.graphs[size]
         graph.replay()
         return logits[:b]

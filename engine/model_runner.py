@@ -97,10 +97,10 @@ class ModelRunner:
     def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> "PendingTokens":
         """Queue one forward pass and its sampling on the device; the host is free until result()."""
         self._copy_blocks(copies)
-        meta = build_metadata(chunks, self.block_size, self.device)
-        if self.graphs is not None and self.graphs.fits(meta):
-            logits = self.graphs.replay(meta)
+        if self.graphs is not None and self.graphs.accepts(chunks):
+            logits = self.graphs.run(chunks)
         else:
+            meta = build_metadata(chunks, self.block_size, self.device)
             logits = self._logits_of(meta.input_ids, meta.positions, meta)
         if not rows:
             return PendingTokens(None)
