@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -55,14 +56,18 @@ def served_name(args: argparse.Namespace) -> str:
     return "SmolLM2-135M-Instruct" if args.model == "embedded" else Path(args.model).name or args.model
 
 
+def build_app(config: EngineConfig, name: str, load_seed: int | None = None) -> tuple[Any, EngineThread, LoadGenerator]:
+    """The engine on its thread, the load generator, and the HTTP app carrying API and UI."""
+    engine = EngineThread(LLMEngine(config)).start()
+    load = LoadGenerator(engine, load_prompts(PROMPTS), seed=load_seed)
+    utilization = UtilizationMonitor(engine.info.device, engine.history.busy_fraction)
+    return build_http_app(engine, name, build_ui(engine, load, utilization, name)), engine, load
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    engine = EngineThread(LLMEngine(engine_config(args))).start()
-    load = LoadGenerator(engine, load_prompts(PROMPTS))
-    utilization = UtilizationMonitor(engine.info.device, engine.history.busy_fraction)
-    name = served_name(args)
-    app = build_http_app(engine, name, build_ui(engine, load, utilization, name))
+    app, engine, load = build_app(engine_config(args), served_name(args))
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

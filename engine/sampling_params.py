@@ -1,7 +1,7 @@
 """Per-request sampling parameters, validated where they are built."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_N = 16
 
