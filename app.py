@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--served-model-name", default=None, help="the model's name in the API (default: from --model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="auto: Triton kernels on CUDA, plain torch elsewhere")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (a power of two)")
     p.add_argument("--num-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
     p.add_argument("--gpu-memory-fraction", type=float, default=0.85,
@@ -47,7 +50,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                         enable_prefix_caching=not args.no_prefix_caching)
     scheduler = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                 max_model_len=args.max_model_len)
-    return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, cache=cache, scheduler=scheduler)
+    return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, cache=cache, scheduler=scheduler,
+                        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager)
 
 
 def served_name(args: argparse.Namespace) -> str:
