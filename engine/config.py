@@ -95,10 +95,11 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048  # the per-step token budget shared by prefill chunks and decodes
     max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_waiting: int = 256  # queued sequences beyond which new requests are refused (overload)
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_waiting < 1:
+            raise ValueError("max_num_seqs, max_num_batched_tokens and max_waiting must be positive")
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ class EngineThread:
                 prompt = self.engine.encode_chat(list(prompt.messages))
             seq = self.engine.add_request(stream.request_id, prompt, command.params)
         except Exception as exc:  # noqa: BLE001 - a bad request (or chat template) must not kill the engine
-            stream.push(RequestRejected(str(exc)))
+            stream.push(exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc)))
             return
         stream.num_prompt_tokens = seq.num_prompt_tokens
         self._streams[stream.request_id] = (stream, command.params.n)

@@ -1,8 +1,9 @@
 """LLMEngine: add requests, step them all together, read deltas and a metrics snapshot."""
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.block_manager import BlockManager
@@ -13,11 +14,14 @@ from engine.metrics import MetricsRecorder, MetricsSnapshot
 from engine.model_loader import load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
+from engine.request_stream import EngineOverloaded
 from engine.sampler import SampleRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import FinishReason, Sequence
 
+log = logging.getLogger(__name__)
+_GONE = (FinishReason.ABORT, FinishReason.ERROR)  # no more output for these
 
 @dataclass(frozen=True)
 class StepOutput:
@@ -58,8 +62,12 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
                     arrival_time: float | None = None) -> Sequence:
-        """Queue a request. Raises ValueError for what could never be served."""
+        """Queue a request. Raises ValueError for what could never be served, and EngineOverloaded
+        (a ValueError too) when `max_waiting` sequences already wait."""
         params = params or SamplingParams()
+        waiting, limit = len(self.scheduler.waiting), self.config.scheduler.max_waiting
+        if waiting >= limit:
+            raise EngineOverloaded(f"the server is busy ({waiting} requests waiting); please retry shortly")
         token_ids = self.encode(prompt)
         if request_id in self._live:
             raise ValueError(f"request id {request_id!r} is already running")
@@ -105,7 +113,7 @@ class LLMEngine:
         if not out.is_empty:
             chunks, rows = self._prepare(out)
             pending = self.runner.launch(chunks, out.copies, rows)
-        outputs = [self._detokenize(seq) for seq in self._undetokenized if seq.finish_reason is not FinishReason.ABORT]
+        outputs = [self._guarded(self._detokenize, seq) for seq in self._undetokenized if seq.finish_reason not in _GONE]
         self._undetokenized = []
         if pending is not None:
             tokens = pending.result()
@@ -113,10 +121,13 @@ class LLMEngine:
             for item in out.scheduled:
                 sampled.append(tokens[at:at + item.num_samples])
                 at += item.num_samples
-            self._undetokenized = self.scheduler.update(out, sampled)
             now = time.perf_counter()
-            for seq in self._undetokenized:
-                self._account(seq, now)
+            for seq in self.scheduler.update(out, sampled):
+                failed = self._guarded(self._account, seq, now)
+                if failed is None:
+                    self._undetokenized.append(seq)
+                else:
+                    outputs.append(failed)
         self.metrics.total_prompt_tokens += num_prefill
         self.metrics.total_cached_tokens += out.num_cached_tokens
         if self.config.check_integrity:
@@ -134,6 +145,23 @@ class LLMEngine:
             rows.extend(SampleRow(seq.params, seq.token_ids, first + k, seq.num_output_tokens)
                         for k in range(item.num_samples))
         return chunks, rows
+
+    def _guarded(self, serve: Any, seq: Sequence, *args: Any) -> RequestOutput | None:
+        """`serve(seq, *args)`; if it raises, that sequence alone fails (its blocks freed) and the
+        step goes on for the others."""
+        try:
+            return serve(seq, *args)
+        except Exception as exc:  # noqa: BLE001 - one request's fault must not stop everyone's
+            log.exception("request %s failed", seq.request_id)
+            return self._fail(seq, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, seq: Sequence, error: str) -> RequestOutput:
+        if not seq.is_finished:
+            self.scheduler.finish(seq, FinishReason.ERROR)
+        seq.finish_reason = FinishReason.ERROR
+        detok = self._detokenizers.pop(seq.seq_id, None)
+        self._release(seq.request_id)
+        return replace(self._output(seq, "", [], detok.text if detok else ""), error=error)
 
     def _account(self, seq: Sequence, now: float) -> None:
         """Latency of the token a sequence just got, and the stops that need no text."""

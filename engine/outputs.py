@@ -15,8 +15,8 @@ class RequestOutput:
     text: str  # everything visible so far
     num_output_tokens: int
     finished: bool
-    finish_reason: str | None = None  # stop | length | abort
-    error: str | None = None
+    finish_reason: str | None = None  # stop | length | abort | error
+    error: str | None = None  # what went wrong, with finish_reason "error"
 
 
 @dataclass

@@ -18,6 +18,10 @@ class RequestRejected(ValueError):
     """The engine refused the request (empty or too long a prompt, bad parameters...)."""
 
 
+class EngineOverloaded(RequestRejected):
+    """The waiting queue is full: try again later (HTTP 429)."""
+
+
 class EngineDeadError(RuntimeError):
     """The engine thread is not running: no request can be served."""
 

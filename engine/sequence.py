@@ -17,6 +17,7 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens or the model's context length
     ABORT = "abort"
+    ERROR = "error"  # serving this sequence raised; the others carry on
 
 
 @dataclass(eq=False)

@@ -1,0 +1,94 @@
+"""Faults and overload inside the engine: a request that raises while served fails alone (its blocks
+freed, the others' greedy output unchanged); a full waiting queue and a prompt the KV pool can never
+hold are refused up front."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.request_stream import EngineOverloaded
+from engine.sampling_params import SamplingParams
+
+PROMPTS = ["What is the capital of France?", "List three prime numbers.", "Write a haiku about rain.",
+           "Why is the sky blue?"]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_dir: str) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=embedded_model_dir, device="cpu", cache=CacheConfig(num_blocks=32),
+                                  check_integrity=True))
+
+
+def run(engine: LLMEngine, requests: dict[str, str]) -> dict[str, list[RequestOutput]]:
+    for rid, prompt in requests.items():
+        engine.add_request(rid, engine.encode_chat([{"role": "user", "content": prompt}]), GREEDY)
+    outputs: dict[str, list[RequestOutput]] = {rid: [] for rid in requests}
+    while engine.has_unfinished_requests():
+        for out in engine.step().outputs:
+            outputs[out.request_id].append(out)
+    return outputs
+
+
+def assert_all_blocks_free(engine: LLMEngine) -> None:
+    engine.block_manager.check_integrity()
+    stats = engine.block_manager.stats()
+    assert stats.used == 0 and stats.free + stats.cached_free == stats.total
+
+
+def test_a_request_that_raises_fails_alone(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = {p: run(engine, {"alone": p})["alone"][-1] for p in PROMPTS}
+    detokenize, account = engine._detokenize, engine._account
+
+    def broken_detokenizer(seq):
+        if seq.request_id == "bad-detok" and seq.num_output_tokens >= 3:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
+        return detokenize(seq)
+
+    def broken_stop_check(seq, now):
+        if seq.request_id == "bad-stop":
+            raise RuntimeError("injected stop-check failure")
+        account(seq, now)
+
+    monkeypatch.setattr(engine, "_detokenize", broken_detokenizer)
+    monkeypatch.setattr(engine, "_account", broken_stop_check)
+    requests = {f"ok-{i}": p for i, p in enumerate(PROMPTS)} | {"bad-detok": PROMPTS[0], "bad-stop": PROMPTS[1]}
+    outputs = run(engine, requests)
+
+    for rid in ("bad-detok", "bad-stop"):
+        last = outputs[rid][-1]
+        assert last.finished and last.finish_reason == "error" and "injected" in last.error
+        assert sum(o.finished for o in outputs[rid]) == 1
+    for i, prompt in enumerate(PROMPTS):
+        last = outputs[f"ok-{i}"][-1]
+        assert last.finished and last.error is None
+        assert (last.text, last.finish_reason) == (alone[prompt].text, alone[prompt].finish_reason)
+    assert_all_blocks_free(engine)
+    assert not engine._live and not engine._detokenizers
+
+
+def test_a_full_waiting_queue_refuses_new_requests(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    limited = dataclasses.replace(engine.config.scheduler, max_waiting=2)
+    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, scheduler=limited))
+    engine.add_request("w0", "Hello", GREEDY)
+    engine.add_request("w1", "Hello", GREEDY)
+    with pytest.raises(EngineOverloaded, match="busy"):
+        engine.add_request("w2", "Hello", GREEDY)
+    engine.step()  # both admitted: the queue has room again
+    engine.add_request("w2", "Hello", GREEDY)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert_all_blocks_free(engine)
+
+
+def test_a_prompt_the_kv_pool_can_never_hold_is_refused(engine: LLMEngine) -> None:
+    # max_model_len is capped at what the pool holds, so a prompt it admits can always run alone
+    too_long = [1] * (engine.block_manager.num_blocks * engine.block_manager.block_size)
+    assert engine.max_model_len <= len(too_long)
+    with pytest.raises(ValueError, match="at most"):
+        engine.add_request("huge", too_long, GREEDY)
+    assert not engine.has_unfinished_requests() and not engine._live
