@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from engine.engine_thread import EngineThread
-from server.openai_api import build_openai_router
+from server.openai_api import build_openai_router, error_response
 from server.prometheus import CONTENT_TYPE, render_metrics
 
 # Gradio's defaults run one event at a time per listener and 40 events in all: far below what
@@ -21,6 +23,21 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None)
     """The API routes for `engine`; `ui` (a gr.Blocks) is queued and mounted at / when given."""
     app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
     app.include_router(build_openai_router(engine, model_name))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """Malformed JSON and wrong types: OpenAI's 400 body instead of FastAPI's 422."""
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error_response(400, f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is not UTF-8, an unknown route) in OpenAI's error shape."""
+        if exc.status_code == 400:
+            return error_response(400, f"invalid request body: {exc.detail}")
+        return error_response(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else
+                              "invalid_request_error")
 
     @app.get("/health")
     async def health() -> JSONResponse:

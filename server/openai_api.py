@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.engine_thread import ChatPrompt, EngineThread, Prompt
 from engine.outputs import RequestOutput
-from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
+from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
 
@@ -91,6 +91,8 @@ async def _respond(engine: EngineThread, prompt: Prompt, params: SamplingParams,
                    include_usage: bool, chat: bool) -> Any:
     try:
         handle, first = await _open(engine, prompt, params)
+    except EngineOverloaded as exc:
+        return error_response(429, str(exc), "rate_limit_error")
     except RequestRejected as exc:
         return error_response(400, str(exc))
     except EngineDeadError as exc:
@@ -110,6 +112,9 @@ async def _respond(engine: EngineThread, prompt: Prompt, params: SamplingParams,
         return error_response(503, str(exc), "server_error")
     finally:
         handle.close()
+    failed = [out.error for out in texts.values() if out.error]
+    if failed:
+        return error_response(500, f"the request failed: {failed[0]}", "server_error")
     make = _chat_choice if chat else _text_choice
     return call.body([make(texts[i]) for i in sorted(texts)], usage=call.usage())
 
@@ -133,9 +138,18 @@ def _chat_choice(out: RequestOutput) -> dict[str, Any]:
 
 
 def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
-    """Routes serving `engine` under the name `model_name` (any requested model name is accepted)."""
+    """Routes serving `engine` under the name `model_name` (requests may also leave the model out)."""
     router = APIRouter()
     max_len = engine.info.max_model_len
+
+    def refusal(body: CompletionRequest | ChatCompletionRequest) -> JSONResponse | None:
+        if body.model not in (None, "", model_name):
+            return error_response(404, f"the model {body.model!r} does not exist; this server has {model_name!r}",
+                                  "not_found_error")
+        limit = body.max_tokens if isinstance(body, CompletionRequest) else body.token_limit
+        if limit is not None and not 1 <= limit < max_len:
+            return error_response(400, f"max_tokens must be between 1 and {max_len - 1}, got {limit}")
+        return None
 
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -144,6 +158,8 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
+        if (refused := refusal(body)) is not None:
+            return refused
         try:
             prompt = body.single_prompt()
             params = body.sampling_params(body.max_tokens or max_len)
@@ -153,11 +169,14 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Any:
+        if (refused := refusal(body)) is not None:
+            return refused
         try:
             params = body.sampling_params(body.token_limit or max_len)
+            messages = body.checked_messages()
         except ValueError as exc:
             return error_response(400, str(exc))
-        prompt = ChatPrompt(tuple(m.plain() for m in body.messages))
+        prompt = ChatPrompt(messages)
         return await _respond(engine, prompt, params, model_name, body.stream, body.include_usage, chat=True)
 
     return router

@@ -5,11 +5,26 @@ written for OpenAI work unchanged.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from engine.sampling_params import SamplingParams
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, less tab and newlines
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` unchanged, or ValueError for control characters or lone surrogates (invalid UTF-8)."""
+    if _CONTROL.search(text):
+        raise ValueError(f"{what} contains control characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    return text
 
 
 class StreamOptions(BaseModel):
@@ -55,7 +70,11 @@ class CompletionRequest(_Common):
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
                 raise ValueError("send one prompt per request")
-            return prompt[0]
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError("the prompt is empty")
+            check_text(prompt, "the prompt")
         return prompt
 
 
@@ -77,6 +96,15 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+
+    def checked_messages(self) -> tuple[dict[str, str], ...]:
+        """The plain messages; ValueError when there is no message or the last one says nothing."""
+        messages = tuple(m.plain() for m in self.messages)
+        if not messages or not messages[-1]["content"].strip():
+            raise ValueError("the last message is empty")
+        for m in messages:
+            check_text(m["content"], "a message")
+        return messages
 
     @property
     def token_limit(self) -> int | None:

@@ -28,8 +28,10 @@ class LiveServer:
         self.engine.stop()
 
 
-def start_live_server(model_dir: str, num_blocks: int = 256) -> LiveServer:
+def start_live_server(model_dir: str, num_blocks: int = 256, max_num_seqs: int = 64,
+                      max_waiting: int = 256) -> LiveServer:
+    scheduler = SchedulerConfig(max_num_seqs=max_num_seqs, max_waiting=max_waiting)
     config = EngineConfig(model=model_dir, device="cpu", cache=CacheConfig(num_blocks=num_blocks),
-                          scheduler=SchedulerConfig(max_num_seqs=64), check_integrity=True)
+                          scheduler=scheduler, check_integrity=True)
     app, engine, load = build_app(config, MODEL_NAME, load_seed=0)
     return LiveServer(engine, load, ServerThread(app).start())

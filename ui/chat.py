@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable
 import gradio as gr
 
 from engine.engine_thread import ChatPrompt, EngineThread
-from engine.request_stream import EngineDeadError, RequestRejected
+from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected
 from engine.sampling_params import SamplingParams
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and briefly."
@@ -50,6 +50,8 @@ def make_responder(engine: EngineThread) -> Responder:
 
     async def respond(message: str, history: list[dict[str, Any]], system_prompt: str, temperature: float,
                       top_p: float, max_new_tokens: float) -> AsyncIterator[str]:
+        if not message.strip():
+            raise gr.Error("Please type a message first.")
         params = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_new_tokens))
         try:
             stream = engine.submit_async(conversation(message, history, system_prompt), params,
@@ -59,8 +61,12 @@ def make_responder(engine: EngineThread) -> Responder:
         text = ""
         try:
             async for out in stream:
+                if out.error:
+                    raise gr.Error(f"Sorry, this answer failed ({out.error}). Please try again.")
                 text += out.delta_text
                 yield text
+        except EngineOverloaded as exc:
+            raise gr.Error("The server is busy right now: please try again in a few seconds.") from exc
         except (RequestRejected, EngineDeadError) as exc:
             raise gr.Error(str(exc)) from exc
         finally:
