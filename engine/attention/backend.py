@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from engine.forward_metadata import ForwardMetadata
+
+
+P = TypeVar("P")
 
 
 class AttentionBackend(ABC):
@@ -16,6 +20,16 @@ class AttentionBackend(ABC):
     """
 
     name: str = "abstract"
+    # the plan of the last step seen, shared by all layers; holding its metadata keeps `is` sound
+    _plan_meta: ForwardMetadata | None = None
+    _plan_key: Any = None
+    _plan: Any = None
+
+    def cached_plan(self, meta: ForwardMetadata, key: Any, build: Callable[[], "P"]) -> "P":
+        """A step's launch plan, built at its first layer (for this key) and reused by the others."""
+        if meta is not self._plan_meta or key != self._plan_key:
+            self._plan, self._plan_meta, self._plan_key = build(), meta, key
+        return self._plan
 
     @abstractmethod
     def store_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata) -> None:

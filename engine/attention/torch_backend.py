@@ -104,11 +104,6 @@ class TorchAttentionBackend(AttentionBackend):
 
     name = "torch"
 
-    def __init__(self) -> None:
-        # the plan of the last step seen; the reference to its metadata keeps identity checks sound
-        self._plan_meta: ForwardMetadata | None = None
-        self._plan: AttentionPlan | None = None
-
     def store_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata) -> None:
         """Write k, v [T, kv_heads, head_dim] into the cache rows meta.slot_mapping."""
         num_kv_heads, head_dim = kv_cache.shape[-2:]
@@ -117,9 +112,7 @@ class TorchAttentionBackend(AttentionBackend):
 
     def plan(self, meta: ForwardMetadata) -> AttentionPlan:
         """The step's plan, built once per ForwardMetadata object and shared by all layers."""
-        if meta is not self._plan_meta:
-            self._plan, self._plan_meta = build_plan(meta), meta
-        return self._plan
+        return self.cached_plan(meta, None, lambda: build_plan(meta))
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
         """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context."""

@@ -45,23 +45,14 @@ class TritonAttentionBackend(AttentionBackend):
 
     name = "triton"
 
-    def __init__(self) -> None:
-        # the plan of the last step seen; the reference to its metadata keeps identity checks sound
-        self._plan_meta: ForwardMetadata | None = None
-        self._plan: TritonPlan | None = None
-
     def store_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata) -> None:
         """Write k, v [T, kv_heads, head_dim] at meta.slot_mapping (negative slots skipped)."""
         store_kv(k, v, kv_cache, meta)
 
     def plan(self, meta: ForwardMetadata, num_heads: int, num_kv_heads: int, device: torch.device) -> TritonPlan:
         """The step's plan, built at the first layer and reused by the others."""
-        plan = self._plan
-        if meta is self._plan_meta and plan is not None and plan.num_heads == num_heads \
-                and plan.num_kv_heads == num_kv_heads:
-            return plan
-        self._plan, self._plan_meta = build_plan(meta, num_heads, num_kv_heads, device), meta
-        return self._plan
+        return self.cached_plan(meta, (num_heads, num_kv_heads),
+                                lambda: build_plan(meta, num_heads, num_kv_heads, device))
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
         """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context."""
