@@ -23,6 +23,7 @@ import triton.language as tl
 
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.attention.triton_decode import dot_precision
+from engine.attention.triton_paged_loop import paged_softmax_loop
 from engine.forward_metadata import ForwardMetadata
 
 LOG2E = math.log2(math.e)
@@ -69,23 +70,10 @@ def _prefill_kernel(
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     end = tl.minimum(prefix + tl.minimum(first + BLOCK_Q, q_len), context_len)  # past the tile's last position
     table = block_tables_ptr + seq * stride_bt
-    for n0 in range(0, end, BLOCK_N):
-        tokens = n0 + tl.arange(0, BLOCK_N)
-        token_mask = tokens < end
-        page = tl.load(table + tokens // BLOCK_SIZE, mask=token_mask, other=0).to(tl.int64)
-        offs = (page * BLOCK_SIZE + tokens % BLOCK_SIZE) * stride_cache_slot + kv_head * stride_cache_head
-        kv_mask = token_mask[:, None] & dim_mask[None, :]  # masked slots read 0: a NaN there never spreads
-        k = tl.load(cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D_PAD]
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N]
-        visible = token_mask[None, :] & (tokens[None, :] <= positions[:, None])
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        v = tl.load(cache_ptr + v_offset + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+    m, l, acc = paged_softmax_loop(
+        q, m, l, acc, positions, cache_ptr, table, 0, end, kv_head, dims, dim_mask, scale_log2,
+        v_offset, stride_cache_slot, stride_cache_head, BLOCK_SIZE, BLOCK_N, True, PRECISION,
+    )
 
     out = acc / l[:, None]
     dst = out_ptr + (q_start + j)[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :]
