@@ -15,7 +15,7 @@ from engine.model_loader import load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
 from engine.request_stream import EngineOverloaded
-from engine.sampler import SampleRow
+from engine.sampler import INVALID_TOKEN, SampleRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import FinishReason, Sequence
@@ -165,6 +165,9 @@ class LLMEngine:
 
     def _account(self, seq: Sequence, now: float) -> None:
         """Latency of the token a sequence just got, and the stops that need no text."""
+        if seq.token_ids[-1] == INVALID_TOKEN:  # not a token: dropped, and the sequence fails
+            seq.token_ids.pop()
+            raise FloatingPointError("the model's logits for this request were NaN or infinite")
         self.metrics.token(now, seq.arrival_time, seq.last_token_time)
         seq.first_token_time = seq.first_token_time or now
         seq.last_token_time = now

@@ -7,6 +7,10 @@ per vocabulary entry, which picks token i with probability probs[i] and needs no
 A seeded row draws its noise from a generator seeded by (seed, sample_index, step) alone, so its
 token depends on nothing but that triple and its own logits: the same text alone or batched, in
 any order, and after a preemption recompute. Unseeded rows share one engine generator.
+
+A row with a NaN or +inf logit, or with every logit -inf (a fault in that request alone), yields
+INVALID_TOKEN instead of a token; every other row is sampled as if it were not there. Single -inf
+entries are masks, and fine.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from engine.sampling_params import SamplingParams
 MIN_TEMPERATURE = 1e-5
 # Top-p first looks among this many most likely tokens per row (see apply_top_p).
 TOP_P_CANDIDATES = 1024
+# What a row that cannot be sampled gets: never a vocabulary id, so the engine fails that row.
+INVALID_TOKEN = -1
 
 
 @dataclass(slots=True)
@@ -48,12 +54,18 @@ class Sampler:
         self._seeded: dict[torch.device, torch.Generator] = {}  # reseeded for each seeded row
 
     def sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
-        """Return the next token of each row, [S] int64, from logits [S, V] float32.
+        """Return the next token of each row, [S] int64, from logits [S, V] float32; INVALID_TOKEN
+        for a row that cannot be sampled (see the module docstring).
 
-        The caller's logits are never modified.
+        The caller's logits are never modified. The check costs one reduction and no host sync.
         """
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
-        logits = apply_repetition_penalty(logits, rows)
+        # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
+        sane = logits.amax(dim=-1).isfinite()
+        tokens = self._sample(apply_repetition_penalty(logits, rows), rows)
+        return tokens.masked_fill_(~sane, INVALID_TOKEN)  # rows are independent: a bad one harms none
+
+    def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
         greedy = [r.greedy for r in rows]
         if all(greedy):  # fast path: no softmax, no sort, no noise
             return logits.argmax(dim=-1)

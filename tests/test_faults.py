@@ -1,9 +1,10 @@
-"""Faults and overload inside the engine: a request that raises while served fails alone (its blocks
-freed, the others' greedy output unchanged); a full waiting queue and a prompt the KV pool can never
-hold are refused up front."""
+"""Faults and overload inside the engine: a request that raises while served, or whose logits turn
+NaN or infinite, fails alone (its blocks freed, the others' greedy output unchanged); a full waiting
+queue and a prompt the KV pool can never hold are refused up front."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -12,6 +13,7 @@ from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.request_stream import EngineOverloaded
 from engine.sampling_params import SamplingParams
+from fault_injection import poison_logits
 
 PROMPTS = ["What is the capital of France?", "List three prime numbers.", "Write a haiku about rain.",
            "Why is the sky blue?"]
@@ -24,9 +26,11 @@ def engine(embedded_model_dir: str) -> LLMEngine:
                                   check_integrity=True))
 
 
-def run(engine: LLMEngine, requests: dict[str, str]) -> dict[str, list[RequestOutput]]:
+def run(engine: LLMEngine, requests: dict[str, str],
+        params: dict[str, SamplingParams] | None = None) -> dict[str, list[RequestOutput]]:
     for rid, prompt in requests.items():
-        engine.add_request(rid, engine.encode_chat([{"role": "user", "content": prompt}]), GREEDY)
+        engine.add_request(rid, engine.encode_chat([{"role": "user", "content": prompt}]),
+                           (params or {}).get(rid, GREEDY))
     outputs: dict[str, list[RequestOutput]] = {rid: [] for rid in requests}
     while engine.has_unfinished_requests():
         for out in engine.step().outputs:
@@ -63,6 +67,31 @@ def test_a_request_that_raises_fails_alone(engine: LLMEngine, monkeypatch: pytes
         last = outputs[rid][-1]
         assert last.finished and last.finish_reason == "error" and "injected" in last.error
         assert sum(o.finished for o in outputs[rid]) == 1
+    for i, prompt in enumerate(PROMPTS):
+        last = outputs[f"ok-{i}"][-1]
+        assert last.finished and last.error is None
+        assert (last.text, last.finish_reason) == (alone[prompt].text, alone[prompt].finish_reason)
+    assert_all_blocks_free(engine)
+    assert not engine._live and not engine._detokenizers
+
+
+def test_nan_or_inf_logits_fail_that_request_alone(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = {p: run(engine, {"alone": p})["alone"][-1] for p in PROMPTS}
+    params = {"nan": dataclasses.replace(GREEDY),  # own objects, so that the fault can find their rows
+              "inf": SamplingParams(temperature=0.8, top_p=0.9, max_tokens=8),  # the random draw must not crash
+              "fork": SamplingParams(temperature=0.8, n=2, max_tokens=8)}  # fails at its prompt's end
+    poison_logits(monkeypatch, engine, lambda row: row.params is params["nan"] and row.step >= 2, math.nan)
+    poison_logits(monkeypatch, engine, lambda row: row.params is params["inf"] and row.step >= 1, math.inf)
+    poison_logits(monkeypatch, engine, lambda row: row.params is params["fork"], math.nan)
+    requests = {f"ok-{i}": p for i, p in enumerate(PROMPTS)} | {rid: PROMPTS[2] for rid in params}
+    outputs = run(engine, requests, params)
+
+    for rid, samples in (("nan", 1), ("inf", 1), ("fork", 2)):
+        finals = [o for o in outputs[rid] if o.finished]
+        assert len(finals) == samples and {o.index for o in finals} == set(range(samples))
+        for last in finals:
+            assert last.finish_reason == "error" and "NaN or infinite" in last.error
+    assert [o.num_output_tokens for o in outputs["nan"] if o.finished] == [2]  # the bad one is not counted
     for i, prompt in enumerate(PROMPTS):
         last = outputs[f"ok-{i}"][-1]
         assert last.finished and last.error is None

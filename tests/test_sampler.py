@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from engine.sampler import MIN_TEMPERATURE, Sampler, SampleRow, apply_top_p
+from engine.sampler import INVALID_TOKEN, MIN_TEMPERATURE, Sampler, SampleRow, apply_top_p
 from engine.sampling_params import MAX_N, SamplingParams
 
 # A crafted 10-token distribution with clear gaps, so each filter's kept set is unambiguous.
@@ -197,6 +197,37 @@ def test_masked_logits_are_never_picked() -> None:
     logits[:, 6] = 0.5
     out = Sampler().sample(logits, rows_of(SamplingParams(top_p=0.99), 200))
     assert set(out.tolist()) <= {5, 6}
+
+
+def poisoned(kind: str, vocab: int) -> torch.Tensor:
+    """[V] logits a faulty forward pass might give: one NaN, one +inf, or all -inf."""
+    row = torch.randn(vocab)
+    if kind == "all -inf":
+        return row.fill_(-math.inf)
+    row[vocab // 3] = math.nan if kind == "nan" else math.inf
+    return row
+
+
+@pytest.mark.parametrize("kind", ["nan", "+inf", "all -inf"])
+@pytest.mark.parametrize("bad_params", [SamplingParams(temperature=0.0), SamplingParams(top_p=0.9, top_k=40),
+                                        SamplingParams(seed=5, min_p=0.1, repetition_penalty=1.2)],
+                         ids=["greedy", "top-p-k", "seeded-min-p"])
+def test_a_poisoned_row_gets_invalid_token_and_no_other_row_changes(kind: str, bad_params: SamplingParams) -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 300, generator=gen)
+    logits[1, :50] = -math.inf  # masked entries are fine
+    rows = [SampleRow(SamplingParams(temperature=0.0), [1], 0, 0),
+            SampleRow(SamplingParams(temperature=0.0, repetition_penalty=1.2), [4, 5], 0, 1),
+            SampleRow(SamplingParams(seed=1, top_k=20), [], 0, 2),
+            SampleRow(SamplingParams(seed=2, top_p=0.9), [], 0, 3),
+            SampleRow(SamplingParams(seed=3, min_p=0.05, temperature=1.3), [7], 0, 4)]
+    alone = Sampler().sample(logits, rows).tolist()  # greedy and seeded rows: batch-independent
+    assert INVALID_TOKEN not in alone
+    for at in (0, 2, 5):
+        batch = torch.cat([logits[:at], poisoned(kind, 300)[None], logits[at:]])
+        out = Sampler().sample(batch, rows[:at] + [SampleRow(bad_params, [2, 3], 0, 1)] + rows[at:]).tolist()
+        assert out[at] == INVALID_TOKEN
+        assert out[:at] + out[at + 1:] == alone
 
 
 @pytest.mark.parametrize(
