@@ -12,6 +12,8 @@ from gradio_client import Client
 from gradio_client.client import Job
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import engine_config, parse_args
+from engine.config import SchedulerConfig
 from engine.sampling_params import SamplingParams
 from live_server import MODEL_NAME, LiveServer, start_live_server
 
@@ -66,6 +68,14 @@ def wait_until_idle(live: LiveServer) -> None:
 
 def ask(client: Client, prompt: str, max_tokens: int = MAX_TOKENS, temperature: float = 0.0) -> Job:
     return client.submit(prompt, SYSTEM, temperature, 1.0, max_tokens, api_name="/chat")
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_max_waiting_flag_sets_the_schedulers_queue_bound() -> None:
+    assert engine_config(parse_args([])).scheduler.max_waiting == SchedulerConfig().max_waiting
+    assert engine_config(parse_args(["--max-waiting", "3"])).scheduler.max_waiting == 3
+    with pytest.raises(ValueError, match="max_waiting"):
+        engine_config(parse_args(["--max-waiting", "0"]))
 
 
 # ---- gradio_client --------------------------------------------------------------------------------
