@@ -12,6 +12,7 @@ from engine.metrics_history import MetricsHistory
 from ui.kv_formula import kv_formula_markdown
 from ui.plots import (block_cells, block_map_figure, grid_columns, kv_memory_figure, latency_figure,
                       latency_summary, percentile, request_color, throughput_figure, utilization_figure)
+from ui.plots.block_map import MAX_CELLS, blocks_per_cell
 from ui.plots.common import CACHED_FREE_COLOR, FREE_COLOR
 from ui.utilization import UtilizationView, UtilSample
 
@@ -67,6 +68,32 @@ def test_block_map_of_an_empty_pool_is_all_free() -> None:
     assert set(heatmap_colors(fig)) == {FREE_COLOR}
     assert len(heatmap_colors(fig)) == 300
     assert len(fig.data[0].z[0]) == grid_columns(300)
+
+
+def test_a_large_pool_is_drawn_in_cells_of_several_blocks_shaded_by_use() -> None:
+    """10,000 blocks of 16 (a GPU pool): alice holds blocks 0-11, bob 12-14, carol 15."""
+    bm = BlockManager(num_blocks=10_000, block_size=16)
+    assert bm.allocate_slots(0, 0, 192) and bm.allocate_slots(1, 0, 40) and bm.allocate_slots(2, 0, 16)
+    assert bm.block_table(0) == list(range(12)) and bm.block_table(1) == [12, 13, 14] and bm.block_table(2) == [15]
+    seqs = (SeqInfo(0, "alice", 0, 192, 192, 300, True), SeqInfo(1, "bob", 0, 40, 40, 60, True),
+            SeqInfo(2, "carol", 0, 16, 16, 20, True))
+    snap = build_block_map(bm, seqs, 0.0)
+    cells = block_cells(snap)
+    assert blocks_per_cell(10_000) == 5 and len(cells) == 2000 <= MAX_CELLS
+    assert sum(c.count for c in cells) == 10_000 and [c.block_id for c in cells[:3]] == [0, 5, 10]
+    assert cells[0].color == cells[1].color == request_color("alice")  # blocks 0-9: all alice's
+    # blocks 10-14: two alice's, three bob's: bob's colour, at full strength (all five used)
+    assert cells[2].request_id == "bob" and cells[2].color == request_color("bob")
+    assert "5/5 used" in cells[2].hover and "bob: 3 blocks" in cells[2].hover and "alice: 2 blocks" in cells[2].hover
+    # blocks 15-19: only carol's block used: her colour at a quarter over the free grey
+    carol, free = request_color("carol"), FREE_COLOR
+    quarter = "#" + "".join(f"{round(int(carol[i:i + 2], 16) * .25 + int(free[i:i + 2], 16) * .75):02x}"
+                            for i in (1, 3, 5))
+    assert cells[3].request_id == "carol" and cells[3].color == quarter and "1/5 used" in cells[3].hover
+    assert cells[4].color == FREE_COLOR and cells[4].request_id is None
+    fig = block_map_figure(snap)
+    assert heatmap_colors(fig) == [c.color for c in cells]
+    assert "a cell is 5 blocks" in fig.layout.title.text
 
 
 def snapshot(step: int, t: float, used: int, ttft: tuple = (), itl: tuple = (), decode: int = 0) -> MetricsSnapshot:

@@ -1,7 +1,13 @@
-"""The block map: every physical KV block as one cell of a grid, coloured by the request holding it."""
+"""The block map: every physical KV block as one cell of a grid, coloured by the request holding it.
+
+A GPU pool holds tens of thousands of blocks: past MAX_CELLS, each cell stands for a run of
+consecutive blocks, coloured by the request holding most of them and shaded by how many are used,
+so the figure a browser receives every second stays small whatever the pool's size.
+"""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -11,16 +17,23 @@ from ui.plots.common import (CACHED_FREE_COLOR, FREE_COLOR, SHARED_LINE_COLOR, e
                              request_color)
 
 MAX_LEGEND_REQUESTS = 12
+MAX_CELLS = 2048
+SHADES = 4  # a grouped cell's used share is shown in quarters
 
 
 @dataclass(frozen=True)
 class BlockCell:
-    block_id: int
+    block_id: int  # the cell's first block
     color: str
     request_id: str | None  # the first holder's request; None for a free block
     shared: bool  # held by more than one sequence (prefix sharing or forked samples)
     cached: bool  # registered in the prefix cache
     hover: str
+    count: int = 1  # consecutive blocks the cell stands for
+
+
+def blocks_per_cell(num_blocks: int) -> int:
+    return max(1, math.ceil(num_blocks / MAX_CELLS))
 
 
 def grid_columns(num_blocks: int) -> int:
@@ -49,9 +62,41 @@ def _cell(bm: BlockMapSnapshot, block_id: int) -> BlockCell:
     return BlockCell(block_id, request_color(request_id), request_id, len(holders) > 1, cached, "<br>".join(lines))
 
 
+def _mix(color: str, background: str, share: float) -> str:
+    """`color` over `background` at opacity `share`, as #rrggbb."""
+    a, b = (tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (color, background))
+    return "#" + "".join(f"{round(x * share + y * (1 - share)):02x}" for x, y in zip(a, b))
+
+
+def _group_cell(bm: BlockMapSnapshot, lo: int, hi: int) -> BlockCell:
+    holders = [bm.owners[i] for i in range(lo, hi)]
+    used = [h for h in holders if h]
+    cached = sum(bm.cached[lo:hi])
+    shared = sum(len(h) > 1 for h in used)
+    names = {s.seq_id: s.request_id for s in bm.seqs}
+    by_request = Counter(names.get(h[0], f"seq {h[0]}") for h in used)
+    lines = [f"blocks {lo}-{hi - 1} · {len(used)}/{hi - lo} used · {sum(bm.fill[lo:hi])}/{(hi - lo) * bm.block_size}"
+             " slots filled"]
+    lines += [f"{name}: {n} blocks" for name, n in by_request.most_common(3)]
+    if len(by_request) > 3:
+        lines.append(f"and {len(by_request) - 3} more requests")
+    lines.append(f"{shared} shared · {cached} in the prefix cache")
+    if not used:
+        color = CACHED_FREE_COLOR if 2 * cached >= hi - lo else FREE_COLOR
+        return BlockCell(lo, color, None, False, cached > 0, "<br>".join(lines), hi - lo)
+    request_id = by_request.most_common(1)[0][0]
+    shade = math.ceil(SHADES * len(used) / (hi - lo)) / SHADES
+    return BlockCell(lo, _mix(request_color(request_id), FREE_COLOR, shade), request_id, shared > 0, cached > 0,
+                     "<br>".join(lines), hi - lo)
+
+
 def block_cells(bm: BlockMapSnapshot) -> list[BlockCell]:
-    """One cell per physical block, in block-id order."""
-    return [_cell(bm, i) for i in range(bm.num_blocks)]
+    """One cell per physical block in block-id order; past MAX_CELLS blocks, one per run of
+    blocks_per_cell consecutive blocks."""
+    group = blocks_per_cell(bm.num_blocks)
+    if group == 1:
+        return [_cell(bm, i) for i in range(bm.num_blocks)]
+    return [_group_cell(bm, lo, min(lo + group, bm.num_blocks)) for lo in range(0, bm.num_blocks, group)]
 
 
 def _heatmap(cells: list[BlockCell], cols: int) -> go.Heatmap:
@@ -60,8 +105,8 @@ def _heatmap(cells: list[BlockCell], cols: int) -> go.Heatmap:
     rows = math.ceil(len(cells) / cols)
     z: list[list[float | None]] = [[None] * cols for _ in range(rows)]
     text: list[list[str]] = [[""] * cols for _ in range(rows)]
-    for c in cells:
-        r, k = divmod(c.block_id, cols)
+    for i, c in enumerate(cells):
+        r, k = divmod(i, cols)
         z[r][k], text[r][k] = index[c.color] + 0.5, c.hover
     k = len(palette)
     scale = [[pos, color] for i, color in enumerate(palette) for pos in (i / k, (i + 1) / k)]
@@ -86,15 +131,18 @@ def block_map_figure(bm: BlockMapSnapshot) -> go.Figure:
     cells = block_cells(bm)
     cols = grid_columns(len(cells))
     fig = go.Figure(_heatmap(cells, cols))
-    shared = [c for c in cells if c.shared]
+    shared = [i for i, c in enumerate(cells) if c.shared]
     fig.add_trace(go.Scatter(
-        x=[c.block_id % cols for c in shared], y=[c.block_id // cols for c in shared], mode="markers",
+        x=[i % cols for i in shared], y=[i // cols for i in shared], mode="markers",
         name="shared", showlegend=False, hoverinfo="skip",
         marker={"symbol": "square-open", "size": 12, "color": SHARED_LINE_COLOR, "line": {"width": 2}}))
     _legend(fig, cells)
     s = bm.stats
     title = (f"KV block map: {s.used} used ({s.shared} shared) · {s.cached_free} cached-free · {s.free} free"
              f" of {s.total} blocks × {bm.block_size} tokens")
+    group = blocks_per_cell(bm.num_blocks)
+    if group > 1:
+        title += f" · a cell is {group} blocks, shaded by the share used"
     rows = math.ceil(len(cells) / cols)
     layout(fig, title, height=min(900, max(200, 120 + 22 * rows)))
     fig.update_xaxes(visible=False, range=[-0.5, cols - 0.5])
