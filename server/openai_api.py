@@ -1,6 +1,7 @@
 """OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions.
 
-Streaming answers are server-sent events ending in `data: [DONE]`, as the official clients expect.
+Streaming answers are server-sent events ending in `data: [DONE]`, as the official clients expect;
+a stream that failed in the engine sends an `{"error": {...}}` event just before it.
 A client that goes away mid-stream has its request aborted in the engine (its blocks freed).
 """
 from __future__ import annotations
@@ -22,8 +23,12 @@ from server.openai_protocol import ChatCompletionRequest, CompletionRequest
 Chunk = Callable[[RequestOutput, bool], dict[str, Any]]  # (output, first of its sample) -> choice
 
 
+def error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
 def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
+    return JSONResponse(error_body(message, kind), status)
 
 
 class _Call:
@@ -75,13 +80,23 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk,
                         include_usage: bool) -> AsyncIterator[str]:
+    """Chunks, then usage if asked for; if a sample failed or the engine stopped, an OpenAI-style
+    `{"error": ...}` event (the openai client raises APIError with its message); then [DONE]."""
     seen: set[int] = set()
+    errors: list[str] = []
     try:
-        async for out in _outputs(call, first):
-            yield _sse(call.body([choice(out, out.index not in seen)]))
-            seen.add(out.index)
+        try:
+            async for out in _outputs(call, first):
+                yield _sse(call.body([choice(out, out.index not in seen)]))
+                seen.add(out.index)
+                if out.error:
+                    errors.append(out.error)
+        except EngineDeadError as exc:
+            errors.append(str(exc))
         if include_usage:
             yield _sse(call.body([], usage=call.usage()))
+        if errors:
+            yield _sse(error_body(f"the request failed: {errors[0]}", "server_error"))
         yield _sse("[DONE]")
     finally:
         call.stream.close()
