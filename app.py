@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.engine_thread import EngineThread
 from engine.llm_engine import LLMEngine
+from server.foreground import serve
 from server.http_app import build_http_app
 from ui.layout import build_ui
 from ui.load_generator import LoadGenerator, load_prompts
@@ -71,15 +70,19 @@ def build_app(config: EngineConfig, name: str, load_seed: int | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve until Ctrl-C or SIGTERM; then stop the engine (open streams end with an error event)
+    and exit 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     app, engine, load = build_app(engine_config(args), served_name(args))
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
+
+    def stop() -> None:
         load.stop()
         engine.stop()
+
+    serve(app, args.host, args.port, on_shutdown=stop)
+    logging.info("PagedChat stopped")
 
 
 if __name__ == "__main__":

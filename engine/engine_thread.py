@@ -135,7 +135,9 @@ class EngineThread:
             self._error = exc
         with self._lock:
             self._stopping = True
-        self._fail_all(EngineDeadError(f"the engine stopped: {self._error or 'shut down'}"))
+        self._fail_all(EngineDeadError(f"the engine stopped: {self._error or 'the server is shutting down'}"))
+        if self._error is None:
+            log.info("the engine thread stopped")
 
     def _take_commands(self, block: bool) -> bool:
         """Handle every queued command (waiting for the first one if `block`); False on stop."""

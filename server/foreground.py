@@ -1,0 +1,59 @@
+"""Serve an ASGI app in the foreground until Ctrl-C (SIGINT) or SIGTERM, then shut down cleanly.
+
+Plain `uvicorn.run` raises the signal again once it has shut down: SIGTERM then kills the process
+before any clean-up runs (exit 143, the engine thread never stopped) and Ctrl-C ends in a
+KeyboardInterrupt. Here the first signal runs `on_shutdown` (the app stops its engine, so open
+streams end at once with an error event), uvicorn finishes the open responses for at most `grace`
+seconds, and `serve` returns: the process exits 0, as for any shutdown that was asked for. A second
+Ctrl-C skips the wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from typing import Any, Callable, Iterator
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+        self.shut_down = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers (first signal: shut down; second Ctrl-C: force), without raising the
+        signal again afterwards. Called on the main thread by `run`."""
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("shutting down")
+        # off the event loop: the engine thread hands its last outputs to this loop while it stops
+        await asyncio.to_thread(self.on_shutdown)
+        self.shut_down = True
+        await super().shutdown(sockets)
+
+
+def serve(app: Any, host: str, port: int, on_shutdown: Callable[[], None], grace: float = 3.0) -> None:
+    """Serve `app` on host:port until SIGINT or SIGTERM; `on_shutdown` runs once, also when the
+    server fails to start (a port in use: then uvicorn exits with status 1)."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    timeout_graceful_shutdown=grace), on_shutdown)
+    try:
+        server.run()
+    finally:
+        if not server.shut_down:
+            on_shutdown()

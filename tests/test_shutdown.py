@@ -1,0 +1,94 @@
+"""`python app.py` shuts down cleanly on SIGTERM and on Ctrl-C (SIGINT): a stream still open ends
+with an error event and [DONE], the engine thread stops, the process exits 0 within seconds and
+the port is free again."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.uvicorn_thread import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXIT_WITHIN = 10.0  # seconds from the signal; about 1.5 s on an idle 2-core machine
+
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal (a shell's background job would ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_app(model_dir: str, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "app.py", "--model", model_dir, "--num-blocks", "64", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, f"app.py exited with {proc.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no /health within 180 s:\n{log.read_text()}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
+def open_stream(port: int, events: list, streaming: threading.Event) -> None:
+    """A long streamed completion; every `data:` payload goes to `events`."""
+    body = {"prompt": "Tell a long story.", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+                streaming.set()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server restarting on it would
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0  # nobody answers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_app_shuts_down_cleanly(sig: signal.Signals, embedded_model_dir: str, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "app.log"
+    proc = start_app(embedded_model_dir, port, log)
+    try:
+        events: list = []
+        streaming = threading.Event()
+        reader = threading.Thread(target=open_stream, args=(port, events, streaming), daemon=True)
+        reader.start()
+        assert streaming.wait(60), log.read_text()
+        proc.send_signal(sig)
+        signalled = time.monotonic()
+        code = proc.wait(timeout=EXIT_WITHIN + 20)
+        took = time.monotonic() - signalled
+        reader.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 0, text
+    assert took < EXIT_WITHIN, f"exit took {took:.1f} s"
+    assert "the engine thread stopped" in text and "PagedChat stopped" in text, text
+    assert "Traceback" not in text, text
+    assert events[-1] == "[DONE]" and "shutting down" in events[-2]["error"]["message"]
+    assert any(e["choices"][0]["text"] for e in events[:-2])
+    assert port_is_free(port)
