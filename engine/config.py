@@ -114,7 +114,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     check_integrity: bool = False  # run the block manager's integrity check after every step (tests)
-    enforce_eager: bool = False  # no CUDA graphs for decode steps
+    enforce_eager: bool = False  # no CUDA graphs (decode steps, lone prefills)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -7,7 +7,7 @@ replays. Pad rows write nowhere (slot -1) and their logits are dropped.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -16,6 +16,35 @@ from engine.forward_metadata import ForwardMetadata, ScheduledChunk
 LADDER = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 
 Forward = Callable[[torch.Tensor, torch.Tensor, ForwardMetadata], torch.Tensor]  # ids, positions, meta -> logits
+
+
+class Captured(NamedTuple):
+    graph: torch.cuda.CUDAGraph
+    logits: torch.Tensor  # where each replay leaves its logits
+    plan: Any  # the attention plan the graph's kernels read (its tensors must outlive the graph)
+
+
+def capture(forward: Forward, inputs: dict[int, tuple[torch.Tensor, torch.Tensor, ForwardMetadata]],
+            current_plan: Callable[[], Any], device: torch.device) -> dict[int, Captured]:
+    """One graph per size of (ids, positions, meta) in static buffers.
+
+    Largest first, so the smaller ones reuse its memory pool: only one replays at a time, and its
+    logits are consumed (sampled) on the stream before the next replay.
+    """
+    graphs: dict[int, Captured] = {}
+    pool = None
+    for size in sorted(inputs, reverse=True):
+        ids, pos, meta = inputs[size]
+        for _ in range(2):  # warm-up outside the graph: Triton compiles, plans are cached, allocator settles
+            forward(ids, pos, meta)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            logits = forward(ids, pos, meta)
+        pool = graph.pool()
+        graphs[size] = Captured(graph, logits, current_plan())
+    torch.cuda.synchronize(device)
+    return graphs
 
 
 def graph_sizes(max_batch: int) -> list[int]:
@@ -30,8 +59,8 @@ class DecodeGraphs:
     positions, slots as int64; block tables and context lengths as int32), then the graph replays.
     """
 
-    def __init__(self, forward: Forward, max_batch: int, max_blocks: int, block_size: int,
-                 device: torch.device) -> None:
+    def __init__(self, forward: Forward, current_plan: Callable[[], Any], max_batch: int, max_blocks: int,
+                 block_size: int, device: torch.device) -> None:
         self.block_size = block_size
         self.max_blocks = max_blocks
         self.sizes = graph_sizes(max_batch)
@@ -47,20 +76,8 @@ class DecodeGraphs:
         self._context_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        pool = None
-        for size in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory
-            meta = self._static_meta(size)
-            ids, pos = self._dev64[0, :size], self._dev64[1, :size]
-            for _ in range(2):  # warm-up outside the graph: Triton compiles, allocator settles
-                forward(ids, pos, meta)
-            torch.cuda.synchronize(device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = forward(ids, pos, meta)
-            pool = graph.pool()
-            self.graphs[size] = (graph, logits)
-        torch.cuda.synchronize(device)
+        self.graphs = capture(forward, {size: (self._dev64[0, :size], self._dev64[1, :size], self._static_meta(size))
+                                        for size in self.sizes}, current_plan, device)
 
     def _static_meta(self, size: int) -> ForwardMetadata:
         return ForwardMetadata(
@@ -92,6 +109,6 @@ class DecodeGraphs:
         self._dev64.copy_(self._host64, non_blocking=True)  # whole (12 KiB at most): a slice would not be contiguous
         self._tables[:size].copy_(self._host_tables[:size], non_blocking=True)
         self._context_lens[:size].copy_(self._host_lens[:size], non_blocking=True)
-        graph, logits = self.graphs[size]
-        graph.replay()
-        return logits[:b]
+        captured = self.graphs[size]
+        captured.graph.replay()
+        return captured.logits[:b]

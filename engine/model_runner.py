@@ -8,6 +8,7 @@ from engine.config import CacheConfig, EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
 from engine.model_loader import load_model
+from engine.prefill_graphs import PrefillGraphs
 from engine.sampler import SampleRow, Sampler
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,9 +44,14 @@ class ModelRunner:
         self.kv_caches = self._allocate_kv(self.num_blocks)
         self.sampler = Sampler(config.seed)
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         if self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton":
-            self.graphs = DecodeGraphs(self._logits_of, config.scheduler.max_num_seqs,
-                                       -(-self.max_model_len // self.block_size), self.block_size, self.device)
+            max_blocks = -(-self.max_model_len // self.block_size)
+            plan = lambda: self.backend.current_plan  # noqa: E731
+            self.graphs = DecodeGraphs(self._logits_of, plan, config.scheduler.max_num_seqs, max_blocks,
+                                       self.block_size, self.device)
+            self.prefill_graphs = PrefillGraphs(self._logits_of, plan, config.scheduler.max_num_batched_tokens,
+                                                max_blocks, self.block_size, self.device)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -99,6 +105,8 @@ class ModelRunner:
         self._copy_blocks(copies)
         if self.graphs is not None and self.graphs.accepts(chunks):
             logits = self.graphs.run(chunks)
+        elif self.prefill_graphs is not None and self.prefill_graphs.accepts(chunks):
+            logits = self.prefill_graphs.run(chunks)
         else:
             meta = build_metadata(chunks, self.block_size, self.device)
             logits = self._logits_of(meta.input_ids, meta.positions, meta)

@@ -53,12 +53,49 @@ def test_fp32_greedy_equals_hf_token_for_token(fp32_dir: Path) -> None:
             expected.append(out[0, len(p):].tolist())
     del model
     llm = LLM(str(fp32_dir), dtype="float32", num_blocks=512, max_model_len=1024, check_integrity=True)
-    assert llm.engine.runner.backend.name == "triton" and llm.engine.runner.graphs is not None
+    runner = llm.engine.runner
+    assert runner.backend.name == "triton" and runner.graphs is not None and runner.prefill_graphs is not None
+    replayed = spy_prefill_graphs(runner)
     params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
     batched = [r.outputs[0].token_ids for r in llm.generate(prompts(), params)]
+    assert not replayed  # four prompts in one step: eager
     alone = [llm.generate([p], params)[0].outputs[0].token_ids for p in prompts()]
     assert batched == expected
     assert alone == expected
+    # each prompt alone was one replayed prefill graph, after the prefix its batched run left cached
+    assert [n for _, n in replayed] == [len(p) - start for p, (start, _) in zip(prompts(), replayed)]
+    assert any(start > 0 for start, _ in replayed)
+
+
+def spy_prefill_graphs(runner) -> list[tuple[int, int]]:
+    """(cached prefix, new tokens) of every prefill the runner's graphs replay from now on."""
+    replayed: list[tuple[int, int]] = []
+    run = runner.prefill_graphs.run
+
+    def spy(chunks):
+        replayed.append((chunks[0].start_pos, len(chunks[0].token_ids)))
+        return run(chunks)
+
+    runner.prefill_graphs.run = spy
+    return replayed
+
+
+def test_chunked_prefill_through_graphs_equals_eager(fp32_dir: Path) -> None:
+    """A 1,000-token prompt in chunks of 192: every chunk a replayed graph, same tokens as eager."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    prompt = [random.Random(5).randrange(1000, 100000) for _ in range(1000)]
+    params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+    outs = {}
+    for eager in (True, False):
+        llm = LLM(str(fp32_dir), dtype="float32", num_blocks=256, max_model_len=2048, max_num_batched_tokens=192,
+                  enforce_eager=eager, check_integrity=True)
+        replayed = [] if eager else spy_prefill_graphs(llm.engine.runner)
+        outs[eager] = llm.generate([prompt], params)[0].outputs[0].token_ids
+        if not eager:
+            assert [s for s, _ in replayed] == list(range(0, 1000, 192))
+            assert [n for _, n in replayed] == [192] * 5 + [40]
+        del llm
+    assert outs[False] == outs[True]
 
 
 def test_bf16_greedy_tokens_are_hf_argmax_within_tolerance(bf16_dir: Path) -> None:

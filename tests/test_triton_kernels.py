@@ -20,7 +20,8 @@ from attention_cases import AttentionCase, build_case, random_specs  # noqa: E40
 from engine.attention import TorchAttentionBackend, get_backend  # noqa: E402
 from engine.attention.triton_backend import TritonAttentionBackend  # noqa: E402
 from engine.attention.triton_decode import choose_num_splits, decode_attention, ref_decode_attention  # noqa: E402
-from engine.attention.triton_prefill import prefill_attention, ref_prefill_attention  # noqa: E402
+from engine.attention.triton_prefill import (plan_tiles, prefill_attention, ref_prefill_attention,  # noqa: E402
+                                             tile_shape)
 from engine.attention.triton_store_kv import ref_store_kv, store_kv  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}  # atol = rtol
@@ -227,6 +228,22 @@ def test_prefill_default_tiles_and_padded_head_dim() -> None:
     cache = case.stored_cache()
     out = prefill_attention(case.q, cache, case.meta, 0.15, out=nan_like(case.q))
     assert_close(out, reference(case, cache, 0.15), torch.float32)
+
+
+def test_prefill_tiles_past_the_query_length_do_nothing() -> None:
+    """A CUDA graph captured for 32 tokens replays a 9-token chunk (after 20 cached): the tiles
+    planned for the padding leave its rows untouched and the real rows right."""
+    case = make_case([(20, 9)], 8, 2, seed=3)
+    cache = case.stored_cache()
+    block_q, block_m = tile_shape(2, 16)
+    captured = dataclasses.replace(case.meta, query_lens_cpu=[32])  # the host side as captured; the device's: 9
+    tiles = plan_tiles(captured, block_q)
+    assert tiles.num_tiles == 32 // block_q
+    padded = torch.cat([case.q, nan_like(case.q[:1]).expand(23, -1, -1)])
+    out = prefill_attention(padded, cache, captured, 0.25, tiles=tiles, block_m=block_m, block_n=16,
+                            out=nan_like(padded))
+    assert_close(out[:9], reference(case, cache, 0.25), torch.float32)
+    assert out[9:].isnan().all()
 
 
 # ---------------------------------------------------------------- backend

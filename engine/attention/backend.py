@@ -31,6 +31,12 @@ class AttentionBackend(ABC):
             self._plan, self._plan_meta, self._plan_key = build(), meta, key
         return self._plan
 
+    @property
+    def current_plan(self) -> Any:
+        """The last step's plan. A CUDA graph captured on a step must hold it: its kernels read the
+        plan's device tensors (the prefill tiles) at their captured addresses."""
+        return self._plan
+
     @abstractmethod
     def store_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata) -> None:
         """Write k, v [T, num_kv_heads, head_dim] at meta.slot_mapping."""

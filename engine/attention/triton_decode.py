@@ -136,6 +136,7 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size
 def decode_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float,
     num_splits: int | None = None, block_n: int = DEFAULT_BLOCK_N, out: torch.Tensor | None = None,
+    num_warps: int = 4, num_stages: int | None = None,
 ) -> torch.Tensor:
     """q [B, H, d], one token per sequence -> [B, H, d], each over its meta.context_lens[i] cached tokens.
 
@@ -169,7 +170,7 @@ def decode_attention(
         num_heads, head_dim, num_splits,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, DIRECT=direct, PRECISION=dot_precision(q.dtype),
-        num_warps=4,
+        num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}),
     )
     if not direct:
         _decode_combine_kernel[(batch, num_heads)](

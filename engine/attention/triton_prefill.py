@@ -8,7 +8,9 @@ query's position, with an online softmax (flash attention). Query token j of seq
 position context_len - query_len + j and sees positions 0..that one.
 
 Tiles come from the host-side query lengths (`plan_tiles`), so the grid is exact and rows of
-query length 1 (decodes in a mixed batch) are just one-token tiles.
+query length 1 (decodes in a mixed batch) are just one-token tiles. A CUDA graph captured for a
+padded query length keeps its tiles; those past the sequence's real length (read on the device)
+do nothing.
 
 The reference, and the CPU path, is the torch backend's attention.
 """
@@ -69,6 +71,7 @@ def _prefill_kernel(
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     end = tl.minimum(prefix + tl.minimum(first + BLOCK_Q, q_len), context_len)  # past the tile's last position
+    end = tl.where(first < q_len, end, 0)  # a tile past the queries (a captured graph's padding): no work
     table = block_tables_ptr + seq * stride_bt
     m, l, acc = paged_softmax_loop(
         q, m, l, acc, positions, cache_ptr, table, 0, end, kv_head, dims, dim_mask, scale_log2,
