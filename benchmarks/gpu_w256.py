@@ -113,15 +113,18 @@ def hf(model_dir: Path, prompts: list[list[int]], new: int, which: str, hf_reque
             gen = model.generate(ids, attention_mask=mask, **kw)
             total += (gen.shape[1] - width) * len(batch)
         out["padded64"] = total / (time.perf_counter() - start)
-        if which == "all":
-            config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=-1)
-            try:
+    if which == "all":
+        # outside inference_mode: generate_batch steps on its own thread, where tensors made in
+        # inference mode cannot be updated in place
+        config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=-1)
+        try:
+            with torch.no_grad():
                 start = time.perf_counter()
                 res = model.generate_batch(inputs=subset, generation_config=config)
-                total = sum(len(r.generated_tokens) for r in res.values())
-                out["generate_batch"] = total / (time.perf_counter() - start)
-            except Exception as err:  # noqa: BLE001 - report, do not die
-                print(f"generate_batch failed: {err!r}")
+            total = sum(len(r.generated_tokens) for r in res.values())
+            out["generate_batch"] = total / (time.perf_counter() - start)
+        except Exception as err:  # noqa: BLE001 - report, do not die
+            print(f"generate_batch failed: {err!r}")
     return out
 
 

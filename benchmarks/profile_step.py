@@ -49,6 +49,37 @@ def main() -> None:
         prof.disable()
         print(f"lone 1024-token prefill step {(time.perf_counter() - start) * 1e3:.2f} ms")
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    batch_of_256(engine)
+
+
+def batch_of_256(engine) -> None:
+    """Decode steps of 256 sequences (W256's width): wall time per step against a bare graph replay."""
+    params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
+    for i in range(256):
+        engine.add_request(f"b{i}", [(t * 7 + i) % 150000 + 1 for t in range(600)], params)
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running + list(engine.scheduler.waiting)):
+        engine.step()
+    for _ in range(4):
+        engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(16):
+        engine.step()
+    wall = (time.perf_counter() - start) / 16
+    replay = engine.runner.graphs.graphs[256].graph
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(16):
+        replay.replay()
+    torch.cuda.synchronize()
+    device = (time.perf_counter() - start) / 16
+    print(f"256-sequence decode step {wall * 1e3:.2f} ms wall; its graph replayed alone {device * 1e3:.2f} ms")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(12):
+        engine.step()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A random-weight model folder of a given shape, with a word-level tokenizer of its vocabulary.
 
 Benchmarks and GPU tests need real shapes (Qwen3-0.6B's) without downloading weights: the folder
-holds config.json, model.safetensors (random, seeded) and a tokenizer whose token i reads "t{i} ".
+holds config.json, model.safetensors (random, seeded) and a tokenizer whose token i reads "t{i} " (unknown
+words read t0), with a chat template that joins the messages' contents.
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ def word_tokenizer(vocab_size: int, eos_id: int):
     vocab = {f"t{i}": i for i in range(vocab_size)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=f"t{eos_id}", unk_token="t0")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=f"t{eos_id}", unk_token="t0")
+    # a plain template, so the app's chat (and the load generator) run on this model too
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    return fast
 
 
 def make_model_dir(path: str | Path, shape: dict | None = None, dtype: torch.dtype = torch.bfloat16,
