@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class _StreamsCutAtGrace(logging.Filter):
+    """Once shutdown has begun, a connection still open at the grace timeout (a UI tab's queue
+    stream waits for events forever) is cut on purpose: one info line, not an error and a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        if "graceful shutdown exceeded" in record.getMessage():
+            log.info("closed the connections still open after the grace period (UI sessions)")
+            return False
+        return True
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
@@ -44,6 +58,7 @@ class _Server(uvicorn.Server):
         # off the event loop: the engine thread hands its last outputs to this loop while it stops
         await asyncio.to_thread(self.on_shutdown)
         self.shut_down = True
+        logging.getLogger("uvicorn.error").addFilter(_StreamsCutAtGrace())
         await super().shutdown(sockets)
 
 

@@ -1,6 +1,6 @@
 """`python app.py` shuts down cleanly on SIGTERM and on Ctrl-C (SIGINT): a stream still open ends
-with an error event and [DONE], the engine thread stops, the process exits 0 within seconds and
-the port is free again."""
+with an error event and [DONE], a UI session's open connection is closed without a traceback, the
+engine thread stops, the process exits 0 within seconds and the port is free again."""
 from __future__ import annotations
 
 import json
@@ -70,7 +70,13 @@ def port_is_free(port: int) -> bool:
 def test_app_shuts_down_cleanly(sig: signal.Signals, embedded_model_dir: str, tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "app.log"
     proc = start_app(embedded_model_dir, port, log)
+    browser = None
     try:
+        # a user of the UI, as an open browser tab: its queue stream stays open across the signal
+        from gradio_client import Client
+
+        browser = Client(f"http://127.0.0.1:{port}", verbose=False)
+        assert browser.predict("Hi", "Be brief.", 0.0, 1.0, 4, api_name="/chat")
         events: list = []
         streaming = threading.Event()
         reader = threading.Thread(target=open_stream, args=(port, events, streaming), daemon=True)
@@ -84,6 +90,8 @@ def test_app_shuts_down_cleanly(sig: signal.Signals, embedded_model_dir: str, tm
     finally:
         if proc.poll() is None:
             proc.kill()
+        if browser is not None:
+            browser.close()
     text = log.read_text()
     assert code == 0, text
     assert took < EXIT_WITHIN, f"exit took {took:.1f} s"
