@@ -34,7 +34,8 @@ MAX_SPLITS = 32
 DEFAULT_BLOCK_N = 64  # context tokens per loop iteration (several pages when the block size is 16)
 
 
-@triton.jit
+# per-step values: specialising on them (== 1, multiple of 16) would compile new variants mid-serving
+@triton.jit(do_not_specialize=["stride_bt", "num_splits"])
 def _decode_split_kernel(
     q_ptr,  # [B, H, d]
     cache_ptr,  # [2, num_slots, kv_heads, d] contiguous: keys, then values at v_offset
@@ -89,7 +90,7 @@ def _decode_split_kernel(
         tl.store(lse_ptr + part, lse, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_combine_kernel(
     partial_ptr,  # [B, H, num_splits, d] fp32
     lse_ptr,  # [B, H, num_splits] fp32

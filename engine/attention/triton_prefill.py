@@ -33,7 +33,8 @@ DEFAULT_BLOCK_M = 64  # query rows (tokens x group heads) per program
 DEFAULT_BLOCK_N = 64  # context tokens per loop iteration
 
 
-@triton.jit
+# per-step values: specialising on them (== 1, multiple of 16) would compile new variants mid-serving
+@triton.jit(do_not_specialize=["num_tiles", "stride_bt"])
 def _prefill_kernel(
     q_ptr,  # [T, H, d]
     cache_ptr,  # [2, num_slots, kv_heads, d] contiguous: keys, then values at v_offset
