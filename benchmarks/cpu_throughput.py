@@ -2,6 +2,9 @@
 
 Workload: 16 chat prompts on different topics (assets/prompts.txt), 128 new tokens each, EOS ignored,
 greedy, fp32, 2 threads. HF runs the 16 prompts as one left-padded batch, and one prompt alone.
+The last row times the workload's fp32 matrix products alone as F.linear runs them: a ceiling on
+what an engine built on F.linear (HF) can reach here. Ours passes it on blocked weights
+(engine/models/blocked_matmul.py).
 
     python benchmarks/cpu_throughput.py [--model embedded] [--threads 2] [--new-tokens 128]
 """
@@ -19,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.gemm_floor import matmul_floor  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 
 
@@ -83,6 +87,8 @@ def main() -> None:
     our_batch, our_single = ours(llm, prompts, args.new_tokens)
     pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
     hf_batch, hf_single = hf(llm.engine.model_path, prompts, args.new_tokens, pad)
+    floor = len(prompts) * args.new_tokens / matmul_floor(llm.engine.runner.model, list(map(len, prompts)),
+                                                          args.new_tokens)
     import transformers
 
     print(f"hardware: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
@@ -96,6 +102,8 @@ def main() -> None:
     print(f"| PagedChat (continuous batching, paged KV) | {our_batch:.1f} | {our_single:.1f} |")
     print(f"| HF transformers generate (padded batch / alone) | {hf_batch:.1f} | {hf_single:.1f} |")
     print(f"| ratio | {our_batch / hf_batch:.2f}x | {our_single / hf_single:.2f}x |")
+    print(f"| ceiling of any engine on F.linear: its fp32 products alone (benchmarks/gemm_floor.py) | "
+          f"{floor:.1f} ({floor / hf_batch:.2f}x HF) | |")
 
 
 if __name__ == "__main__":

@@ -99,11 +99,15 @@ class DecodeGraphs:
         b, bs = len(chunks), self.block_size
         size = next(s for s in self.sizes if s >= b)
         h64, tables, lens = self._h64, self._ht, self._hl
+        ids, positions, slots = [], [], []
         for i, c in enumerate(chunks):
             pos, table = c.start_pos, c.block_table
-            h64[0, i], h64[1, i], h64[2, i] = c.token_ids[0], pos, table[pos // bs] * bs + pos % bs
+            ids.append(c.token_ids[0])
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
             tables[i, :len(table)] = table
-            lens[i] = pos + 1
+        h64[0, :b], h64[1, :b], h64[2, :b] = ids, positions, slots  # three conversions, not 3 x b
+        lens[:b] = h64[1, :b] + 1
         h64[:, b:size] = ((0,), (0,), (-1,))  # pad rows: write nowhere, attend one slot
         lens[b:size] = 1
         self._dev64.copy_(self._host64, non_blocking=True)  # whole (12 KiB at most): a slice would not be contiguous

@@ -108,11 +108,11 @@ class LLMEngine:
         """
         start = time.perf_counter()
         out = self.scheduler.schedule()
-        num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens
         pending = None
         if not out.is_empty:
             chunks, rows = self._prepare(out)
             pending = self.runner.launch(chunks, out.copies, rows)
+        num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
         outputs = [self._guarded(self._detokenize, seq) for seq in self._undetokenized if seq.finish_reason not in _GONE]
         self._undetokenized = []
         if pending is not None:
@@ -136,14 +136,15 @@ class LLMEngine:
 
     def _prepare(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[SampleRow]]:
         chunks, rows = [], []
+        table = self.block_manager.block_table
         for item in out.scheduled:
-            seq = item.seq
-            start = seq.num_computed_tokens
-            chunks.append(ScheduledChunk(seq.token_ids[start:start + item.num_new_tokens], start,
-                                         self.block_manager.block_table(seq.seq_id), item.num_samples))
-            first = seq.sample_index if item.num_samples == 1 else 0
-            rows.extend(SampleRow(seq.params, seq.token_ids, first + k, seq.num_output_tokens)
-                        for k in range(item.num_samples))
+            seq, samples = item.seq, item.num_samples
+            start, ids = seq.num_computed_tokens, seq.token_ids
+            chunks.append(ScheduledChunk(ids[start:start + item.num_new_tokens], start, table(seq.seq_id), samples))
+            if samples == 1:
+                rows.append(SampleRow(seq.params, ids, seq.sample_index, len(ids) - seq.num_prompt_tokens))
+            elif samples:
+                rows.extend(SampleRow(seq.params, ids, k, len(ids) - seq.num_prompt_tokens) for k in range(samples))
         return chunks, rows
 
     def _guarded(self, serve: Any, seq: Sequence, *args: Any) -> RequestOutput | None:

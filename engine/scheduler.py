@@ -16,24 +16,24 @@ from engine.config import SchedulerConfig
 from engine.sequence import FinishReason, Sequence, SequenceStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSeq:
+    """One sequence's share of a step. Its flags are fixed when it is scheduled: the sequence does
+    not change until the step's update (computing them once saves the 256-wide step host time)."""
+
     seq: Sequence
     num_new_tokens: int
+    # after this step every known token is computed: the next token can be sampled
+    completes_prompt: bool = field(init=False)
+    # feeds only the newest generated token; anything else is (re)computing a prompt
+    is_decode: bool = field(init=False)
+    num_samples: int = field(init=False)  # next tokens this step draws for the sequence
 
-    @property
-    def completes_prompt(self) -> bool:
-        """After this step every known token is computed: the next token can be sampled."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
-
-    @property
-    def is_decode(self) -> bool:
-        """Feeds only the newest generated token; anything else is (re)computing a prompt."""
-        return self.num_new_tokens == 1 and self.seq.num_output_tokens > 0 and self.completes_prompt
-
-    @property
-    def num_samples(self) -> int:
-        return self.seq.samples_at_prompt_end if self.completes_prompt else 0
+    def __post_init__(self) -> None:
+        seq, n = self.seq, len(self.seq.token_ids)
+        self.completes_prompt = seq.num_computed_tokens + self.num_new_tokens == n
+        self.is_decode = self.num_new_tokens == 1 and n > seq.num_prompt_tokens and self.completes_prompt
+        self.num_samples = seq.samples_at_prompt_end if self.completes_prompt else 0
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
             while not self.blocks.allocate_slots(seq.seq_id, seq.num_computed_tokens, num_new):
                 victim = self.running.pop()  # the newest
                 self._preempt(victim)

@@ -59,6 +59,15 @@ def test_greedy_batched_equals_hf(llm: LLM, chat_ids, hf_greedy) -> None:
                for r in results)
 
 
+def test_cpu_fp32_decode_products_run_on_blocked_weights(llm: LLM) -> None:
+    """The greedy-equals-HF tests above ran with these: every projection and the tied LM head packed."""
+    model = llm.engine.runner.model
+    layer = model.model.layers[0]
+    packed = [layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj]
+    assert all(p.blocked is not None for p in packed)
+    assert model.lm_head is None and model._head_blocked is not None
+
+
 def test_chunked_prefill_and_preemption_keep_greedy_output(embedded_model_dir: str, chat_ids, hf_greedy) -> None:
     # 10 blocks of 16 tokens: the five requests cannot all hold their KV at once; chunks of 16 tokens
     small = LLM(embedded_model_dir, num_blocks=10, max_num_batched_tokens=16, check_integrity=True)

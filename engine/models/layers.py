@@ -13,16 +13,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.blocked_matmul import block_weight, blocked_linear, fits
+
 
 class Linear(nn.Module):
-    """y = x @ weight.T (+ bias), weight [out_features, in_features] as in nn.Linear and HF checkpoints."""
+    """y = x @ weight.T (+ bias), weight [out_features, in_features] as in nn.Linear and HF checkpoints.
+
+    After pack() (the CPU path), products of a few rows go through a blocked copy of the
+    weight (engine.models.blocked_matmul): the same values, faster.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.blocked: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def pack(self) -> None:
+        self.blocked = block_weight(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocked is not None and x.dim() == 2 and fits(x.shape[0]):
+            y = blocked_linear(x, self.blocked, self.weight.shape[0])
+            return y if self.bias is None else y.add_(self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

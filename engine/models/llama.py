@@ -20,6 +20,7 @@ from engine.attention.backend import AttentionBackend
 from engine.config import ModelConfig
 from engine.forward_metadata import ForwardMetadata
 from engine.models import layers
+from engine.models.blocked_matmul import block_weight, blocked_linear, fits
 from engine.models.layers import Linear, RMSNorm, RotaryEmbedding
 from engine.models.weight_map import load_into
 
@@ -137,6 +138,7 @@ class LlamaForCausalLM(nn.Module):
         self.fused = fused
         self.model = LlamaModel(config, backend, fused)
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size)
+        self._head_blocked: torch.Tensor | None = None  # tied embeddings as LM head, after pack_for_cpu()
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
@@ -159,8 +161,21 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        if self._head_blocked is not None and fits(hidden.shape[0]):
+            return blocked_linear(hidden, self._head_blocked, self.config.vocab_size).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()
+
+    def pack_for_cpu(self) -> None:
+        """Blocked copies of every projection and of the LM head, for the few-row products of decode
+        steps on the CPU (engine.models.blocked_matmul)."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pack()
+        if self.lm_head is None:
+            with torch.no_grad():
+                self._head_blocked = block_weight(self.model.embed_tokens.weight)
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
