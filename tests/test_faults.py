@@ -67,6 +67,11 @@ def test_a_request_that_raises_fails_alone(engine: LLMEngine, monkeypatch: pytes
         last = outputs[rid][-1]
         assert last.finished and last.finish_reason == "error" and "injected" in last.error
         assert sum(o.finished for o in outputs[rid]) == 1
+    assert_bystanders_unharmed(engine, outputs, alone)
+
+
+def assert_bystanders_unharmed(engine: LLMEngine, outputs: dict, alone: dict) -> None:
+    """Every ok-i request finished as it does alone; no block, request or detokenizer is left."""
     for i, prompt in enumerate(PROMPTS):
         last = outputs[f"ok-{i}"][-1]
         assert last.finished and last.error is None
@@ -92,12 +97,7 @@ def test_nan_or_inf_logits_fail_that_request_alone(engine: LLMEngine, monkeypatc
         for last in finals:
             assert last.finish_reason == "error" and "NaN or infinite" in last.error
     assert [o.num_output_tokens for o in outputs["nan"] if o.finished] == [2]  # the bad one is not counted
-    for i, prompt in enumerate(PROMPTS):
-        last = outputs[f"ok-{i}"][-1]
-        assert last.finished and last.error is None
-        assert (last.text, last.finish_reason) == (alone[prompt].text, alone[prompt].finish_reason)
-    assert_all_blocks_free(engine)
-    assert not engine._live and not engine._detokenizers
+    assert_bystanders_unharmed(engine, outputs, alone)
 
 
 def test_a_full_waiting_queue_refuses_new_requests(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
