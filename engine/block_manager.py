@@ -192,7 +192,7 @@ class BlockManager:
             self._num_shared += 1
         block.ref_count += 1
 
-    def _release(self, block_id: int) -> None:
+    def _release(self, block_id: int, keep_cached: bool = True) -> None:
         """One holder fewer; at zero the block goes to the cached-free or the free pool."""
         block = self.blocks[block_id]
         block.ref_count -= 1
@@ -201,6 +201,9 @@ class BlockManager:
         elif block.ref_count == 0:
             self._tokens_stored -= self._fill[block_id]
             self._fill[block_id] = 0
+            if block.hash is not None and not keep_cached:
+                del self._by_hash[block.hash]
+                block.hash, block.token_ids = None, ()
             if block.hash is not None:
                 self._evictable[block_id] = None
             else:
@@ -241,13 +244,17 @@ class BlockManager:
             self._take(block_id)
         self._seqs[child_id] = _SeqState(list(parent.table), parent.num_tokens, list(parent.hashes))
 
-    def free(self, seq_id: int) -> None:
-        """Drop a sequence's references. Tail blocks first, so they are the first evicted later."""
+    def free(self, seq_id: int, keep_cached: bool = True) -> None:
+        """Drop a sequence's references. Tail blocks first, so they are the first evicted later.
+
+        keep_cached=False (a sequence that failed: its cache may hold NaN): the blocks it was the
+        last to hold leave the prefix cache instead of staying reusable.
+        """
         state = self._seqs.pop(seq_id, None)
         if state is None:
             return
         for block_id in reversed(state.table):
-            self._release(block_id)
+            self._release(block_id, keep_cached)
 
     # ---- introspection -------------------------------------------------------------------------
     def block_fill(self) -> list[int]:

@@ -172,7 +172,7 @@ class Scheduler:
         """Take a sequence out of the queues for good and free its blocks."""
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
-        self.blocks.free(seq.seq_id)
+        self.blocks.free(seq.seq_id, keep_cached=reason is not FinishReason.ERROR)  # a failed one's KV may be NaN
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:

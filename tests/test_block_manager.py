@@ -21,6 +21,23 @@ def test_allocate_and_free_returns_every_block() -> None:
     assert bm.num_free_blocks == 8 and bm.stats().used == 0
 
 
+def test_a_failed_sequence_leaves_no_reusable_prefix() -> None:
+    """Blocks a failed sequence was last to hold leave the prefix cache (their KV may be NaN); a
+    block another sequence still holds stays cached."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    prompt = list(range(10))
+    bm.allocate_slots(0, 0, 10)
+    bm.cache_full_blocks(0, prompt, 10)
+    assert bm.allocate_slots(1, 4, 2, bm.match_prefix(prompt[:4] + [50, 51]))  # shares block 0 only
+    bm.free(0, keep_cached=False)
+    bm.check_integrity()
+    assert bm.match_prefix(prompt) == bm.block_table(1)[:1], "the shared block stays, the failed one's own go"
+    assert bm.stats().cached_free == 0 and bm.stats().free == 6
+    bm.free(1)
+    bm.check_integrity()
+    assert bm.stats().cached_free == 1 and bm.num_free_blocks == 8
+
+
 def test_prefix_is_reused_while_shared_and_after_free() -> None:
     bm = BlockManager(num_blocks=8, block_size=4)
     prompt = list(range(10))  # two full blocks and a partial one
@@ -132,7 +149,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def free(self, data: st.DataObject) -> None:
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
-        self.bm.free(seq_id)
+        self.bm.free(seq_id, keep_cached=data.draw(st.booleans()))  # False: a failed sequence's
         del self.seqs[seq_id]
 
     @invariant()
