@@ -79,7 +79,7 @@ def _prefill_kernel(
         v_offset, stride_cache_slot, stride_cache_head, BLOCK_SIZE, BLOCK_N, True, PRECISION,
     )
 
-    out = acc / l[:, None]
+    out = acc / tl.where(l > 0, l, 1.0)[:, None]  # l is 0 only in a tile past the queries, whose rows are not stored
     dst = out_ptr + (q_start + j)[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :]
     tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
