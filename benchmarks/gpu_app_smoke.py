@@ -149,7 +149,7 @@ def dashboard_in_process(model_dir: Path, device: str, users: int, seconds: floa
 
     _, engine, load = build_app(EngineConfig(model=str(model_dir), device=device), "qwen3-0.6b-random", load_seed=0)
     try:
-        data = DashboardData(engine, load_utilization(engine), load, "qwen3-0.6b-random", ttl=0.0)
+        data = DashboardData(engine, utilization_monitor(engine), load, "qwen3-0.6b-random", ttl=0.0)
         load.start(users)
         built, times = 0, []
         deadline = time.monotonic() + seconds
@@ -172,7 +172,7 @@ def dashboard_in_process(model_dir: Path, device: str, users: int, seconds: floa
         engine.stop()
 
 
-def load_utilization(engine):
+def utilization_monitor(engine):
     from ui.utilization import UtilizationMonitor
 
     return UtilizationMonitor(engine.info.device, engine.history.busy_fraction, min_interval=0.2)

@@ -11,10 +11,10 @@ last real token's logits are read. Steps of several sequences, or of several sam
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import torch
-
-from typing import Any, Callable
 
 from engine.cuda_graphs import Forward, capture
 from engine.forward_metadata import ForwardMetadata, ScheduledChunk

@@ -13,14 +13,10 @@ twice: about 0.5 GB more for SmolLM2-135M in fp32).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 BLOCK = 32  # output columns per panel (a 2-core EPYC sweep: 32 beat 16, 64 and 128)
 MAX_ROWS = 64  # rows up to which the panels win
-
-
-def fits(rows: int) -> bool:
-    """Whether a product of `rows` rows goes through the panels (not for none: an empty step)."""
-    return 0 < rows <= MAX_ROWS
 
 
 def block_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -37,3 +33,13 @@ def blocked_linear(x: torch.Tensor, blocked: torch.Tensor, out_features: int) ->
     y = torch.matmul(x, blocked)  # [N / BLOCK, M, BLOCK]
     y = y.transpose(0, 1).reshape(x.shape[0], -1)
     return y if y.shape[1] == out_features else y[:, :out_features].contiguous()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight.T (+ bias): through `blocked` (block_weight(weight)) for 1..MAX_ROWS rows
+    of a 2-D x, else F.linear (an empty step, a prefill)."""
+    if blocked is not None and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS:
+        y = blocked_linear(x, blocked, weight.shape[0])
+        return y if bias is None else y.add_(bias)
+    return F.linear(x, weight, bias)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.blocked_matmul import block_weight, blocked_linear, fits
+from engine.models.blocked_matmul import block_weight, linear
 
 
 class Linear(nn.Module):
@@ -34,10 +34,7 @@ class Linear(nn.Module):
         self.blocked = block_weight(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.blocked is not None and x.dim() == 2 and fits(x.shape[0]):
-            y = blocked_linear(x, self.blocked, self.weight.shape[0])
-            return y if self.bias is None else y.add_(self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.blocked)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

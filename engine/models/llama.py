@@ -20,7 +20,7 @@ from engine.attention.backend import AttentionBackend
 from engine.config import ModelConfig
 from engine.forward_metadata import ForwardMetadata
 from engine.models import layers
-from engine.models.blocked_matmul import block_weight, blocked_linear, fits
+from engine.models.blocked_matmul import block_weight, linear
 from engine.models.layers import Linear, RMSNorm, RotaryEmbedding
 from engine.models.weight_map import load_into
 
@@ -163,9 +163,7 @@ class LlamaForCausalLM(nn.Module):
         """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32."""
         if self.lm_head is not None:
             return self.lm_head(hidden).float()
-        if self._head_blocked is not None and fits(hidden.shape[0]):
-            return blocked_linear(hidden, self._head_blocked, self.config.vocab_size).float()
-        return F.linear(hidden, self.model.embed_tokens.weight).float()
+        return linear(hidden, self.model.embed_tokens.weight, blocked=self._head_blocked).float()
 
     def pack_for_cpu(self) -> None:
         """Blocked copies of every projection and of the LM head, for the few-row products of decode
