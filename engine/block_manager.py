@@ -256,6 +256,20 @@ class BlockManager:
         for block_id in reversed(state.table):
             self._release(block_id, keep_cached)
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached-free block (they become plain free blocks); returns how many.
+
+        Blocks in use keep their hashes: their contents stay valid for the sequences holding them.
+        """
+        dropped = list(self._evictable)
+        for block_id in dropped:
+            block = self.blocks[block_id]
+            del self._by_hash[block.hash]
+            block.hash, block.token_ids = None, ()
+        self._evictable.clear()
+        self._free.extend(dropped)
+        return len(dropped)
+
     # ---- introspection -------------------------------------------------------------------------
     def block_fill(self) -> list[int]:
         """Tokens held by each physical block (0 for blocks no sequence holds)."""

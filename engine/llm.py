@@ -59,6 +59,10 @@ class LLM:
             result.num_cached_tokens = seqs[request_id].num_cached_tokens
         return list(results.values())
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the cached prompt blocks no request holds (LLMEngine.reset_prefix_cache)."""
+        return self.engine.reset_prefix_cache()
+
     def chat(self, conversations: list[dict[str, Any]] | list[list[dict[str, Any]]],
              params: SamplingParams | Seq[SamplingParams] | None = None) -> list[GenerationResult]:
         """Like generate, for conversations in messages format, through the model's chat template."""

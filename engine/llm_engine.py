@@ -93,6 +93,11 @@ class LLMEngine:
         self._live.pop(request_id, None)
         return outputs
 
+    def reset_prefix_cache(self) -> int:
+        """Drop the prefix cache's reusable (free) blocks, as vLLM's reset_prefix_cache: later
+        prompts prefill from scratch. Returns the number of blocks dropped."""
+        return self.block_manager.reset_prefix_cache()
+
     def has_unfinished_requests(self) -> bool:
         """Sequences to run, or tokens whose text has not been handed out yet."""
         return self.scheduler.has_unfinished or bool(self._undetokenized)

@@ -77,8 +77,8 @@ def test_plan_is_rebuilt_for_each_step() -> None:
     backend = TorchAttentionBackend()
     meta_a = build_metadata([ScheduledChunk([0, 0], 0, [0], 1)], 4, "cpu")
     meta_b = build_metadata([ScheduledChunk([0], 2, [0], 1)], 4, "cpu")
-    assert backend.plan(meta_a) is backend.plan(meta_a)
-    assert backend.plan(meta_b).decode is not None and not backend.plan(meta_b).prefills
+    assert backend.plan(meta_a, 4) is backend.plan(meta_a, 4)
+    assert backend.plan(meta_b, 4).decode is not None and not backend.plan(meta_b, 4).prefills
 
 
 def test_get_backend() -> None:

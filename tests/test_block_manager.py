@@ -93,6 +93,19 @@ def test_fork_copies_the_shared_partial_block_on_write() -> None:
     assert bm.num_free_blocks == 8
 
 
+def test_reset_prefix_cache_forgets_free_blocks_only() -> None:
+    bm = BlockManager(num_blocks=6, block_size=2)
+    for seq_id, base in ((0, 0), (1, 100)):
+        bm.allocate_slots(seq_id, 0, 4)
+        bm.cache_full_blocks(seq_id, [base, base + 1, base + 2, base + 3], 4)
+    bm.free(0)  # its two full blocks stay cached-free; seq 1 still holds its own
+    assert bm.reset_prefix_cache() == 2
+    assert bm.match_prefix([0, 1, 2, 3, 4]) == []
+    assert bm.match_prefix([100, 101, 102, 103, 104]) == bm.block_table(1), "blocks in use stay cached"
+    assert bm.stats().cached_free == 0 and bm.num_free_blocks == 4
+    bm.check_integrity()
+
+
 def test_integrity_check_catches_a_leak() -> None:
     bm = BlockManager(num_blocks=4, block_size=4)
     bm.allocate_slots(0, 0, 4)
@@ -151,6 +164,14 @@ class BlockManagerMachine(RuleBasedStateMachine):
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
         self.bm.free(seq_id, keep_cached=data.draw(st.booleans()))  # False: a failed sequence's
         del self.seqs[seq_id]
+
+    @rule()
+    def reset_prefix_cache(self) -> None:
+        before = self.bm.stats()
+        assert self.bm.reset_prefix_cache() == before.cached_free
+        after = self.bm.stats()
+        assert after.cached_free == 0 and after.free == before.free + before.cached_free
+        assert after.used == before.used and after.cached == before.cached - before.cached_free
 
     @invariant()
     def consistent(self) -> None:

@@ -91,6 +91,10 @@ def test_prefix_cache_prefills_only_new_tokens(llm: LLM, embedded_model_dir: str
     uncached = LLM(embedded_model_dir, num_blocks=64, enable_prefix_caching=False).generate([second], GREEDY)[0]
     assert uncached.num_cached_tokens == 0
     assert warm.outputs[0].token_ids == uncached.outputs[0].token_ids
+    assert llm.reset_prefix_cache() > 0
+    cold = llm.generate([second], GREEDY)[0]
+    assert cold.num_cached_tokens == 0, "after reset_prefix_cache the prompt prefills from scratch"
+    assert cold.outputs[0].token_ids == uncached.outputs[0].token_ids
 
 
 def test_n_samples_share_the_prompt_and_are_reproducible(llm: LLM, chat_ids) -> None:

@@ -25,7 +25,8 @@ class DecodePlan:
     """The decode sequences of a step, batched."""
 
     rows: slice | torch.Tensor  # their query rows in q [T, ...]: a slice when consecutive
-    slots: torch.Tensor  # [Bd, L] int64 cache slot of each key position, L = longest decode context
+    kv_rows: torch.Tensor  # [2 * Bd * L] int64 cache rows (see _kv_rows) of each key, then each value position,
+    # L = longest decode context
     mask: torch.Tensor  # [Bd, 1, 1, L] bool, True where the key position < context_len
 
 
@@ -35,7 +36,7 @@ class PrefillPlan:
 
     start: int  # its query rows are start:end
     end: int
-    slots: torch.Tensor  # [context_len] int64 cache slots of its keys, in position order
+    kv_rows: torch.Tensor  # [2 * context_len] int64 cache rows (see _kv_rows) of its keys, then its values
     mask: torch.Tensor | None  # [query_len, context_len] bool; None when there is no cached prefix (plain causal)
 
 
@@ -47,18 +48,19 @@ class AttentionPlan:
     prefills: list[PrefillPlan]
 
 
-def build_plan(meta: ForwardMetadata) -> AttentionPlan:
-    """Split a step into decodes and prefills and compute their slot indices and masks.
+def build_plan(meta: ForwardMetadata, num_slots: int) -> AttentionPlan:
+    """Split a step into decodes and prefills and compute their cache rows and masks.
 
-    Uses only the host-side lengths to decide shapes, so it never waits on the device.
+    num_slots: cache slots per layer (num_blocks * block_size). Uses only the host-side lengths to
+    decide shapes, so it never waits on the device.
     """
     starts = [0]
     for n in meta.query_lens_cpu:
         starts.append(starts[-1] + n)
     decodes = [i for i, n in enumerate(meta.query_lens_cpu) if n == 1]
-    decode = _decode_plan(meta, decodes, [starts[i] for i in decodes]) if decodes else None
+    decode = _decode_plan(meta, decodes, [starts[i] for i in decodes], num_slots) if decodes else None
     prefills = [
-        _prefill_plan(meta, i, starts[i], starts[i + 1])
+        _prefill_plan(meta, i, starts[i], starts[i + 1], num_slots)
         for i, n in enumerate(meta.query_lens_cpu) if n > 1
     ]
     return AttentionPlan(decode, prefills)
@@ -77,7 +79,21 @@ def _slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
     return tables[:, pos // block_size].long() * block_size + pos % block_size
 
 
-def _decode_plan(meta: ForwardMetadata, seqs: list[int], rows: list[int]) -> DecodePlan:
+def _kv_rows(slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Slots [...] -> their rows in a layer's cache seen as [2 * num_slots, kv_heads * head_dim]: the
+    keys' rows, then the values' (flattened). One index_select over dim 0 of that view gathers both,
+    on every thread (over dim 1 of [2, num_slots, ...], torch gathers on one thread: 2-2.5x slower)."""
+    flat = slots.reshape(-1)
+    return torch.cat([flat, flat + num_slots])
+
+
+def _gather(kv_cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """kv_cache [2, num_blocks, block_size, kv_heads, d], rows from _kv_rows -> [2, n, kv_heads, d]."""
+    kv_heads, head_dim = kv_cache.shape[-2:]
+    return kv_cache.view(-1, kv_heads * head_dim).index_select(0, rows).view(2, -1, kv_heads, head_dim)
+
+
+def _decode_plan(meta: ForwardMetadata, seqs: list[int], rows: list[int], num_slots: int) -> DecodePlan:
     device = meta.block_tables.device
     which = _as_index(seqs, device)
     length = max(meta.context_lens_cpu[i] for i in seqs)
@@ -85,10 +101,10 @@ def _decode_plan(meta: ForwardMetadata, seqs: list[int], rows: list[int]) -> Dec
     valid = torch.arange(length, device=device) < meta.context_lens[which].unsqueeze(1)  # [Bd, L]
     # position 0 is always a real, written slot of the sequence: a safe stand-in for padding
     slots = torch.where(valid, slots, slots[:, :1])
-    return DecodePlan(_as_index(rows, device), slots, valid[:, None, None, :])
+    return DecodePlan(_as_index(rows, device), _kv_rows(slots, num_slots), valid[:, None, None, :])
 
 
-def _prefill_plan(meta: ForwardMetadata, seq: int, start: int, end: int) -> PrefillPlan:
+def _prefill_plan(meta: ForwardMetadata, seq: int, start: int, end: int, num_slots: int) -> PrefillPlan:
     ctx, q_len = meta.context_lens_cpu[seq], end - start
     slots = _slots(meta.block_tables[seq:seq + 1], ctx, meta.block_size)[0]  # [ctx]
     mask = None
@@ -96,7 +112,7 @@ def _prefill_plan(meta: ForwardMetadata, seq: int, start: int, end: int) -> Pref
         device = slots.device
         q_pos = torch.arange(ctx - q_len, ctx, device=device)  # positions of this step's queries
         mask = torch.arange(ctx, device=device) <= q_pos.unsqueeze(1)  # [q_len, ctx]
-    return PrefillPlan(start, end, slots, mask)
+    return PrefillPlan(start, end, _kv_rows(slots, num_slots), mask)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -110,38 +126,36 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
         kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
 
-    def plan(self, meta: ForwardMetadata) -> AttentionPlan:
+    def plan(self, meta: ForwardMetadata, num_slots: int) -> AttentionPlan:
         """The step's plan, built once per ForwardMetadata object and shared by all layers."""
-        return self.cached_plan(meta, None, lambda: build_plan(meta))
+        return self.cached_plan(meta, num_slots, lambda: build_plan(meta, num_slots))
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
         """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context."""
-        plan = self.plan(meta)
-        kv = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [2, num_slots, kv_heads, head_dim]
+        plan = self.plan(meta, kv_cache.shape[1] * kv_cache.shape[2])
         if plan.decode is not None and not plan.prefills:  # pure decode: every row is a decode, in order
-            return _attend_decode(q, kv, plan.decode, scale)
+            return _attend_decode(q, kv_cache, plan.decode, scale)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if plan.decode is not None:
-            out[plan.decode.rows] = _attend_decode(q[plan.decode.rows], kv, plan.decode, scale)
+            out[plan.decode.rows] = _attend_decode(q[plan.decode.rows], kv_cache, plan.decode, scale)
         for p in plan.prefills:
-            out[p.start:p.end] = _attend_prefill(q[p.start:p.end], kv, p, scale)
+            out[p.start:p.end] = _attend_prefill(q[p.start:p.end], kv_cache, p, scale)
         return out
 
 
-def _attend_decode(q: torch.Tensor, kv: torch.Tensor, plan: DecodePlan, scale: float) -> torch.Tensor:
+def _attend_decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, scale: float) -> torch.Tensor:
     """q [Bd, heads, d] -> [Bd, heads, d], one query per sequence over its first context_len slots."""
-    batch, length = plan.slots.shape
-    # one index_select of flat rows for K and V: several times faster on CPU than a 2-D advanced index
-    k, v = kv.index_select(1, plan.slots.view(-1)).view(2, batch, length, *kv.shape[2:]).transpose(2, 3)
+    batch, length = plan.mask.shape[0], plan.mask.shape[-1]
+    k, v = _gather(kv_cache, plan.kv_rows).view(2, batch, length, *kv_cache.shape[-2:]).transpose(2, 3)
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), k, v, attn_mask=plan.mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
     )  # [Bd, heads, 1, d]; k, v: [Bd, kv_heads, L, d]
     return out.squeeze(2)
 
 
-def _attend_prefill(q: torch.Tensor, kv: torch.Tensor, plan: PrefillPlan, scale: float) -> torch.Tensor:
+def _attend_prefill(q: torch.Tensor, kv_cache: torch.Tensor, plan: PrefillPlan, scale: float) -> torch.Tensor:
     """q [q_len, heads, d] of one sequence -> [q_len, heads, d], causal after its cached prefix."""
-    k, v = kv.index_select(1, plan.slots).transpose(1, 2)  # [kv_heads, ctx, d] each
+    k, v = _gather(kv_cache, plan.kv_rows).transpose(1, 2)  # [kv_heads, ctx, d] each
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1), k, v, attn_mask=plan.mask, is_causal=plan.mask is None, scale=scale,
         enable_gqa=q.shape[1] != k.shape[0],
