@@ -202,8 +202,7 @@ class BlockManager:
             self._tokens_stored -= self._fill[block_id]
             self._fill[block_id] = 0
             if block.hash is not None and not keep_cached:
-                del self._by_hash[block.hash]
-                block.hash, block.token_ids = None, ()
+                self._uncache(block)
             if block.hash is not None:
                 self._evictable[block_id] = None
             else:
@@ -214,11 +213,14 @@ class BlockManager:
             block_id = self._free.popleft()
         else:
             block_id, _ = self._evictable.popitem(last=False)  # least recently freed
-            block = self.blocks[block_id]
-            del self._by_hash[block.hash]
-            block.hash, block.token_ids = None, ()
+            self._uncache(self.blocks[block_id])
         self.blocks[block_id].ref_count = 1
         return block_id
+
+    def _uncache(self, block: Block) -> None:
+        """Take a block out of the prefix cache: its contents no longer match any prompt."""
+        del self._by_hash[block.hash]
+        block.hash, block.token_ids = None, ()
 
     # ---- after a step --------------------------------------------------------------------------
     def cache_full_blocks(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
@@ -263,9 +265,7 @@ class BlockManager:
         """
         dropped = list(self._evictable)
         for block_id in dropped:
-            block = self.blocks[block_id]
-            del self._by_hash[block.hash]
-            block.hash, block.token_ids = None, ()
+            self._uncache(self.blocks[block_id])
         self._evictable.clear()
         self._free.extend(dropped)
         return len(dropped)
