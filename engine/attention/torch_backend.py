@@ -25,8 +25,7 @@ class DecodePlan:
     """The decode sequences of a step, batched."""
 
     rows: slice | torch.Tensor  # their query rows in q [T, ...]: a slice when consecutive
-    kv_rows: torch.Tensor  # [2 * Bd * L] int64 cache rows (see _kv_rows) of each key, then each value position,
-    # L = longest decode context
+    kv_rows: torch.Tensor  # [2, Bd, L] int64 cache rows (see _kv_rows) of keys and values, L = longest context
     mask: torch.Tensor  # [Bd, 1, 1, L] bool, True where the key position < context_len
 
 
@@ -36,7 +35,7 @@ class PrefillPlan:
 
     start: int  # its query rows are start:end
     end: int
-    kv_rows: torch.Tensor  # [2 * context_len] int64 cache rows (see _kv_rows) of its keys, then its values
+    kv_rows: torch.Tensor  # [2, context_len] int64 cache rows (see _kv_rows) of its keys and values
     mask: torch.Tensor | None  # [query_len, context_len] bool; None when there is no cached prefix (plain causal)
 
 
@@ -80,17 +79,17 @@ def _slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
 
 
 def _kv_rows(slots: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """Slots [...] -> their rows in a layer's cache seen as [2 * num_slots, kv_heads * head_dim]: the
-    keys' rows, then the values' (flattened). One index_select over dim 0 of that view gathers both,
-    on every thread (over dim 1 of [2, num_slots, ...], torch gathers on one thread: 2-2.5x slower)."""
-    flat = slots.reshape(-1)
-    return torch.cat([flat, flat + num_slots])
+    """Slots [...] -> [2, ...]: their rows in a layer's cache seen as [2 * num_slots, kv_heads * head_dim],
+    the keys' then the values'. One index_select over dim 0 of that view gathers both, on every
+    thread (over dim 1 of [2, num_slots, ...], torch gathers on one thread: 2-2.5x slower)."""
+    return torch.stack([slots, slots + num_slots])
 
 
 def _gather(kv_cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """kv_cache [2, num_blocks, block_size, kv_heads, d], rows from _kv_rows -> [2, n, kv_heads, d]."""
+    """kv_cache [2, num_blocks, block_size, kv_heads, d], rows [2, ...] from _kv_rows -> [2, ..., kv_heads, d]."""
     kv_heads, head_dim = kv_cache.shape[-2:]
-    return kv_cache.view(-1, kv_heads * head_dim).index_select(0, rows).view(2, -1, kv_heads, head_dim)
+    flat = kv_cache.view(-1, kv_heads * head_dim).index_select(0, rows.view(-1))
+    return flat.view(*rows.shape, kv_heads, head_dim)
 
 
 def _decode_plan(meta: ForwardMetadata, seqs: list[int], rows: list[int], num_slots: int) -> DecodePlan:
@@ -145,8 +144,7 @@ class TorchAttentionBackend(AttentionBackend):
 
 def _attend_decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, scale: float) -> torch.Tensor:
     """q [Bd, heads, d] -> [Bd, heads, d], one query per sequence over its first context_len slots."""
-    batch, length = plan.mask.shape[0], plan.mask.shape[-1]
-    k, v = _gather(kv_cache, plan.kv_rows).view(2, batch, length, *kv_cache.shape[-2:]).transpose(2, 3)
+    k, v = _gather(kv_cache, plan.kv_rows).transpose(2, 3)
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), k, v, attn_mask=plan.mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
     )  # [Bd, heads, 1, d]; k, v: [Bd, kv_heads, L, d]
