@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ui.load_generator import LoadGenerator, load_prompts
 from ui.utilization import UtilizationMonitor
 
 PROMPTS = Path(__file__).parent / "assets" / "prompts.txt"
+ENGINE_DIED = 70  # the exit status when the engine thread died (EX_SOFTWARE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         load.stop()
         engine.stop()
 
-    serve(app, args.host, args.port, on_shutdown=stop)
+    serve(app, args.host, args.port, on_shutdown=stop, stop_when=lambda: engine.error is not None)
+    if engine.error is not None:
+        # open streams have ended with an error event; a supervisor (systemd, Docker, Spaces)
+        # starts a fresh process, which is the one sure way back from a lost device
+        logging.critical("the engine died (%s): exiting with status %d", engine.error, ENGINE_DIED)
+        sys.exit(ENGINE_DIED)
     logging.info("PagedChat stopped")
 
 

@@ -3,8 +3,10 @@
 Callers post commands to a thread-safe inbox and read each request's outputs from its own
 `RequestStream`. The loop: take every pending command, step while anything is unfinished,
 hand the deltas out, publish metrics; with nothing to do it blocks on the inbox (no CPU).
-If a step raises, the thread dies: every open request gets `EngineDeadError`, and so does
-every later submit, at once.
+A step whose batch raises fails only its own requests (see `LLMEngine.step`). If the thread dies
+anyway (a lost device, a bug in the bookkeeping), every open request gets `EngineDeadError`, and
+so does every later submit, at once, and `on_death` is called: the app then exits non-zero so that
+a supervisor starts it again.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, kv_waste, live_seqs
 from engine.engine_info import EngineInfo, engine_info
@@ -40,7 +42,7 @@ Prompt = str | list[int] | ChatPrompt
 @dataclass(frozen=True)
 class _Add:
     stream: RequestStream
-    prompt: Prompt
+    token_ids: list[int]
     params: SamplingParams
 
 
@@ -55,7 +57,8 @@ _STOP = object()
 class EngineThread:
     """Owns an `LLMEngine` (any object with its add_request / step / abort API) on a daemon thread."""
 
-    def __init__(self, engine: Any, block_map_interval: float = 0.25, history: MetricsHistory | None = None) -> None:
+    def __init__(self, engine: Any, block_map_interval: float = 0.25, history: MetricsHistory | None = None,
+                 on_death: Callable[[BaseException], None] | None = None) -> None:
         self.engine = engine  # touched by the engine thread only, once started
         self.info: EngineInfo = engine_info(engine)
         self.history = history or MetricsHistory()
@@ -65,6 +68,7 @@ class EngineThread:
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._error: BaseException | None = None
+        self.on_death = on_death  # called on the engine thread with what killed it
         self._stopping = False
         self._lock = threading.Lock()  # orders submits against the thread's death
         self._block_map_shape = (0, 0)  # (running, waiting) when the block map was built
@@ -105,19 +109,41 @@ class EngineThread:
                loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
         """Queue a request; read its outputs from the returned stream (async if `loop` is given).
 
-        Raises EngineDeadError at once when the engine thread is not running.
+        The prompt is tokenized here, on the calling thread, never on the engine's. Raises
+        RequestRejected for a prompt that cannot be encoded, and EngineDeadError at once when the
+        engine thread is not running.
         """
+        if not self.alive:
+            raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
+        return self._queue(self._encode(prompt), params, request_id, loop)
+
+    async def submit_async(self, prompt: Prompt, params: SamplingParams,
+                           request_id: str | None = None) -> RequestStream:
+        """`submit` for a coroutine: the prompt is tokenized in a worker thread (the event loop
+        stays free), and the stream is read with `async for` on the running loop."""
+        if not self.alive:
+            raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
+        token_ids = await asyncio.to_thread(self._encode, prompt)
+        return self._queue(token_ids, params, request_id, asyncio.get_running_loop())
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of `prompt` (the engine's encoders are thread-safe); RequestRejected if bad."""
+        try:
+            if isinstance(prompt, ChatPrompt):
+                return self.engine.encode_chat(list(prompt.messages))
+            return self.engine.encode(prompt)
+        except Exception as exc:  # noqa: BLE001 - a template or tokenizer error is the request's fault
+            raise RequestRejected(str(exc) or type(exc).__name__) from exc
+
+    def _queue(self, token_ids: list[int], params: SamplingParams, request_id: str | None,
+               loop: asyncio.AbstractEventLoop | None) -> RequestStream:
         request_id = request_id or f"req-{next(self._ids)}"
         stream = RequestStream(request_id, self.abort, loop)
         with self._lock:
             if not self.alive:
                 raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
-            self._inbox.put(_Add(stream, prompt, params))
+            self._inbox.put(_Add(stream, token_ids, params))
         return stream
-
-    def submit_async(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> RequestStream:
-        """`submit` for a coroutine: the stream is read with `async for` on the running loop."""
-        return self.submit(prompt, params, request_id, asyncio.get_running_loop())
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (no-op if it already finished)."""
@@ -138,6 +164,8 @@ class EngineThread:
         self._fail_all(EngineDeadError(f"the engine stopped: {self._error or 'the server is shutting down'}"))
         if self._error is None:
             log.info("the engine thread stopped")
+        elif self.on_death is not None:
+            self.on_death(self._error)
 
     def _take_commands(self, block: bool) -> bool:
         """Handle every queued command (waiting for the first one if `block`); False on stop."""
@@ -159,14 +187,12 @@ class EngineThread:
             self._add(command)
 
     def _add(self, command: _Add) -> None:
-        stream, prompt = command.stream, command.prompt
+        stream = command.stream
         if stream.finished:  # closed by its reader before the engine saw it
             return
         try:
-            if isinstance(prompt, ChatPrompt):
-                prompt = self.engine.encode_chat(list(prompt.messages))
-            seq = self.engine.add_request(stream.request_id, prompt, command.params)
-        except Exception as exc:  # noqa: BLE001 - a bad request (or chat template) must not kill the engine
+            seq = self.engine.add_request(stream.request_id, command.token_ids, command.params)
+        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the engine
             stream.push(exc if isinstance(exc, RequestRejected) else RequestRejected(str(exc)))
             return
         stream.num_prompt_tokens = seq.num_prompt_tokens

@@ -14,7 +14,8 @@ from engine.metrics import MetricsRecorder, MetricsSnapshot
 from engine.model_loader import load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
-from engine.request_stream import EngineOverloaded
+from engine.prompt_encoder import PromptEncoder, check_token_ids
+from engine.request_stream import DeviceFailure, EngineOverloaded
 from engine.sampler import INVALID_TOKEN, SampleRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
@@ -46,6 +47,10 @@ class LLMEngine:
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
+        # ids a prompt may hold: rows of the embedding that the tokenizer can also turn into text
+        self.vocab_size = min(self.model_config.vocab_size, len(self.tokenizer))
+        self.prompts = PromptEncoder(self.tokenizer, self.vocab_size, self.max_model_len,
+                                     self.config.parse_special_in_chat)
         self.metrics = MetricsRecorder()
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self._live: dict[str, int] = {}  # request id -> its unfinished sequences
@@ -53,12 +58,13 @@ class LLMEngine:
 
     # ---- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
-        return list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt).input_ids
+        """Token ids of a raw prompt (or the ids, checked). Thread-safe, like `encode_chat`."""
+        return self.prompts.encode(prompt)
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Token ids of a conversation through the model's chat template, ready for the answer."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        """Token ids of a conversation through the model's chat template, ready for the answer;
+        special-token text in message content stays plain text (see `PromptEncoder`)."""
+        return self.prompts.encode_chat(messages)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
                     arrival_time: float | None = None) -> Sequence:
@@ -73,6 +79,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already running")
         if not token_ids:
             raise ValueError("the prompt is empty")
+        check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; at most {self.max_model_len - 1} fit")
         if params.n > self.config.scheduler.max_num_seqs:
@@ -110,34 +117,66 @@ class LLMEngine:
         Text therefore comes out one step after its token (a few ms), and a stop string found then
         drops the token the sequence got meanwhile. Token-based stops (EOS, stop ids, max_tokens)
         end a sequence at once.
+
+        If preparing, running or sampling the batch raises, the sequences of this step fail (an
+        error output each, their blocks freed and kept out of the prefix cache) and the others go
+        on. A device that cannot run anything any more raises `DeviceFailure`: nothing can go on.
         """
         start = time.perf_counter()
         out = self.scheduler.schedule()
-        pending = None
+        pending, fault = None, None
         if not out.is_empty:
-            chunks, rows = self._prepare(out)
-            pending = self.runner.launch(chunks, out.copies, rows)
+            try:
+                chunks, rows = self._prepare(out)
+                pending = self.runner.launch(chunks, out.copies, rows)
+            except Exception as exc:  # noqa: BLE001 - this step's requests fail, not the engine
+                fault = exc
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
         outputs = [self._guarded(self._detokenize, seq) for seq in self._undetokenized if seq.finish_reason not in _GONE]
         self._undetokenized = []
         if pending is not None:
-            tokens = pending.result()
-            sampled, at = [], 0
-            for item in out.scheduled:
-                sampled.append(tokens[at:at + item.num_samples])
-                at += item.num_samples
-            now = time.perf_counter()
-            for seq in self.scheduler.update(out, sampled):
-                failed = self._guarded(self._account, seq, now)
-                if failed is None:
-                    self._undetokenized.append(seq)
-                else:
-                    outputs.append(failed)
+            try:
+                tokens = pending.result()
+                grew = self.scheduler.update(out, self._split(out, tokens))
+            except Exception as exc:  # noqa: BLE001
+                fault = exc
+            else:
+                now = time.perf_counter()
+                for seq in grew:
+                    failed = self._guarded(self._account, seq, now)
+                    if failed is None:
+                        self._undetokenized.append(seq)
+                    else:
+                        outputs.append(failed)
+        if fault is not None:
+            outputs += self._fail_step(out, fault)
         self.metrics.total_prompt_tokens += num_prefill
         self.metrics.total_cached_tokens += out.num_cached_tokens
         if self.config.check_integrity:
             self.block_manager.check_integrity()
         return StepOutput(outputs, self._snapshot(out, start, num_prefill, num_decode))
+
+    @staticmethod
+    def _split(out: SchedulerOutput, tokens: list[int]) -> list[list[int]]:
+        """The step's sampled tokens, one list per scheduled sequence."""
+        sampled, at = [], 0
+        for item in out.scheduled:
+            sampled.append(tokens[at:at + item.num_samples])
+            at += item.num_samples
+        return sampled
+
+    def _fail_step(self, out: SchedulerOutput, fault: Exception) -> list[RequestOutput]:
+        """Fail every sequence of a step whose batch raised; raise DeviceFailure if the device is lost."""
+        log.error("a step of %d sequences failed: %s: %s", len(out.scheduled), type(fault).__name__, fault,
+                  exc_info=fault)
+        if not self.runner.device_usable():
+            raise DeviceFailure(f"the device failed ({type(fault).__name__}: {fault})") from fault
+        error = f"the step serving this request failed ({type(fault).__name__})"
+        outputs = []
+        for item in out.scheduled:
+            if not item.seq.is_finished:  # one that stopped on its text this step has its last output
+                outputs += self._fail(item.seq, error)
+        return outputs
 
     def _prepare(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[SampleRow]]:
         chunks, rows = [], []
@@ -159,15 +198,20 @@ class LLMEngine:
             return serve(seq, *args)
         except Exception as exc:  # noqa: BLE001 - one request's fault must not stop everyone's
             log.exception("request %s failed", seq.request_id)
-            return self._fail(seq, f"{type(exc).__name__}: {exc}")
+            return self._fail(seq, f"{type(exc).__name__}: {exc}")[0]
 
-    def _fail(self, seq: Sequence, error: str) -> RequestOutput:
+    def _fail(self, seq: Sequence, error: str) -> list[RequestOutput]:
+        """Finish `seq` with an error; its outputs: one, or n for a request that has not forked yet
+        (its samples all fail with it)."""
         if not seq.is_finished:
             self.scheduler.finish(seq, FinishReason.ERROR)
         seq.finish_reason = FinishReason.ERROR
         detok = self._detokenizers.pop(seq.seq_id, None)
-        self._release(seq.request_id)
-        return replace(self._output(seq, "", [], detok.text if detok else ""), error=error)
+        failed = replace(self._output(seq, "", [], detok.text if detok else ""), error=error)
+        outputs = [failed] + [replace(failed, index=k) for k in range(1, seq.samples_at_prompt_end)]
+        for _ in outputs:
+            self._release(seq.request_id)
+        return outputs
 
     def _account(self, seq: Sequence, now: float) -> None:
         """Latency of the token a sequence just got, and the stops that need no text."""

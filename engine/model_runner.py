@@ -97,10 +97,6 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[meta.logits_indices])
 
-    def execute(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> list[int]:
-        """One forward pass; returns one sampled token per row (rows follow the chunks' samples)."""
-        return self.launch(chunks, copies, rows).result()
-
     @torch.inference_mode()
     def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> "PendingTokens":
         """Queue one forward pass and its sampling on the device; the host is free until result()."""
@@ -115,6 +111,19 @@ class ModelRunner:
         if not rows:
             return PendingTokens(None)
         return PendingTokens(self.sampler.sample(logits, rows))
+
+    def device_usable(self) -> bool:
+        """After a failed step: can the device still run work? A device-side assert or a lost CUDA
+        context makes every later call fail; an out-of-memory or a host-side error does not."""
+        if self.device.type != "cuda":
+            return True
+        try:
+            torch.cuda.synchronize(self.device)
+            torch.zeros(1, device=self.device).add_(1).item()
+        except Exception:  # noqa: BLE001 - any failure here means the context is gone
+            return False
+        torch.cuda.empty_cache()
+        return True
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:

@@ -22,6 +22,10 @@ class EngineOverloaded(RequestRejected):
     """The waiting queue is full: try again later (HTTP 429)."""
 
 
+class DeviceFailure(RuntimeError):
+    """The device can run nothing more (a lost CUDA context): the engine must stop."""
+
+
 class EngineDeadError(RuntimeError):
     """The engine thread is not running: no request can be served."""
 

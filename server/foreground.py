@@ -37,10 +37,19 @@ class _StreamsCutAtGrace(logging.Filter):
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None],
+                 stop_when: Callable[[], bool] | None = None) -> None:
         super().__init__(config)
         self.on_shutdown = on_shutdown
+        self.stop_when = stop_when
         self.shut_down = False
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s): also shut down once `stop_when()` says so."""
+        if self.stop_when is not None and not self.should_exit and self.stop_when():
+            log.error("shutting down: the server cannot serve any more")
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -62,11 +71,13 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(app: Any, host: str, port: int, on_shutdown: Callable[[], None], grace: float = 3.0) -> None:
-    """Serve `app` on host:port until SIGINT or SIGTERM; `on_shutdown` runs once, also when the
-    server fails to start (a port in use: then uvicorn exits with status 1)."""
+def serve(app: Any, host: str, port: int, on_shutdown: Callable[[], None], grace: float = 3.0,
+          stop_when: Callable[[], bool] | None = None) -> None:
+    """Serve `app` on host:port until SIGINT or SIGTERM, or until `stop_when()` is true (checked
+    10 times a second); `on_shutdown` runs once, also when the server fails to start (a port in
+    use: then uvicorn exits with status 1)."""
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                    timeout_graceful_shutdown=grace), on_shutdown)
+                                    timeout_graceful_shutdown=grace), on_shutdown, stop_when)
     try:
         server.run()
     finally:

@@ -56,7 +56,7 @@ class _Call:
 
 async def _open(engine: EngineThread, prompt: Prompt, params: SamplingParams) -> tuple[RequestStream, list[RequestOutput]]:
     """Submit and wait for the first output, so that a refused request still gets a plain HTTP error."""
-    stream = engine.submit_async(prompt, params)
+    stream = await engine.submit_async(prompt, params)
     try:
         first = await anext(stream, None)
     except BaseException:

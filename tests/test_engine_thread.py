@@ -65,7 +65,7 @@ def test_concurrent_readers_get_what_each_would_get_alone(thread: EngineThread) 
 
     async def async_reader() -> tuple:
         tokens, text = [], ""
-        async for out in thread.submit_async(chat(PROMPTS[0]), GREEDY):
+        async for out in await thread.submit_async(chat(PROMPTS[0]), GREEDY):
             tokens += out.delta_token_ids
             text += out.delta_text
         return tokens, text
@@ -113,11 +113,13 @@ def test_a_dead_engine_fails_requests_fast(engine: LLMEngine, monkeypatch: pytes
         raise RuntimeError("the device fell off")
 
     monkeypatch.setattr(engine, "step", boom)
-    thread = EngineThread(engine).start()
+    died: list[BaseException] = []
+    thread = EngineThread(engine, on_death=died.append).start()
     stream = thread.submit(chat(PROMPTS[0]), GREEDY, request_id="doomed")
     with pytest.raises(EngineDeadError, match="fell off"):
         read_all(stream)
     assert not thread.alive and "fell off" in str(thread.error)
+    assert died == [thread.error]
     start = time.monotonic()
     with pytest.raises(EngineDeadError):
         thread.submit(chat(PROMPTS[1]), GREEDY)

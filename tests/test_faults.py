@@ -11,7 +11,7 @@ import pytest
 from engine.config import CacheConfig, EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
-from engine.request_stream import EngineOverloaded
+from engine.request_stream import DeviceFailure, EngineOverloaded
 from engine.sampling_params import SamplingParams
 from fault_injection import poison_logits
 
@@ -120,4 +120,75 @@ def test_a_prompt_the_kv_pool_can_never_hold_is_refused(engine: LLMEngine) -> No
     assert engine.max_model_len <= len(too_long)
     with pytest.raises(ValueError, match="at most"):
         engine.add_request("huge", too_long, GREEDY)
+    assert not engine.has_unfinished_requests() and not engine._live
+
+
+def fail_launch_once(monkeypatch: pytest.MonkeyPatch, engine: LLMEngine, when, where: str = "launch") -> list[int]:
+    """The first step for which `when(chunks)` is true raises inside the model runner: in `launch`
+    (the forward pass) or in the result (sampling). Returns the step's batch sizes as it fails."""
+    launch, failed = engine.runner.launch, []
+
+    def faulty(chunks, copies, rows):
+        if failed or not when(chunks):
+            return launch(chunks, copies, rows)
+        failed.append(len(chunks))
+        if where == "launch":
+            raise RuntimeError("injected forward-pass fault")
+        pending = launch(chunks, copies, rows)
+        pending.result = lambda: (_ for _ in ()).throw(RuntimeError("injected sampling fault"))
+        return pending
+
+    monkeypatch.setattr(engine.runner, "launch", faulty)
+    return failed
+
+
+@pytest.mark.parametrize("where", ["launch", "result"])
+def test_a_fault_in_the_model_runner_fails_that_steps_requests_only(
+        engine: LLMEngine, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Two run and two wait (max_num_seqs 2); the runner fails mid-decode: the two in that step
+    fail with an error each, the two waiting ones then run and answer as they do alone."""
+    alone = {p: run(engine, {"alone": p})["alone"][-1] for p in PROMPTS}
+    limited = dataclasses.replace(engine.config.scheduler, max_num_seqs=2)
+    monkeypatch.setattr(engine.scheduler, "config", limited)
+    steps = iter(range(100))
+    failed = fail_launch_once(monkeypatch, engine, lambda chunks: next(steps) == 3, where)  # the 4th step
+    requests = {"bad-0": PROMPTS[0], "bad-1": PROMPTS[1]} | {f"ok-{i}": p for i, p in enumerate(PROMPTS)}
+    outputs = run(engine, requests)
+    assert failed == [2]
+    for rid in ("bad-0", "bad-1"):
+        finals = [o for o in outputs[rid] if o.finished]
+        assert len(finals) == 1 and finals[0].finish_reason == "error" and "failed" in finals[0].error
+        assert 1 <= finals[0].num_output_tokens < GREEDY.max_tokens  # it did run before the fault
+    assert_bystanders_unharmed(engine, outputs, alone)
+    assert run(engine, {"after": PROMPTS[3]})["after"][-1].text == alone[PROMPTS[3]].text
+
+
+def test_a_fault_during_an_n4_prefill_fails_all_its_samples(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_launch_once(monkeypatch, engine, lambda chunks: True)
+    outputs = run(engine, {"fork": PROMPTS[2]}, {"fork": SamplingParams(temperature=0.8, n=4, max_tokens=4)})
+    finals = [o for o in outputs["fork"] if o.finished]
+    assert sorted(o.index for o in finals) == [0, 1, 2, 3] and {o.finish_reason for o in finals} == {"error"}
+    assert_all_blocks_free(engine)
+    assert not engine._live
+
+
+def test_a_lost_device_stops_the_engine(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault after which the device runs nothing (a CUDA device-side assert) is not survivable:
+    step raises DeviceFailure, so the engine thread dies and the app exits for a restart."""
+    fail_launch_once(monkeypatch, engine, lambda chunks: True)
+    monkeypatch.setattr(engine.runner, "device_usable", lambda: False)
+    engine.add_request("doomed", "Hello", GREEDY)
+    with pytest.raises(DeviceFailure, match="device failed"):
+        engine.step()
+    engine.abort("doomed")
+    assert_all_blocks_free(engine)
+
+
+@pytest.mark.parametrize("bad", [-1, 49152, 2**63, 2**70, True, 1.0, "7"])
+def test_token_ids_outside_the_vocabulary_are_refused(engine: LLMEngine, bad) -> None:
+    with pytest.raises(ValueError, match="out of vocabulary|integers"):
+        engine.add_request("oov", [1, 2, bad, 3], GREEDY)
+    if type(bad) is int:
+        with pytest.raises(ValueError, match="out of vocabulary"):
+            engine.add_request("oov-stop", [1, 2, 3], dataclasses.replace(GREEDY, stop_token_ids=(bad,)))
     assert not engine.has_unfinished_requests() and not engine._live

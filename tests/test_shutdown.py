@@ -27,8 +27,20 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_app(model_dir: str, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "app.py", "--model", model_dir, "--num-blocks", "64", "--port", str(port)]
+# app.py whose engine loses its device at the first step (as after a CUDA device-side assert)
+DYING_APP = """
+import sys, app
+from engine.llm_engine import LLMEngine
+from engine.request_stream import DeviceFailure
+def step(self):
+    raise DeviceFailure("injected: the device is gone")
+LLMEngine.step = step
+app.main(sys.argv[1:])
+"""
+
+
+def start_app(model_dir: str, port: int, log: Path, program: list[str] = ("app.py",)) -> subprocess.Popen:
+    command = [sys.executable, *program, "--model", model_dir, "--num-blocks", "64", "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
     deadline = time.monotonic() + 180
@@ -99,4 +111,25 @@ def test_app_shuts_down_cleanly(sig: signal.Signals, embedded_model_dir: str, tm
     assert "Traceback" not in text, text
     assert events[-1] == "[DONE]" and "shutting down" in events[-2]["error"]["message"]
     assert any(e["choices"][0]["text"] for e in events[:-2])
+    assert port_is_free(port)
+
+
+@pytest.mark.slow
+def test_app_exits_non_zero_when_the_engine_dies(embedded_model_dir: str, tmp_path: Path) -> None:
+    """The chosen recovery: requests in flight end with an error (a stream with an error event,
+    see test_stream_errors), and the process exits with status 70 so that a supervisor starts a
+    fresh one."""
+    port, log = free_port(), tmp_path / "app.log"
+    proc = start_app(embedded_model_dir, port, log, ["-c", DYING_APP])
+    try:
+        body = {"prompt": "Hello", "max_tokens": 4}
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30)
+        code = proc.wait(timeout=EXIT_WITHIN + 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 70, text
+    assert "the engine died" in text and "device is gone" in text
+    assert reply.status_code == 503 and "device is gone" in reply.json()["error"]["message"]
     assert port_is_free(port)

@@ -54,9 +54,9 @@ def make_responder(engine: EngineThread) -> Responder:
             raise gr.Error("Please type a message first.")
         params = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_new_tokens))
         try:
-            stream = engine.submit_async(conversation(message, history, system_prompt), params,
-                                         request_id=f"chat-{next(_ids)}")
-        except EngineDeadError as exc:
+            stream = await engine.submit_async(conversation(message, history, system_prompt), params,
+                                               request_id=f"chat-{next(_ids)}")
+        except (RequestRejected, EngineDeadError) as exc:
             raise gr.Error(str(exc)) from exc
         text = ""
         try:

@@ -104,6 +104,10 @@ class LoadGenerator:
             stream = self.engine.submit(prompt, params, request_id)
         except EngineDeadError:
             return False
+        except RequestRejected:
+            with self._lock:
+                self._failed += 1
+            return True
         with self._lock:
             if stop.is_set():
                 stream.close()
