@@ -29,7 +29,8 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None)
         """Malformed JSON and wrong types: OpenAI's 400 body instead of FastAPI's 422."""
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(400, f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed')}")
+        message = str(first.get("msg", "malformed")).removeprefix("Value error, ")
+        return error_response(400, f"invalid request body: {where or 'body'}: {message}")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.engine_thread import ChatPrompt, EngineThread, Prompt
@@ -20,15 +20,24 @@ from engine.request_stream import EngineDeadError, EngineOverloaded, RequestReje
 from engine.sampling_params import SamplingParams
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
 
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Chunk = Callable[[RequestOutput, bool], dict[str, Any]]  # (output, first of its sample) -> choice
 
 
+MAX_MESSAGE = 300  # characters of an error message: it may quote what the client sent
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": {"message": clip(message), "type": kind, "param": None, "code": None}}
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(error_body(message, kind), status)
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, kind), status, headers=headers)
 
 
 class _Call:
@@ -159,8 +168,8 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
 
     def refusal(body: CompletionRequest | ChatCompletionRequest) -> JSONResponse | None:
         if body.model not in (None, "", model_name):
-            return error_response(404, f"the model {body.model!r} does not exist; this server has {model_name!r}",
-                                  "not_found_error")
+            return error_response(404, f"the model {clip(body.model, 80)!r} does not exist; this server has "
+                                  f"{model_name!r}", "not_found_error")
         limit = body.max_tokens if isinstance(body, CompletionRequest) else body.token_limit
         if limit is not None and not 1 <= limit < max_len:
             return error_response(400, f"max_tokens must be between 1 and {max_len - 1}, got {limit}")
@@ -193,5 +202,17 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
             return error_response(400, str(exc))
         prompt = ChatPrompt(messages)
         return await _respond(engine, prompt, params, model_name, body.stream, body.include_usage, chat=True)
+
+    routes = {route.path: sorted(route.methods) for route in router.routes}
+
+    @router.api_route("/v1", methods=METHODS, include_in_schema=False)
+    @router.api_route("/v1/{rest:path}", methods=METHODS, include_in_schema=False)
+    async def elsewhere(request: Request) -> JSONResponse:
+        """Unknown routes and wrong methods under /v1, in OpenAI's error shape (not the UI's 404)."""
+        path = request.url.path
+        if path in routes:
+            return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(routes[path])}",
+                                  headers={"Allow": ", ".join(routes[path])})
+        return error_response(404, f"no route {clip(path, 80)}: this server has {', '.join(routes)}", "not_found_error")
 
     return router

@@ -1,14 +1,17 @@
 """Request bodies of the OpenAI-compatible API, and how they become SamplingParams.
 
-Unknown fields (logprobs, user, presence_penalty...) are accepted and ignored, so that clients
-written for OpenAI work unchanged.
+Every field is typed strictly, as OpenAI's own API does: no string for a number, no number for a
+boolean, no NaN or infinity, integers within 64 bits. Roles come from OpenAI's set (developer is
+read as system); content parts are text parts. A violation is a ValidationError, which the app
+answers with a 400 naming the field. Unknown fields (logprobs, user, presence_penalty...) are
+accepted and ignored, so that clients written for OpenAI work unchanged.
 """
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.sampling_params import SamplingParams
 
@@ -27,25 +30,44 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-class StreamOptions(BaseModel):
+ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 32  # stop strings per request
+INT64 = 2**63
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class _Common(_Strict):
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None  # vLLM extension
+    top_k: int | None = Field(None, ge=-1, lt=INT64)  # vLLM extension
     min_p: float | None = None  # vLLM extension
     repetition_penalty: float | None = None  # vLLM extension
-    n: int = 1
+    n: int = Field(1, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=2 * INT64)
     ignore_eos: bool = False  # vLLM extension
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(strings)}")
+        for text in strings:
+            if not text:
+                raise ValueError("stop strings must not be empty")
+            check_text(text, "a stop string")
+        return stop
 
     def sampling_params(self, max_tokens: int) -> SamplingParams:
         """Raises ValueError for values the engine does not accept."""
@@ -61,41 +83,64 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[int] | list[str]
-    max_tokens: int | None = 16  # OpenAI's default for completions
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=-INT64, lt=INT64)  # OpenAI's default for completions
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request (batches of several prompts are refused)."""
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
             if len(prompt) != 1:
                 raise ValueError("send one prompt per request")
             prompt = prompt[0]
+        if not prompt or isinstance(prompt, str) and not prompt.strip():
+            raise ValueError("the prompt is empty")
         if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ValueError("the prompt is empty")
             check_text(prompt, "the prompt")
         return prompt
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class ChatMessage(_Strict):
     role: str
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role in ("tool", "function"):
+            raise ValueError(f"{role} messages are not supported: this server does not call tools")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role[:40]!r}")
+        return role
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, content: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type")
+            if kind != "text":
+                if isinstance(kind, str) and kind.split("_")[0] in ("image", "input", "audio", "video", "file"):
+                    raise ValueError(f"{kind[:40]} content parts are not supported: this is a text-only model")
+                raise ValueError(f"content parts must have type 'text', got {str(kind)[:40]!r}")
+            if not isinstance(part.get("text"), str):
+                raise ValueError("a text content part needs a string `text`")
+        return content
 
     def plain(self) -> dict[str, str]:
-        """role and text, with content parts joined (only text parts are understood)."""
+        """role (developer read as system) and text, with text parts joined."""
         content = self.content
+        if content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
         if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
-        return {"role": self.role, "content": content or ""}
+            content = "".join(part["text"] for part in content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
 
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(None, ge=-INT64, lt=INT64)
+    max_completion_tokens: int | None = Field(None, ge=-INT64, lt=INT64)
 
     def checked_messages(self) -> tuple[dict[str, str], ...]:
         """The plain messages; ValueError when there is no message or the last one says nothing."""
@@ -108,4 +153,5 @@ class ChatCompletionRequest(_Common):
 
     @property
     def token_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        """max_completion_tokens, else the older max_tokens (0 is a value: refused, not unlimited)."""
+        return self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
