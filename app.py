@@ -12,10 +12,12 @@ from typing import Any
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.engine_thread import EngineThread
 from engine.llm_engine import LLMEngine
+from server.access import LOOPBACK, default_allowed_hosts
 from server.foreground import serve
 from server.http_app import build_http_app
+from server.limits import ServerLimits
 from ui.layout import build_ui
-from ui.load_generator import LoadGenerator, load_prompts
+from ui.load_generator import LoadGenerator, LoadPolicy, load_prompts
 from ui.utilization import UtilizationMonitor
 
 PROMPTS = Path(__file__).parent / "assets" / "prompts.txt"
@@ -44,6 +46,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-prefix-caching", action="store_true", help="turn off prefix sharing")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    safety = p.add_argument_group("safety on a public server")
+    safety.add_argument("--api-key", default=os.environ.get("PAGEDCHAT_API_KEY"),
+                        help="require `Authorization: Bearer KEY` on /v1 (default: $PAGEDCHAT_API_KEY, else none)")
+    safety.add_argument("--allowed-hosts", default=None,
+                        help="comma-separated Host names the server answers to, '*' for any (default: the bound "
+                             "address and localhost; for 0.0.0.0, this machine's names and addresses; $SPACE_HOST)")
+    safety.add_argument("--max-body-mb", type=float, default=ServerLimits.max_body_bytes / 2**20,
+                        help="largest request body in MiB (HTTP 413 beyond)")
+    safety.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout,
+                        help="seconds a client has to send a request's headers")
+    safety.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout,
+                        help="seconds a client has to send a request's body")
+    safety.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
+                        help="open connections at most (HTTP 503 beyond; a browser tab holds two)")
+    safety.add_argument("--parse-special-tokens-in-chat", action="store_true",
+                        help="read special-token text in chat messages (<|im_start|>...) as special tokens: "
+                             "lets a user write their own turns (unsafe; off by default)")
+    safety.add_argument("--presenter-key", default=os.environ.get("PAGEDCHAT_PRESENTER_KEY"),
+                        help="only holders of this key may start or stop the load generator "
+                             "(default: $PAGEDCHAT_PRESENTER_KEY)")
+    safety.add_argument("--no-load-generator", action="store_true", help="turn the load generator off")
+    safety.add_argument("--load-time-limit", type=float, default=LoadPolicy.time_limit_s / 60,
+                        help="minutes after which a simulated load stops by itself")
     return p.parse_args(argv)
 
 
@@ -54,7 +79,35 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     scheduler = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                 max_model_len=args.max_model_len, max_waiting=args.max_waiting)
     return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, cache=cache, scheduler=scheduler,
-                        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager)
+                        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+                        parse_special_in_chat=args.parse_special_tokens_in_chat)
+
+
+def load_policy(args: argparse.Namespace) -> LoadPolicy:
+    """Off on request; with a presenter key, for its holders; otherwise open to anyone on a
+    loopback address or a Hugging Face Space (a public demo by intent), and off on any other public
+    address unless a key is given (anyone there could load the server)."""
+    limit = args.load_time_limit * 60
+    if args.no_load_generator:
+        return LoadPolicy("off", time_limit_s=limit)
+    if args.presenter_key:
+        return LoadPolicy("key", args.presenter_key, limit)
+    public = args.host not in LOOPBACK and not os.environ.get("SPACE_ID")
+    if public:
+        logging.warning("the load generator is off: the server listens on %s; set --presenter-key to enable it",
+                        args.host)
+    return LoadPolicy("off" if public else "open", time_limit_s=limit)
+
+
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), header_timeout=args.header_timeout,
+                        body_timeout=args.body_timeout, max_connections=args.max_connections)
+
+
+def allowed_hosts(args: argparse.Namespace) -> list[str]:
+    if args.allowed_hosts:
+        return [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    return default_allowed_hosts(args.host)
 
 
 def served_name(args: argparse.Namespace) -> str:
@@ -63,12 +116,15 @@ def served_name(args: argparse.Namespace) -> str:
     return "SmolLM2-135M-Instruct" if args.model == "embedded" else Path(args.model).name or args.model
 
 
-def build_app(config: EngineConfig, name: str, load_seed: int | None = None) -> tuple[Any, EngineThread, LoadGenerator]:
+def build_app(config: EngineConfig, name: str, load_seed: int | None = None, policy: LoadPolicy = LoadPolicy(),
+              limits: ServerLimits = ServerLimits(), hosts: list[str] | None = None,
+              api_key: str | None = None) -> tuple[Any, EngineThread, LoadGenerator]:
     """The engine on its thread, the load generator, and the HTTP app carrying API and UI."""
     engine = EngineThread(LLMEngine(config)).start()
-    load = LoadGenerator(engine, load_prompts(PROMPTS), seed=load_seed)
+    load = LoadGenerator(engine, load_prompts(PROMPTS), seed=load_seed, policy=policy)
     utilization = UtilizationMonitor(engine.info.device, engine.history.busy_fraction)
-    return build_http_app(engine, name, build_ui(engine, load, utilization, name)), engine, load
+    ui = build_ui(engine, load, utilization, name)
+    return build_http_app(engine, name, ui, limits, hosts, api_key), engine, load
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,14 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     and exit 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    app, engine, load = build_app(engine_config(args), served_name(args))
+    app, engine, load = build_app(engine_config(args), served_name(args), policy=load_policy(args),
+                                  limits=server_limits(args), hosts=allowed_hosts(args), api_key=args.api_key)
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
 
     def stop() -> None:
         load.stop()
         engine.stop()
 
-    serve(app, args.host, args.port, on_shutdown=stop, stop_when=lambda: engine.error is not None)
+    serve(app, args.host, args.port, on_shutdown=stop, stop_when=lambda: engine.error is not None,
+          limits=server_limits(args))
     if engine.error is not None:
         # open streams have ended with an error event; a supervisor (systemd, Docker, Spaces)
         # starts a fresh process, which is the one sure way back from a lost device

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator
 
 import uvicorn
 
+from server.limits import ServerLimits, uvicorn_config
+
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -72,12 +74,11 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: Any, host: str, port: int, on_shutdown: Callable[[], None], grace: float = 3.0,
-          stop_when: Callable[[], bool] | None = None) -> None:
+          stop_when: Callable[[], bool] | None = None, limits: ServerLimits = ServerLimits()) -> None:
     """Serve `app` on host:port until SIGINT or SIGTERM, or until `stop_when()` is true (checked
     10 times a second); `on_shutdown` runs once, also when the server fails to start (a port in
     use: then uvicorn exits with status 1)."""
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                    timeout_graceful_shutdown=grace), on_shutdown, stop_when)
+    server = _Server(uvicorn_config(app, host, port, limits, timeout_graceful_shutdown=grace), on_shutdown, stop_when)
     try:
         server.run()
     finally:

@@ -9,6 +9,9 @@ from starlette.exceptions import HTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from engine.engine_thread import EngineThread
+from server.access import AccessControl
+from server.body_limit import BodyLimit
+from server.limits import ServerLimits
 from server.openai_api import build_openai_router, error_response
 from server.prometheus import CONTENT_TYPE, render_metrics
 
@@ -19,10 +22,16 @@ UI_CONCURRENCY = 128
 UI_WORKERS = 256
 
 
-def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None) -> FastAPI:
-    """The API routes for `engine`; `ui` (a gr.Blocks) is queued and mounted at / when given."""
+def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None, limits: ServerLimits = ServerLimits(),
+                   allowed_hosts: list[str] | None = None, api_key: str | None = None) -> FastAPI:
+    """The API routes for `engine`; `ui` (a gr.Blocks) is queued and mounted at / when given.
+
+    Every request passes the access check (Host among `allowed_hosts`, None for any; the API key
+    on /v1 if set) and the body limit first."""
     app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
     app.include_router(build_openai_router(engine, model_name))
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=api_key)  # the outermost
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -56,5 +65,6 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None)
 
         ui.max_threads = UI_WORKERS  # read by queue(): it sizes the queue's worker pool
         ui.queue(default_concurrency_limit=UI_CONCURRENCY)
-        app = gr.mount_gradio_app(app, ui, path="/", footer_links=["api"])
+        # the UI takes no files: uploads are refused (the body limit holds for every route anyway)
+        app = gr.mount_gradio_app(app, ui, path="/", footer_links=["api"], max_file_size=1)
     return app

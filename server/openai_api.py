@@ -2,10 +2,13 @@
 
 Streaming answers are server-sent events ending in `data: [DONE]`, as the official clients expect;
 a stream that failed in the engine sends an `{"error": {...}}` event just before it.
-A client that goes away mid-stream has its request aborted in the engine (its blocks freed).
+A client that goes away, streaming or not, has its request aborted in the engine (its blocks freed
+within a step) from the moment the request is accepted: while it is tokenized, queued, prefilled
+or decoded.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -63,9 +66,36 @@ class _Call:
                 "choices": choices, **extra}
 
 
-async def _open(engine: EngineThread, prompt: Prompt, params: SamplingParams) -> tuple[RequestStream, list[RequestOutput]]:
+class _Watch:
+    """Watches one request's connection: when the client leaves, its stream is closed (the engine
+    aborts the request). Runs until `stop()`; the request's body has been read by then."""
+
+    def __init__(self, request: Request) -> None:
+        self.stream: RequestStream | None = None
+        self.gone = False
+        self._task = asyncio.create_task(self._watch(request))
+
+    async def _watch(self, request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self.stream is not None:
+            self.stream.close()
+
+    def follow(self, stream: RequestStream) -> None:
+        self.stream = stream
+        if self.gone:
+            stream.close()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def _open(engine: EngineThread, prompt: Prompt, params: SamplingParams,
+                watch: _Watch) -> tuple[RequestStream, list[RequestOutput]]:
     """Submit and wait for the first output, so that a refused request still gets a plain HTTP error."""
     stream = await engine.submit_async(prompt, params)
+    watch.follow(stream)
     try:
         first = await anext(stream, None)
     except BaseException:
@@ -87,8 +117,8 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk,
-                        include_usage: bool) -> AsyncIterator[str]:
+async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk, include_usage: bool,
+                        watch: _Watch) -> AsyncIterator[str]:
     """Chunks, then usage if asked for; if a sample failed or the engine stopped, an OpenAI-style
     `{"error": ...}` event (the openai client raises APIError with its message); then [DONE]."""
     seen: set[int] = set()
@@ -108,13 +138,27 @@ async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk,
             yield _sse(error_body(f"the request failed: {errors[0]}", "server_error"))
         yield _sse("[DONE]")
     finally:
+        watch.stop()
         call.stream.close()
 
 
-async def _respond(engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str, stream: bool,
-                   include_usage: bool, chat: bool) -> Any:
+async def _respond(request: Request, engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str,
+                   stream: bool, include_usage: bool, chat: bool) -> Any:
+    watch = _Watch(request)
     try:
-        handle, first = await _open(engine, prompt, params)
+        response = await _answer(watch, engine, prompt, params, model, stream, include_usage, chat)
+    except BaseException:
+        watch.stop()
+        raise
+    if not isinstance(response, StreamingResponse):
+        watch.stop()  # an event stream's watch stops when the stream ends
+    return response
+
+
+async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str,
+                  stream: bool, include_usage: bool, chat: bool) -> Any:
+    try:
+        handle, first = await _open(engine, prompt, params, watch)
     except EngineOverloaded as exc:
         return error_response(429, str(exc), "rate_limit_error")
     except RequestRejected as exc:
@@ -126,7 +170,7 @@ async def _respond(engine: EngineThread, prompt: Prompt, params: SamplingParams,
     else:
         call = _Call(handle, model, "cmpl", "text_completion")
     if stream:
-        events = _event_stream(call, first, _chat_chunk if chat else _text_chunk, include_usage)
+        events = _event_stream(call, first, _chat_chunk if chat else _text_chunk, include_usage, watch)
         return StreamingResponse(events, media_type="text/event-stream")
     texts: dict[int, RequestOutput] = {}
     try:
@@ -181,7 +225,7 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
         return {"object": "list", "data": [card]}
 
     @router.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         if (refused := refusal(body)) is not None:
             return refused
         try:
@@ -189,10 +233,10 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
             params = body.sampling_params(body.max_tokens or max_len)
         except ValueError as exc:
             return error_response(400, str(exc))
-        return await _respond(engine, prompt, params, model_name, body.stream, body.include_usage, chat=False)
+        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, chat=False)
 
     @router.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         if (refused := refusal(body)) is not None:
             return refused
         try:
@@ -201,7 +245,7 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
         except ValueError as exc:
             return error_response(400, str(exc))
         prompt = ChatPrompt(messages)
-        return await _respond(engine, prompt, params, model_name, body.stream, body.include_usage, chat=True)
+        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, chat=True)
 
     routes = {route.path: sorted(route.methods) for route in router.routes}
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from server.limits import ServerLimits, uvicorn_config
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -17,10 +19,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerThread:
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None,
+                 limits: ServerLimits = ServerLimits()) -> None:
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(uvicorn_config(app, self.host, self.port, limits, timeout_graceful_shutdown=2))
         self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     @property

@@ -17,7 +17,7 @@ from engine.block_map import BlockMapSnapshot
 from engine.engine_thread import EngineThread
 from engine.metrics_history import HistoryView
 from ui.kv_formula import kv_formula_markdown
-from ui.load_generator import LoadGenerator, LoadStatus
+from ui.load_generator import LoadGenerator, LoadRefused, LoadStatus
 from ui.plots import (block_map_figure, kv_memory_figure, latency_figure, latency_summary, throughput_figure,
                       utilization_figure)
 from ui.utilization import UtilizationMonitor
@@ -79,18 +79,40 @@ class DashboardData:
 
 
 def _load_controls(load: LoadGenerator) -> None:
+    """Slider and buttons (and a presenter-key box when the policy wants one). The handlers pass the
+    caller's session and key to the load generator, which decides."""
+    if load.policy.mode == "off":
+        gr.Markdown("The load generator is turned off on this server.", elem_id="load-off")
+        return
+    minutes = load.policy.time_limit_s / 60
+    gr.Markdown(f"Simulated users show up on the block map like real ones (their requests are `sim-...`). A load "
+                f"belongs to the browser tab that started it: it stops when that tab closes, or after {minutes:g} "
+                "minutes.")
     with gr.Row(equal_height=True):
-        users = gr.Slider(1, 64, value=8, step=1, label="Simulate N users", scale=3)
+        users = gr.Slider(1, load.MAX_USERS, value=8, step=1, label="Simulate N users", scale=3)
+        key = gr.Textbox(label="Presenter key", type="password", scale=2, visible=load.policy.mode == "key",
+                         elem_id="presenter-key")
         start = gr.Button("Start load", variant="primary", scale=1, elem_id="load-start")
         stop = gr.Button("Stop load", variant="stop", scale=1, elem_id="load-stop")
-    start.click(lambda n: load.start(int(n)), inputs=users, outputs=None, show_progress="hidden",
-                api_visibility="private")
-    stop.click(load.stop, inputs=None, outputs=None, show_progress="hidden", api_visibility="private")
+
+    def start_load(n: float, key: str, request: gr.Request) -> None:
+        try:
+            load.start(int(n), owner=request.session_hash or "", key=key or None)
+        except LoadRefused as exc:
+            gr.Warning(str(exc))
+
+    def stop_load(key: str, request: gr.Request) -> None:
+        try:
+            load.stop(owner=request.session_hash or "", key=key or None)
+        except LoadRefused as exc:
+            gr.Warning(str(exc))
+
+    start.click(start_load, inputs=[users, key], outputs=None, show_progress="hidden", api_visibility="private")
+    stop.click(stop_load, inputs=[key], outputs=None, show_progress="hidden", api_visibility="private")
 
 
 def build_dashboard(data: DashboardData, tick_s: float = 1.0) -> gr.Timer:
     """Render the dashboard in the current Blocks context; returns its (inactive) timer."""
-    gr.Markdown("Simulated users show up on the block map like real ones (their requests are `sim-...`).")
     _load_controls(data.load)
     headline = gr.Markdown(elem_id="headline")
     block_map = gr.Plot(label="Block map", elem_id="plot-block-map")

@@ -27,4 +27,9 @@ def build_ui(engine: EngineThread, load: LoadGenerator, utilization: Utilization
         dash_tab.select(lambda: gr.Timer(active=True), None, timer, show_progress="hidden", api_visibility="private")
         chat_tab.select(lambda: gr.Timer(active=False), None, timer, show_progress="hidden",
                         api_visibility="private")
+
+        def tab_closed(request: gr.Request) -> None:
+            load.release(request.session_hash or "")  # a load ends with the tab that started it
+
+        demo.unload(tab_closed)
     return demo

@@ -1,9 +1,17 @@
 """Simulated users for stage demos: each sends varied prompts, with staggered arrivals and random
-lengths, through the same engine thread as real users, until stopped."""
+lengths, through the same engine thread as real users, until stopped.
+
+A load belongs to whoever started it (a browser session): it stops when that session ends or when
+its time limit runs out, and only its owner (or a holder of the presenter key) can stop or replace
+it. The operator's policy decides who may start one at all: anyone, presenter-key holders, or
+nobody. The checks are here, behind the UI's handlers, so no call of the Gradio API gets around them.
+"""
 from __future__ import annotations
 
+import hmac
 import random
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,28 +35,63 @@ class LoadConfig:
     top_p: float = 0.95
 
 
+OPERATOR = "operator"  # the owner name of calls from the server itself (shutdown, tests)
+
+
+class LoadRefused(Exception):
+    """Not allowed: the message says why, for the screen."""
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    mode: str = "open"  # open: anyone may start a load | key: presenter-key holders | off
+    key: str | None = None
+    time_limit_s: float = 300.0  # a load stops by itself after this long
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("open", "key", "off"):
+            raise ValueError(f"unknown load generator mode {self.mode!r}")
+        if self.mode == "key" and not self.key:
+            raise ValueError("the key mode needs a presenter key")
+        if self.time_limit_s <= 0:
+            raise ValueError("the load generator's time limit must be positive")
+
+
 @dataclass(frozen=True)
 class LoadStatus:
     users: int
     in_flight: int
     completed: int
     failed: int
+    owner: str | None = None  # the session that started the running load
+    seconds_left: float = 0.0
 
     def describe(self) -> str:
         if not self.users:
             return f"load generator stopped · {self.completed} answers completed"
-        return (f"{self.users} simulated users · {self.in_flight} requests in flight · "
-                f"{self.completed} completed · {self.failed} failed")
+        left = int(self.seconds_left)
+        return (f"{self.users} simulated users (started by {owner_label(self.owner)}, stops in {left // 60}:{left % 60:02d})"
+                f" · {self.in_flight} requests in flight · {self.completed} completed · {self.failed} failed")
+
+
+def owner_label(owner: str | None) -> str:
+    """A short public name for a session: enough to tell two apart, useless to impersonate one."""
+    if owner in (None, OPERATOR):
+        return "the operator"
+    return "visitor " + hmac.new(b"pagedchat", owner.encode(), "sha256").hexdigest()[:4]
 
 
 class LoadGenerator:
     """`start(n)` runs n user threads; `stop()` ends them and aborts their requests."""
 
     def __init__(self, engine: EngineThread, prompts: list[str], config: LoadConfig = LoadConfig(),
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, policy: LoadPolicy = LoadPolicy()) -> None:
         if not prompts:
             raise ValueError("the load generator needs at least one prompt")
-        self.engine, self.prompts, self.config = engine, prompts, config
+        self.engine, self.prompts, self.config, self.policy = engine, prompts, config, policy
+        self._owner: str | None = None
+        self._deadline = 0.0
+        self._timer: threading.Timer | None = None
         self._seed = seed
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -57,31 +100,70 @@ class LoadGenerator:
         self._completed = self._failed = 0
         self._generation = 0
 
-    def start(self, users: int) -> None:
-        """Replace whatever runs by `users` simulated users."""
-        self.stop()
+    MAX_USERS = 64
+
+    def start(self, users: int, owner: str = OPERATOR, key: str | None = None) -> None:
+        """Replace whatever runs (if `owner` may) by `users` simulated users for the time limit.
+        Raises LoadRefused when the policy or another owner's running load says no."""
+        if not 1 <= users <= self.MAX_USERS:
+            raise LoadRefused(f"between 1 and {self.MAX_USERS} simulated users, please")
+        self._authorize(owner, key, "start")
+        self.stop(owner, key)
         with self._lock:
             self._stop = threading.Event()
             self._generation += 1
+            self._owner, self._deadline = owner, time.monotonic() + self.policy.time_limit_s
+            self._timer = threading.Timer(self.policy.time_limit_s, self._expire, args=(self._generation,))
+            self._timer.daemon = True
             self._threads = [threading.Thread(target=self._user, args=(k, self._stop, self._generation),
                                               name=f"sim-user-{k}", daemon=True) for k in range(users)]
+        self._timer.start()
         for t in self._threads:
             t.start()
 
-    def stop(self) -> None:
+    def stop(self, owner: str = OPERATOR, key: str | None = None) -> None:
+        """End the running load and abort its requests (LoadRefused unless `owner` may)."""
+        self._authorize(owner, key, "stop")
         self._stop.set()
         with self._lock:
             streams, self._streams = list(self._streams.values()), {}
             threads, self._threads = self._threads, []
+            timer, self._timer, self._owner = self._timer, None, None
+        if timer is not None:
+            timer.cancel()
         for stream in streams:
             stream.close()
         for t in threads:
             t.join(timeout=5)
 
+    def release(self, owner: str) -> None:
+        """The session `owner` ended (its browser tab closed): its load, if one runs, stops."""
+        if owner != OPERATOR and self._owner == owner:
+            self.stop(owner)
+
+    def _expire(self, generation: int) -> None:
+        if self._generation == generation:
+            self.stop()
+
+    def _authorize(self, owner: str, key: str | None, action: str) -> None:
+        if owner == OPERATOR:
+            return
+        if self.policy.mode == "off":
+            raise LoadRefused("the load generator is turned off on this server")
+        has_key = bool(self.policy.key and key and hmac.compare_digest(key.encode(), self.policy.key.encode()))
+        if self.policy.mode == "key" and not has_key:
+            raise LoadRefused(f"a presenter key is needed to {action} the load generator")
+        running = self._owner is not None and any(t.is_alive() for t in self._threads)
+        if running and self._owner != owner and not has_key:
+            raise LoadRefused(f"a load started by {owner_label(self._owner)} is running; only that session (or the "
+                              f"presenter key) can {action} it before it ends")
+
     def status(self) -> LoadStatus:
         with self._lock:
             users = sum(t.is_alive() for t in self._threads)
-            return LoadStatus(users, len(self._streams), self._completed, self._failed)
+            left = max(0.0, self._deadline - time.monotonic()) if users else 0.0
+            return LoadStatus(users, len(self._streams), self._completed, self._failed,
+                              self._owner if users else None, left)
 
     def _user(self, k: int, stop: threading.Event, generation: int) -> None:
         rng = random.Random(None if self._seed is None else self._seed * 1000 + k)
