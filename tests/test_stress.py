@@ -1,8 +1,9 @@
 """A live demo going wrong, in about 30 s: 64 clients stream at once through the HTTP API on loopback,
-with random prompt and answer lengths; a quarter of them hang up at random moments; the KV pool is
-so small that the engine must preempt. Afterwards every client that stayed got a whole answer (the
-greedy and seeded ones exactly their answer alone), every block is back in the free pool, and the
-integrity check ran and held after every engine step."""
+with random prompt and answer lengths; a quarter of them hang up at random moments; attackers send
+inputs that once killed the engine (token ids outside the vocabulary, NaN, bad roles and parts) in
+among them; the KV pool is so small that the engine must preempt. Afterwards every attacker got its
+400, every client that stayed got a whole answer (the greedy and seeded ones exactly their answer
+alone), every block is back in the free pool, and the integrity check held after every step."""
 from __future__ import annotations
 
 import asyncio
@@ -86,10 +87,33 @@ async def run_client(http: httpx.AsyncClient, url: str, client: Client) -> None:
             client.finish_reason = choice["finish_reason"] or client.finish_reason
 
 
-async def storm(url: str, clients: list[Client]) -> None:
+# (path, raw JSON body): each is refused with a 400; the first three killed the engine thread once
+ATTACKS = [
+    ("/v1/completions", b'{"prompt": [1, 2, 49152], "max_tokens": 4, "stream": true}'),
+    ("/v1/completions", b'{"prompt": [5, -7], "max_tokens": 4}'),
+    ("/v1/completions", b'{"prompt": [1, 18446744073709551621], "max_tokens": 4, "stream": true}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN, "stream": true}'),
+    ("/v1/completions", b'{"prompt": "hi", "repetition_penalty": Infinity}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}], "stream": true}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}'),
+]
+
+
+async def attack(http: httpx.AsyncClient, url: str, path: str, body: bytes, delay: float) -> int:
+    await asyncio.sleep(delay)
+    response = await http.post(url + path, content=body, headers={"content-type": "application/json"})
+    return response.status_code
+
+
+async def storm(url: str, clients: list[Client], rng: random.Random) -> list[int]:
+    """Run every client, with the attacks sent at random moments among them; the attacks' statuses."""
     limits = httpx.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=120) as http:
-        await asyncio.wait_for(asyncio.gather(*(run_client(http, url, c) for c in clients)), TIME_LIMIT)
+        attacks = [attack(http, url, path, body, rng.uniform(0, 3)) for path, body in ATTACKS * 2]
+        results = await asyncio.wait_for(asyncio.gather(*attacks, *(run_client(http, url, c) for c in clients)),
+                                         TIME_LIMIT)
+    return results[:len(attacks)]
 
 
 def answers_alone(model_dir: str, clients: list[Client]) -> list[tuple[str, str]]:
@@ -137,8 +161,9 @@ def test_sixty_four_clients_with_hang_ups_and_preemption(live: LiveServer, embed
     monkeypatch.setattr(engine.block_manager, "check_integrity", counted_check)
     monkeypatch.setattr(engine, "abort", counted_abort)
     steps, preemptions = engine.metrics.steps, engine.scheduler.num_preemptions
-    asyncio.run(storm(live.url, clients))
+    statuses = asyncio.run(storm(live.url, clients, random.Random(6)))
     wait_until_idle(live)
+    assert statuses == [400] * len(ATTACKS) * 2
 
     assert live.engine.alive and live.engine.error is None  # a failed integrity check kills the thread
     assert engine.scheduler.num_preemptions > preemptions
