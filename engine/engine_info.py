@@ -20,6 +20,7 @@ class EngineInfo:
     num_blocks: int
     max_model_len: int
     max_num_seqs: int
+    max_prompt_chars: int  # a longer prompt cannot fit max_model_len tokens (no token is longer)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -40,4 +41,5 @@ def engine_info(engine: Any) -> EngineInfo:
         num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim, kv_bytes_per_token=mc.kv_bytes_per_token(dtype_bytes),
         block_size=engine.block_manager.block_size, num_blocks=runner.num_blocks,
         max_model_len=engine.max_model_len, max_num_seqs=engine.config.scheduler.max_num_seqs,
+        max_prompt_chars=engine.prompts.max_chars,
     )

@@ -37,6 +37,13 @@ def check_token_ids(token_ids: list[int] | tuple[int, ...], vocab_size: int, wha
         raise ValueError(f"{what}: token id {str(bad)[:40]} is out of vocabulary (0 to {vocab_size - 1})")
 
 
+def check_prompt_chars(chars: int, max_chars: int, max_model_len: int) -> None:
+    """PromptTooLong if a prompt of `chars` characters cannot fit `max_model_len` tokens."""
+    if chars > max_chars:
+        raise PromptTooLong(f"the prompt is far longer than the context of {max_model_len} tokens "
+                            f"({chars:,} characters)")
+
+
 class PromptEncoder:
     """Encodes prompts for one model (`tokenizer` is a Hugging Face fast tokenizer)."""
 
@@ -53,7 +60,7 @@ class PromptEncoder:
         # no token covers more characters than the longest vocabulary entry, so a text longer than
         # max_model_len of those cannot fit: refused before spending seconds tokenizing it
         longest = max(len(t) for t in tokenizer.get_vocab())
-        self._max_chars = max_model_len * max(longest, 1)
+        self.max_chars = max_model_len * max(longest, 1)
 
     # ---- what callers use ----------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -78,9 +85,7 @@ class PromptEncoder:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _check_length(self, text: str) -> None:
-        if len(text) > self._max_chars:
-            raise PromptTooLong(f"the prompt is far longer than the context of {self.max_model_len} tokens "
-                                f"({len(text):,} characters)")
+        check_prompt_chars(len(text), self.max_chars, self.max_model_len)
 
     def _has_special(self, content: Any) -> bool:
         return isinstance(content, str) and any(s in content for s in self._specials)

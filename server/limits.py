@@ -11,7 +11,7 @@ from server.slow_clients import deadline_protocol
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_body_bytes: int = 4 * 2**20  # a request body (the whole context as text is far less)
+    max_body_bytes: int = 2 * 2**20  # a request body: a 32k-token context is about 130 KB of text
     header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
     body_timeout: float = 30.0  # seconds for its body to arrive after the headers
     max_connections: int = 1024  # open connections (a UI tab holds two); beyond them, HTTP 503

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.engine_thread import ChatPrompt, EngineThread, Prompt
 from engine.outputs import RequestOutput
+from engine.prompt_encoder import PromptTooLong, check_prompt_chars
 from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
@@ -217,6 +218,10 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
         limit = body.max_tokens if isinstance(body, CompletionRequest) else body.token_limit
         if limit is not None and not 1 <= limit < max_len:
             return error_response(400, f"max_tokens must be between 1 and {max_len - 1}, got {limit}")
+        try:  # before any scan of the text: a huge prompt costs the event loop nothing more
+            check_prompt_chars(body.num_chars, engine.info.max_prompt_chars, max_len)
+        except PromptTooLong as exc:
+            return error_response(400, str(exc))
         return None
 
     @router.get("/v1/models")

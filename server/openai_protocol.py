@@ -86,6 +86,12 @@ class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(16, ge=-INT64, lt=INT64)  # OpenAI's default for completions
 
+    @property
+    def num_chars(self) -> int:
+        """Characters of text in the prompt (0 for token ids): bounds its tokens from below."""
+        prompt = self.prompt[0] if isinstance(self.prompt, list) and self.prompt else self.prompt
+        return len(prompt) if isinstance(prompt, str) else 0
+
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request (batches of several prompts are refused)."""
         prompt = self.prompt
@@ -141,6 +147,12 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=-INT64, lt=INT64)
     max_completion_tokens: int | None = Field(None, ge=-INT64, lt=INT64)
+
+    @property
+    def num_chars(self) -> int:
+        """Characters of text in all messages: bounds the prompt's tokens from below."""
+        return sum(len(m.content) if isinstance(m.content, str) else
+                   sum(len(p["text"]) for p in m.content or ()) for m in self.messages)
 
     def checked_messages(self) -> tuple[dict[str, str], ...]:
         """The plain messages; ValueError when there is no message or the last one says nothing."""

@@ -155,7 +155,7 @@ def test_percentile_interpolates() -> None:
 
 
 def test_kv_formula_uses_the_models_numbers() -> None:
-    info = EngineInfo("embedded", "llama", "cpu", "float32", 4, 30, 3, 64, 46080, 16, 256, 2048, 64)
+    info = EngineInfo("embedded", "llama", "cpu", "float32", 4, 30, 3, 64, 46080, 16, 256, 2048, 64, 165888)
     text = kv_formula_markdown(info, "SmolLM2-135M-Instruct")
     assert "2 × 30 × 3 × 64 × 4 = 46,080 bytes" in text
     assert "45.0 KiB per token" in text and "256 blocks = 4,096 token slots" in text
