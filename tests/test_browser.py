@@ -95,3 +95,27 @@ def test_closing_the_tab_aborts_the_request_and_frees_its_blocks(browser, live: 
         assert time.monotonic() < deadline, "the closed tab's request still holds blocks"
         time.sleep(0.05)
     assert live.engine.history.view().latest.total_generated_tokens - before < 200  # of its 256
+
+
+def test_a_load_stops_when_the_tab_that_started_it_closes(browser, live: LiveServer) -> None:
+    """The load belongs to its tab: a second visitor's Stop does nothing, closing the owner's tab
+    stops it (Gradio's unload event, on the tab's heartbeat stream ending)."""
+    owner, visitor = browser.new_page(), browser.new_page()
+    for page in (owner, visitor):
+        page.set_default_timeout(30_000)
+        page.goto(live.url)
+        page.get_by_role("tab", name="Dashboard").click()
+    owner.locator("#load-start").click()
+    deadline = time.monotonic() + 20
+    while live.load.status().users == 0:
+        assert time.monotonic() < deadline, "the load did not start"
+        time.sleep(0.05)
+    visitor.locator("#load-stop").click()
+    visitor.wait_for_timeout(1_500)
+    assert live.load.status().users > 0  # not the visitor's to stop
+    owner.close()
+    deadline = time.monotonic() + 20
+    while live.load.status().users:
+        assert time.monotonic() < deadline, "the load outlived the tab that started it"
+        time.sleep(0.05)
+    visitor.close()

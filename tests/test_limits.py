@@ -89,12 +89,12 @@ def test_a_slow_body_is_cut_at_the_deadline(live: LiveServer) -> None:
 
 
 def test_a_long_answer_outlives_the_deadlines(live: LiveServer) -> None:
-    body = {"prompt": "Tell a story.", "max_tokens": 48, "ignore_eos": True, "temperature": 0, "stream": True}
+    body = {"prompt": "Tell a story.", "max_tokens": 160, "ignore_eos": True, "temperature": 0, "stream": True}
     start, lines = time.monotonic(), []
     with httpx.stream("POST", live.url + COMPLETIONS, json=body, timeout=60) as response:
         lines = [line for line in response.iter_lines() if line]
     assert time.monotonic() - start > LIMITS.header_timeout + LIMITS.body_timeout  # outlived both
-    assert lines[-1] == "data: [DONE]" and len(lines) > 40
+    assert lines[-1] == "data: [DONE]" and len(lines) > 150
 
 
 def test_connections_beyond_the_cap_get_503(live: LiveServer) -> None:
