@@ -160,3 +160,10 @@ def test_the_gradio_api_cannot_get_around_the_presenter_key(keyed_live: LiveServ
     assert httpx.get(keyed_live.url + "/v1/models", timeout=10).status_code == 401
     ok = httpx.get(keyed_live.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     assert ok.status_code == 200
+
+
+def test_uploads_are_refused(keyed_live: LiveServer) -> None:
+    """The UI takes no files: Gradio's upload route refuses any file with content."""
+    files = {"files": ("note.txt", b"x" * 1000, "text/plain")}
+    response = httpx.post(keyed_live.url + "/gradio_api/upload", files=files, timeout=30)
+    assert response.status_code == 413
