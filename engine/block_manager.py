@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 # Chained hash of a full block: depends on every token before it, so equal hashes mean equal prefixes.
 ROOT_HASH = 0
@@ -29,6 +29,23 @@ class Block:
     ref_count: int = 0
     hash: int | None = None  # set once the block is full and registered in the prefix cache
     token_ids: tuple[int, ...] = ()  # the block's tokens while hashed, to rule out hash collisions
+
+
+class BlockEvent(NamedTuple):
+    """One change of one physical block, as the event feed records it.
+
+    kind: allocated (a free block to a sequence), reused (a cached-free block back into use on a
+    prefix hit), shared (one more holder), released (one holder fewer, others remain), freed (no
+    holder left: free, or cached-free if it still holds a prefix), copied (copy-on-write: `block_id`
+    is the copy, `src` the shared original), cached (registered in the prefix cache), evicted (its
+    prefix dropped: reused for other tokens, a failed owner, or a cache reset).
+    """
+
+    kind: str
+    block_id: int
+    seq_id: int  # the sequence concerned, -1 for none (an eviction by reset)
+    ref_count: int  # the block's holders after the event
+    src: int = -1  # for copied: the block copied from
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,8 @@ class BlockManager:
     Copy-on-write: a partly filled block shared by forked samples is copied before one writes to it.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 record_events: bool = False) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
@@ -77,6 +95,18 @@ class BlockManager:
         self._fill = [0] * num_blocks  # tokens held by each used block
         self._tokens_stored = 0
         self._num_shared = 0
+        self._events: list[BlockEvent] | None = [] if record_events else None
+
+    def take_events(self) -> list[BlockEvent]:
+        """The block events since the last call, oldest first (none unless record_events)."""
+        if not self._events:
+            return []
+        events, self._events = self._events, []
+        return events
+
+    def _note(self, kind: str, block_id: int, seq_id: int, src: int = -1) -> None:
+        if self._events is not None:
+            self._events.append(BlockEvent(kind, block_id, seq_id, self.blocks[block_id].ref_count, src))
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -141,12 +171,12 @@ class BlockManager:
         if seq_id not in self._seqs:
             self._seqs[seq_id] = state
             for block_id in prefix:
-                self._take(block_id)
+                self._take(block_id, seq_id)
                 state.hashes.append(self.blocks[block_id].hash)
             state.table.extend(prefix)
         if cow:
-            self._copy_on_write(state, num_computed // self.block_size)
-        state.table.extend(self._pop_fresh() for _ in range(fresh))
+            self._copy_on_write(state, num_computed // self.block_size, seq_id)
+        state.table.extend(self._pop_fresh(seq_id) for _ in range(fresh))
         if end > state.num_tokens:
             self._grow_fill(state, end)
         return True
@@ -167,32 +197,35 @@ class BlockManager:
         return (num_new > 0 and num_computed % self.block_size != 0 and idx < len(state.table)
                 and self.blocks[state.table[idx]].ref_count > 1)
 
-    def _copy_on_write(self, state: _SeqState, idx: int) -> None:
+    def _copy_on_write(self, state: _SeqState, idx: int, seq_id: int) -> None:
         src = state.table[idx]
-        dst = self._pop_fresh()
-        self._release(src)
+        dst = self._pop_fresh(seq_id)
+        self._release(src, seq_id=seq_id)
         self._fill[dst] = self._fill[src]
         self._tokens_stored += self._fill[src]
         state.table[idx] = dst
         self._copies.append((src, dst))
+        self._note("copied", dst, seq_id, src)
 
     def take_copies(self) -> list[tuple[int, int]]:
         """(src, dst) block copies the runner must do before this step's KV writes."""
         copies, self._copies = self._copies, []
         return copies
 
-    def _take(self, block_id: int) -> None:
+    def _take(self, block_id: int, seq_id: int) -> None:
         """One more holder of a block; a cached-free one comes back into use (it is full)."""
         block = self.blocks[block_id]
-        if block.ref_count == 0:
+        reused = block.ref_count == 0
+        if reused:
             del self._evictable[block_id]
             self._fill[block_id] = self.block_size
             self._tokens_stored += self.block_size
         elif block.ref_count == 1:
             self._num_shared += 1
         block.ref_count += 1
+        self._note("reused" if reused else "shared", block_id, seq_id)
 
-    def _release(self, block_id: int, keep_cached: bool = True) -> None:
+    def _release(self, block_id: int, keep_cached: bool = True, seq_id: int = -1) -> None:
         """One holder fewer; at zero the block goes to the cached-free or the free pool."""
         block = self.blocks[block_id]
         block.ref_count -= 1
@@ -202,25 +235,28 @@ class BlockManager:
             self._tokens_stored -= self._fill[block_id]
             self._fill[block_id] = 0
             if block.hash is not None and not keep_cached:
-                self._uncache(block)
+                self._uncache(block, seq_id)
             if block.hash is not None:
                 self._evictable[block_id] = None
             else:
                 self._free.append(block_id)
+        self._note("released" if block.ref_count else "freed", block_id, seq_id)
 
-    def _pop_fresh(self) -> int:
+    def _pop_fresh(self, seq_id: int) -> int:
         if self._free:
             block_id = self._free.popleft()
         else:
             block_id, _ = self._evictable.popitem(last=False)  # least recently freed
-            self._uncache(self.blocks[block_id])
+            self._uncache(self.blocks[block_id], seq_id)
         self.blocks[block_id].ref_count = 1
+        self._note("allocated", block_id, seq_id)
         return block_id
 
-    def _uncache(self, block: Block) -> None:
+    def _uncache(self, block: Block, seq_id: int = -1) -> None:
         """Take a block out of the prefix cache: its contents no longer match any prompt."""
         del self._by_hash[block.hash]
         block.hash, block.token_ids = None, ()
+        self._note("evicted", block.block_id, seq_id)
 
     # ---- after a step --------------------------------------------------------------------------
     def cache_full_blocks(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
@@ -238,12 +274,13 @@ class BlockManager:
             if block.hash is None and h not in self._by_hash:
                 block.hash, block.token_ids = h, tokens
                 self._by_hash[h] = block.block_id
+                self._note("cached", block.block_id, seq_id)
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (copy-on-write for the partly filled one)."""
         parent = self._seqs[parent_id]
         for block_id in parent.table:
-            self._take(block_id)
+            self._take(block_id, child_id)
         self._seqs[child_id] = _SeqState(list(parent.table), parent.num_tokens, list(parent.hashes))
 
     def free(self, seq_id: int, keep_cached: bool = True) -> None:
@@ -256,7 +293,7 @@ class BlockManager:
         if state is None:
             return
         for block_id in reversed(state.table):
-            self._release(block_id, keep_cached)
+            self._release(block_id, keep_cached, seq_id)
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached-free block (they become plain free blocks); returns how many.

@@ -116,6 +116,7 @@ class EngineConfig:
     check_integrity: bool = False  # run the block manager's integrity check after every step (tests)
     enforce_eager: bool = False  # no CUDA graphs (decode steps, lone prefills)
     parse_special_in_chat: bool = False  # special-token text in chat messages becomes special tokens (unsafe)
+    event_feed_capacity: int = 4096  # step records the event feed keeps (0: no feed)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

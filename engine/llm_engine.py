@@ -9,6 +9,7 @@ from typing import Any
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
+from engine.event_feed import EventFeed, StepRecorder
 from engine.forward_metadata import ScheduledChunk
 from engine.metrics import MetricsRecorder, MetricsSnapshot
 from engine.model_loader import load_tokenizer, resolve_model
@@ -40,7 +41,11 @@ class LLMEngine:
         self.runner = ModelRunner(self.config, self.model_path)
         self.model_config = self.runner.model_config
         cache = self.config.cache
-        self.block_manager = BlockManager(self.runner.num_blocks, cache.block_size, cache.enable_prefix_caching)
+        feed = self.config.event_feed_capacity
+        self.block_manager = BlockManager(self.runner.num_blocks, cache.block_size, cache.enable_prefix_caching,
+                                          record_events=bool(feed))
+        self.feed = EventFeed(feed) if feed else None  # what each step did, for the live view
+        self._recorder = StepRecorder(self.feed) if self.feed else None
         self.scheduler = Scheduler(self.config.scheduler, self.block_manager)
         self.max_model_len = self.runner.max_model_len
         eos = set(self.model_config.eos_token_ids)
@@ -89,12 +94,16 @@ class LLMEngine:
                        arrival_time=time.perf_counter() if arrival_time is None else arrival_time)
         self._live[request_id] = params.n
         self.scheduler.add(seq)
+        if self._recorder:
+            self._recorder.note(seq, "waiting")
         return seq
 
     def abort(self, request_id: str) -> list[RequestOutput]:
         """Stop a request now and free its blocks; returns its final (aborted) outputs."""
         outputs = []
         for seq in self.scheduler.abort(request_id):
+            if self._recorder:
+                self._recorder.note(seq, "finished", reason=FinishReason.ABORT.value)
             detok = self._detokenizers.pop(seq.seq_id, None)
             outputs.append(self._output(seq, "", [], detok.text if detok else ""))
         self._live.pop(request_id, None)
@@ -122,8 +131,10 @@ class LLMEngine:
         error output each, their blocks freed and kept out of the prefix cache) and the others go
         on. A device that cannot run anything any more raises `DeviceFailure`: nothing can go on.
         """
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         out = self.scheduler.schedule()
+        if self._recorder:
+            self._recorder.scheduled(out)
         pending, fault = None, None
         if not out.is_empty:
             try:
@@ -141,6 +152,10 @@ class LLMEngine:
             except Exception as exc:  # noqa: BLE001
                 fault = exc
             else:
+                if self._recorder:  # a sample other than the first with one token was forked just now
+                    for seq in grew:
+                        if seq.sample_index and seq.num_output_tokens == 1:
+                            self._recorder.note(seq, "forked")
                 now = time.perf_counter()
                 for seq in grew:
                     failed = self._guarded(self._account, seq, now)
@@ -154,7 +169,11 @@ class LLMEngine:
         self.metrics.total_cached_tokens += out.num_cached_tokens
         if self.config.check_integrity:
             self.block_manager.check_integrity()
-        return StepOutput(outputs, self._snapshot(out, start, num_prefill, num_decode))
+        snapshot = self._snapshot(out, start, num_prefill, num_decode)
+        if self._recorder:
+            self._recorder.close_step(snapshot.step, wall, snapshot.step_time, num_prefill, num_decode,
+                                      self.block_manager)
+        return StepOutput(outputs, snapshot)
 
     @staticmethod
     def _split(out: SchedulerOutput, tokens: list[int]) -> list[list[int]]:
@@ -204,7 +223,7 @@ class LLMEngine:
         """Finish `seq` with an error; its outputs: one, or n for a request that has not forked yet
         (its samples all fail with it)."""
         if not seq.is_finished:
-            self.scheduler.finish(seq, FinishReason.ERROR)
+            self._finish(seq, FinishReason.ERROR)
         seq.finish_reason = FinishReason.ERROR
         detok = self._detokenizers.pop(seq.seq_id, None)
         failed = replace(self._output(seq, "", [], detok.text if detok else ""), error=error)
@@ -224,9 +243,9 @@ class LLMEngine:
         token, params = seq.token_ids[-1], seq.params
         if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
             seq.stop_reason = token
-            self.scheduler.finish(seq, FinishReason.STOP)
+            self._finish(seq, FinishReason.STOP)
         elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
-            self.scheduler.finish(seq, FinishReason.LENGTH)
+            self._finish(seq, FinishReason.LENGTH)
 
     def _detokenize(self, seq: Sequence) -> RequestOutput:
         """The text of a sequence's newest token; a stop string in it finishes the sequence."""
@@ -239,7 +258,7 @@ class LLMEngine:
         if detok.stopped:
             seq.stop_reason = detok.stop_string
             if not seq.is_finished:
-                self.scheduler.finish(seq, FinishReason.STOP)
+                self._finish(seq, FinishReason.STOP)
             seq.finish_reason = FinishReason.STOP
         elif seq.is_finished:
             delta += detok.flush()
@@ -247,6 +266,11 @@ class LLMEngine:
             del self._detokenizers[seq.seq_id]
             self._release(seq.request_id)
         return self._output(seq, delta, [token], detok.text)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.scheduler.finish(seq, reason)
+        if self._recorder:
+            self._recorder.note(seq, "finished", reason=reason.value)
 
     def _release(self, request_id: str) -> None:
         left = self._live.get(request_id, 1) - 1

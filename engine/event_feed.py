@@ -1,0 +1,128 @@
+"""The engine's event feed: one record per step of what each request did and what each block did.
+
+Schema (version `SCHEMA_VERSION`; a change of meaning bumps it):
+
+  StepRecord   step, wall_time (Unix seconds at the step's start), duration (seconds),
+               num_prefill_tokens, num_decode_tokens, blocks_used, blocks_cached_free,
+               num_blocks, requests: [RequestEvent], blocks: [BlockEvent]
+  RequestEvent request_id, sample (index among the request's n), seq_id, phase, tokens, reason
+               phase is one of
+                 waiting   the request arrived (or came back from preemption: see preempted)
+                 prefill   fed `tokens` prompt tokens this step (a chunk, or a recompute)
+                 decode    fed its newest token this step
+                 forked    a new sample of an n > 1 request, sharing the parent's blocks
+                 preempted its blocks were freed to make room; it waits to be recomputed
+                 finished  left the engine; `reason` is stop, length, abort or error
+  BlockEvent   kind, block_id, seq_id, ref_count, src (see engine.block_manager.BlockEvent)
+
+Request and block events that happen between steps (an arrival, an abort) go into the next
+step's record. Sequence ids tie block events to requests: every sequence appears in a request
+event (waiting or forked) before its first block event.
+
+`EventFeed` keeps the latest records in a bounded ring; readers on other threads ask for what came
+after the last record they saw.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from engine.block_manager import BlockEvent
+
+SCHEMA_VERSION = 1
+PHASES = ("waiting", "prefill", "decode", "forked", "preempted", "finished")
+
+
+class RequestEvent(NamedTuple):
+    request_id: str
+    sample: int
+    seq_id: int
+    phase: str
+    tokens: int = 0  # prefill: tokens fed; decode: 1
+    reason: str | None = None  # finished: stop | length | abort | error
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    step: int
+    wall_time: float
+    duration: float
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    blocks_used: int
+    blocks_cached_free: int
+    num_blocks: int
+    requests: tuple[RequestEvent, ...]
+    blocks: tuple[BlockEvent, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types, events as objects with named fields."""
+        return {"step": self.step, "wall_time": self.wall_time, "duration": self.duration,
+                "num_prefill_tokens": self.num_prefill_tokens, "num_decode_tokens": self.num_decode_tokens,
+                "blocks_used": self.blocks_used, "blocks_cached_free": self.blocks_cached_free,
+                "num_blocks": self.num_blocks, "requests": [e._asdict() for e in self.requests],
+                "blocks": [e._asdict() for e in self.blocks]}
+
+
+class EventFeed:
+    """The newest `capacity` step records (memory bounded whatever the run's length). The engine
+    thread appends; any thread reads. Each record gets an index, counting from 0 for the feed's life."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise ValueError("the event feed needs room for at least one record")
+        self._records: deque[StepRecord] = deque(maxlen=capacity)
+        self._next = 0  # index the next record will get
+        self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self._records.maxlen or 0
+
+    @property
+    def next_index(self) -> int:
+        return self._next
+
+    def append(self, record: StepRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+            self._next += 1
+
+    def since(self, index: int) -> tuple[int, list[StepRecord]]:
+        """(the index of the first record returned, the records from `index` on). Records already
+        dropped from the ring are skipped: the first index returned may be larger than asked."""
+        with self._lock:
+            oldest = self._next - len(self._records)
+            start = max(index, oldest)
+            return start, list(self._records)[start - oldest:]
+
+
+class StepRecorder:
+    """Collects one step's request events as the engine calls it, and closes each step into a
+    record appended to `feed` with the block manager's block events of the step."""
+
+    def __init__(self, feed: EventFeed) -> None:
+        self.feed = feed
+        self._requests: list[RequestEvent] = []
+
+    def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None) -> None:
+        """`seq` is an engine.sequence.Sequence (typed loosely: this module imports no engine state)."""
+        self._requests.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason))
+
+    def scheduled(self, out: Any) -> None:
+        """A SchedulerOutput: its preempted sequences, then what each scheduled one feeds."""
+        for seq in out.preempted:
+            self.note(seq, "preempted")
+        for item in out.scheduled:
+            self.note(item.seq, "decode" if item.is_decode else "prefill", item.num_new_tokens)
+
+    def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
+                   blocks: Any) -> None:
+        """`blocks` is the BlockManager: its events since the last step go into this record."""
+        stats = blocks.stats()
+        self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, stats.used,
+                                    stats.cached_free, stats.total, tuple(self._requests),
+                                    tuple(blocks.take_events())))
+        self._requests = []
