@@ -39,7 +39,7 @@ def engine_info(engine: Any) -> EngineInfo:
         model=engine.config.model, model_type=mc.model_type, device=str(runner.device),
         dtype=str(runner.dtype).removeprefix("torch."), dtype_bytes=dtype_bytes, num_layers=mc.num_layers,
         num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim, kv_bytes_per_token=mc.kv_bytes_per_token(dtype_bytes),
-        block_size=engine.block_manager.block_size, num_blocks=runner.num_blocks,
+        block_size=engine.config.cache.block_size, num_blocks=runner.num_blocks,
         max_model_len=engine.max_model_len, max_num_seqs=engine.config.scheduler.max_num_seqs,
         max_prompt_chars=engine.prompts.max_chars,
     )

@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, kv_waste, live_seqs
+from engine.block_map import BlockMapSnapshot, kv_waste
 from engine.engine_info import EngineInfo, engine_info
+from engine.event_feed import EventFeed
 from engine.metrics import MetricsSnapshot
 from engine.metrics_history import MetricsHistory
 from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
@@ -99,6 +100,11 @@ class EngineThread:
     @property
     def block_map(self) -> BlockMapSnapshot:
         return self._block_map
+
+    @property
+    def feed(self) -> EventFeed | None:
+        """The engine's event feed (thread-safe to read), None when it records none."""
+        return self.engine.feed
 
     @property
     def latest(self) -> MetricsSnapshot | None:
@@ -223,25 +229,19 @@ class EngineThread:
                     del self._streams[out.request_id]
                     stream.end()
         snap = result.metrics
-        self.history.record(snap, kv_waste(snap.blocks, self._seqs()))
+        self.history.record(snap, kv_waste(snap.blocks, self.engine.live_sequences()))
         self._block_map_dirty = True
 
-    def _seqs(self) -> tuple[SeqInfo, ...]:
-        sched = self.engine.scheduler
-        return live_seqs(sched.running, sched.waiting, self.engine.max_model_len)
-
     def _build_block_map(self) -> BlockMapSnapshot:
-        sched = self.engine.scheduler
-        self._block_map_shape = (len(sched.running), len(sched.waiting))
-        return build_block_map(self.engine.block_manager, self._seqs(), time.perf_counter())
+        self._block_map_shape = self.engine.queue_lengths()
+        return self.engine.block_map()
 
     def _publish_block_map(self, idle: bool) -> None:
         """Rebuild when the set of live sequences changed (admitted, finished, preempted, aborted),
         on going idle, and otherwise at most every `block_map_interval` seconds."""
         if not self._block_map_dirty:
             return
-        sched = self.engine.scheduler
-        changed = (len(sched.running), len(sched.waiting)) != self._block_map_shape
+        changed = self.engine.queue_lengths() != self._block_map_shape
         if idle or changed or time.perf_counter() - self._block_map.timestamp >= self.block_map_interval:
             self._block_map = bm = self._build_block_map()
             self._block_map_dirty = False

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.block_manager import BlockManager
+from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.event_feed import EventFeed, StepRecorder
@@ -113,6 +114,19 @@ class LLMEngine:
         """Drop the prefix cache's reusable (free) blocks, as vLLM's reset_prefix_cache: later
         prompts prefill from scratch. Returns the number of blocks dropped."""
         return self.block_manager.reset_prefix_cache()
+
+    # ---- what a live view reads (call on the thread that steps the engine) -------------------------
+    def queue_lengths(self) -> tuple[int, int]:
+        """(running, waiting) sequences."""
+        return len(self.scheduler.running), len(self.scheduler.waiting)
+
+    def live_sequences(self) -> tuple[SeqInfo, ...]:
+        """Every unfinished sequence, running ones first, as plain data."""
+        return live_seqs(self.scheduler.running, self.scheduler.waiting, self.max_model_len)
+
+    def block_map(self) -> BlockMapSnapshot:
+        """Who holds which block now, as plain data (O(blocks): a few times a second, not every step)."""
+        return build_block_map(self.block_manager, self.live_sequences(), time.perf_counter())
 
     def has_unfinished_requests(self) -> bool:
         """Sequences to run, or tokens whose text has not been handed out yet."""
