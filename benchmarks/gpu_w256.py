@@ -91,6 +91,23 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     return out
 
 
+def feed_on_off(llm: LLM, prompts: list[list[int]], new: int, rounds: int) -> list[tuple[float, float]]:
+    """W256 tok/s with the event feed off, then on, for each round (back to back, so drift cancels)."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
+    pairs = []
+    for _ in range(rounds):
+        pair = []
+        for on in (False, True):
+            llm.engine.record_events(on)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            results = llm.generate(prompts, greedy)
+            pair.append(sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start))
+        pairs.append((pair[0], pair[1]))
+    llm.engine.record_events(True)
+    return pairs
+
+
 def hf(model_dir: Path, prompts: list[list[int]], new: int, which: str, hf_requests: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -136,6 +153,8 @@ def main() -> None:
     ap.add_argument("--hf", choices=["none", "padded", "all"], default="padded")
     ap.add_argument("--hf-requests", type=int, default=64, help="HF runs on the first N requests (a multiple of 64)")
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--feed-ab", type=int, default=0, metavar="ROUNDS",
+                    help="also time W256 with the event feed off and on, taking turns for ROUNDS rounds")
     args = ap.parse_args()
     model_dir = make_model_dir(args.model_dir)
     prompts = workload(args.requests, QWEN3_0_6B["vocab_size"])
@@ -146,6 +165,7 @@ def main() -> None:
     params = sum(p.numel() for p in engine.runner.model.parameters())
     ceiling = roofline(prompts, args.new_tokens, params * 2, mc.kv_bytes_per_token(2), params)
     mine = ours(llm, prompts, args.new_tokens)
+    feed_ab = feed_on_off(llm, prompts, args.new_tokens, args.feed_ab)
     del llm, engine
     torch.cuda.empty_cache()
     theirs = hf(model_dir, prompts, args.new_tokens, args.hf, args.hf_requests) if args.hf != "none" else {}
@@ -162,6 +182,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     print(f"| memory roofline | {ceiling:,.0f} | | |")
     print(f"| PagedChat | {mine['w256']:,.0f} | {mine['single']:,.0f} | {mine['ttft_ms']:.1f} ms |")
+    for k, (off, on) in enumerate(feed_ab, start=1):
+        print(f"| PagedChat, event feed off / on, round {k} | {off:,.0f} / {on:,.0f} ({on / off - 1:+.1%}) | | |")
     if theirs:
         gb = theirs.get("generate_batch")
         print(f"| HF generate, padded batches of 64 | {theirs['padded64']:,.0f} | {theirs['single']:,.1f} | |")

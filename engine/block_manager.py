@@ -95,7 +95,12 @@ class BlockManager:
         self._fill = [0] * num_blocks  # tokens held by each used block
         self._tokens_stored = 0
         self._num_shared = 0
-        self._events: list[BlockEvent] | None = [] if record_events else None
+        self._events: list[BlockEvent] | None = None
+        self.record_events(record_events)
+
+    def record_events(self, on: bool) -> None:
+        """Start or stop recording block events (stopping drops those not taken)."""
+        self._events = [] if on else None
 
     def take_events(self) -> list[BlockEvent]:
         """The block events since the last call, oldest first (none unless record_events)."""

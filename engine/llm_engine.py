@@ -46,7 +46,8 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_blocks, cache.block_size, cache.enable_prefix_caching,
                                           record_events=bool(feed))
         self.feed = EventFeed(feed) if feed else None  # what each step did, for the live view
-        self._recorder = StepRecorder(self.feed) if self.feed else None
+        self._recorder: StepRecorder | None = None
+        self.record_events(bool(feed))
         self.scheduler = Scheduler(self.config.scheduler, self.block_manager)
         self.max_model_len = self.runner.max_model_len
         eos = set(self.model_config.eos_token_ids)
@@ -114,6 +115,11 @@ class LLMEngine:
         """Drop the prefix cache's reusable (free) blocks, as vLLM's reset_prefix_cache: later
         prompts prefill from scratch. Returns the number of blocks dropped."""
         return self.block_manager.reset_prefix_cache()
+
+    def record_events(self, on: bool) -> None:
+        """Start or pause the event feed's recording (an engine built without a feed has none)."""
+        self._recorder = StepRecorder(self.feed) if on and self.feed else None
+        self.block_manager.record_events(self._recorder is not None)
 
     # ---- what a live view reads (call on the thread that steps the engine) -------------------------
     def queue_lengths(self) -> tuple[int, int]:
