@@ -36,7 +36,7 @@ class BlockMapSnapshot:
     cached: tuple[bool, ...]  # per block: registered in the prefix cache (hashed)
     seqs: tuple[SeqInfo, ...]
     stats: BlockStats  # the pool's counters at the same moment
-
+    feed_index: int = 0  # the event feed's next record index then: records from it on came after
     @property
     def num_blocks(self) -> int:
         return len(self.owners)
@@ -74,13 +74,14 @@ def live_seqs(running: Iterable[Sequence], waiting: Iterable[Sequence], max_mode
             + tuple(seq_info(s, max_model_len, False) for s in waiting))
 
 
-def build_block_map(blocks: BlockManager, seqs: tuple[SeqInfo, ...], timestamp: float) -> BlockMapSnapshot:
+def build_block_map(blocks: BlockManager, seqs: tuple[SeqInfo, ...], timestamp: float,
+                    feed_index: int = 0) -> BlockMapSnapshot:
     """O(num_blocks + tokens of the block tables); call it a few times a second, not every step."""
     holders = blocks.owners()
     owners = tuple(tuple(holders.get(i, ())) for i in range(blocks.num_blocks))
     cached = tuple(b.hash is not None for b in blocks.blocks)
     return BlockMapSnapshot(timestamp, blocks.block_size, owners, tuple(blocks.block_fill()), cached, seqs,
-                            blocks.stats())
+                            blocks.stats(), feed_index)
 
 
 def kv_waste(stats: BlockStats, seqs: Iterable[SeqInfo]) -> KvWaste:

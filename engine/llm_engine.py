@@ -132,7 +132,8 @@ class LLMEngine:
 
     def block_map(self) -> BlockMapSnapshot:
         """Who holds which block now, as plain data (O(blocks): a few times a second, not every step)."""
-        return build_block_map(self.block_manager, self.live_sequences(), time.perf_counter())
+        return build_block_map(self.block_manager, self.live_sequences(), time.perf_counter(),
+                               self.feed.next_index if self.feed else 0)
 
     def has_unfinished_requests(self) -> bool:
         """Sequences to run, or tokens whose text has not been handed out yet."""

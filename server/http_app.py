@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from engine.engine_thread import EngineThread
 from server.access import AccessControl
 from server.body_limit import BodyLimit
+from server.feed_api import build_feed_router
 from server.limits import ServerLimits
 from server.openai_api import build_openai_router, error_response
 from server.prometheus import CONTENT_TYPE, render_metrics
@@ -30,6 +31,7 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None,
     on /v1 if set) and the body limit first."""
     app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
     app.include_router(build_openai_router(engine, model_name))
+    app.include_router(build_feed_router(engine))
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=api_key)  # the outermost
 

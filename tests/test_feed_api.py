@@ -1,0 +1,99 @@
+"""The event feed served: the SSE stream starts with a snapshot and then carries every step of a
+request (arrival, prefill, decodes, finish) in order; the trace export is valid trace-event JSON
+with one track per request and its phases in order."""
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+import torch
+
+from benchmarks.synthetic_model import make_model_dir
+from engine import LLM, SamplingParams
+from live_server import LiveServer, start_live_server
+from server.trace_events import REQUESTS, trace_events
+
+SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+             intermediate_size=64, vocab_size=128, tie_word_embeddings=True, max_position_embeddings=256)
+
+
+def test_the_trace_has_a_track_per_request_with_its_phases_in_order(tmp_path) -> None:
+    path = make_model_dir(tmp_path / "tiny", SHAPE, dtype=torch.float32, seed=5)
+    llm = LLM(str(path), device="cpu", num_blocks=10, block_size=4, max_num_seqs=4, max_num_batched_tokens=8)
+    prompts = [[3 + i] * (5 + 7 * i) for i in range(5)]  # chunked prefills, a queue, preemptions
+    llm.generate(prompts, [SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, n=1 + (i == 2))
+                           for i in range(5)])
+    trace = json.loads(json.dumps(trace_events(llm.engine.feed.since(0)[1])))
+    events = trace["traceEvents"]
+    assert all({"name", "ph", "pid", "tid"} <= e.keys() for e in events)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["pid"] == REQUESTS and e["tid"]}
+    assert len(names) == 6  # five requests, one of them with two samples
+    for tid, name in names.items():
+        slices = sorted((e for e in events if e["pid"] == REQUESTS and e["tid"] == tid and e["ph"] == "X"),
+                        key=lambda e: e["ts"])
+        assert all(e["dur"] > 0 for e in slices)
+        assert all(a["ts"] + a["dur"] <= b["ts"] + 1e-3 for a, b in zip(slices, slices[1:])), name
+        phases = [e["name"] for e in slices]
+        if "#" not in name:  # (a forked sample starts decoding) a request admitted at once never waits
+            assert phases[0] in ("waiting", "prefill") and "prefill" in phases
+            assert phases.index("prefill") < phases.index("decode")
+        finished = [e for e in events if e["ph"] == "i" and e["tid"] == tid and e["pid"] == REQUESTS]
+        assert [e["name"] for e in finished] == ["finished: length"]
+        assert finished[0]["ts"] >= slices[-1]["ts"] + slices[-1]["dur"] - 1e-3
+    steps = [e for e in events if e["ph"] == "X" and e["pid"] == 1]
+    assert len(steps) == llm.engine.metrics.steps and any(e["name"] == "KV blocks" for e in events)
+    assert "preempted" in {e["name"] for e in events if e["pid"] == REQUESTS and e["ph"] == "X"}
+    assert "waiting" in {e["name"] for e in events if e["pid"] == REQUESTS and e["ph"] == "X"}
+
+
+@pytest.fixture(scope="module")
+def live(embedded_model_dir: str):
+    server = start_live_server(embedded_model_dir, num_blocks=64)
+    yield server
+    server.stop()
+
+
+def read_events(live: LiveServer, until, out: list, ready: threading.Event) -> None:
+    with httpx.stream("GET", live.url + "/api/feed", timeout=30) as response:
+        assert response.headers["cache-control"] == "no-cache"
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                out.append((kind, json.loads(line.removeprefix("data: "))))
+                ready.set()
+                if until(out):
+                    return
+
+
+def test_the_stream_starts_with_a_snapshot_and_carries_every_step(live: LiveServer) -> None:
+    got, ready = [], threading.Event()
+
+    def finished(events) -> bool:
+        return any(r["phase"] == "finished" for kind, data in events if kind == "steps"
+                   for record in data for r in record["requests"])
+
+    reader = threading.Thread(target=read_events, args=(live, finished, got, ready))
+    reader.start()
+    assert ready.wait(30)
+    body = {"prompt": "Hello there", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+    assert httpx.post(live.url + "/v1/completions", json=body, timeout=60).status_code == 200
+    reader.join(30)
+    kind, snapshot = got[0]
+    assert kind == "snapshot" and snapshot["schema"] == 1 and snapshot["num_blocks"] == 64
+    records = [r for kind, data in got[1:] if kind == "steps" for r in data]
+    steps = [r["step"] for r in records]
+    assert steps == list(range(steps[0], steps[0] + len(steps)))  # none missing, in order
+    phases = [e["phase"] for r in records for e in r["requests"]]
+    assert phases[0] == "waiting" and phases[1] == "prefill" and phases[-1] == "finished"
+    assert phases.count("decode") == 4  # 5 tokens: the prefill's, then four decodes
+    assert sum(r["num_decode_tokens"] for r in records) == 4
+
+
+def test_the_trace_downloads(live: LiveServer) -> None:
+    response = httpx.get(live.url + "/api/feed/trace", timeout=30)
+    assert response.status_code == 200 and "attachment" in response.headers["content-disposition"]
+    assert any(e["ph"] == "X" for e in response.json()["traceEvents"])
