@@ -16,6 +16,7 @@ from server.access import LOOPBACK, default_allowed_hosts
 from server.foreground import serve
 from server.http_app import build_http_app
 from server.limits import ServerLimits
+from server.recording import FeedRecorder
 from ui.layout import build_ui
 from ui.load_generator import LoadGenerator, LoadPolicy, load_prompts
 from ui.utilization import UtilizationMonitor
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-waiting", type=int, default=SchedulerConfig.max_waiting,
                    help="queued requests beyond which new ones are refused (HTTP 429, a message in the chat)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn off prefix sharing")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="write the engine's event feed to FILE as it runs (JSON Lines; gzip if it ends in .gz)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     safety = p.add_argument_group("safety on a public server")
@@ -135,10 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     app, engine, load = build_app(engine_config(args), served_name(args), policy=load_policy(args),
                                   limits=server_limits(args), hosts=allowed_hosts(args), api_key=args.api_key)
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
+    recorder = FeedRecorder(engine, args.record, served_name(args)).start() if args.record else None
 
     def stop() -> None:
         load.stop()
         engine.stop()
+        if recorder is not None:
+            recorder.stop()
+            logging.info("the event feed is recorded in %s", args.record)
 
     serve(app, args.host, args.port, on_shutdown=stop, stop_when=lambda: engine.error is not None,
           limits=server_limits(args))

@@ -97,3 +97,20 @@ def test_the_trace_downloads(live: LiveServer) -> None:
     response = httpx.get(live.url + "/api/feed/trace", timeout=30)
     assert response.status_code == 200 and "attachment" in response.headers["content-disposition"]
     assert any(e["ph"] == "X" for e in response.json()["traceEvents"])
+
+
+@pytest.mark.parametrize("name", ["run.jsonl", "run.jsonl.gz"])
+def test_a_recording_holds_every_step_of_the_run(live: LiveServer, tmp_path, name: str) -> None:
+    from server.recording import FeedRecorder, read_recording
+
+    recorder = FeedRecorder(live.engine, tmp_path / name, "SmolLM2-135M-Instruct", interval=0.05).start()
+    body = {"prompt": "Hello there", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "n": 2}
+    assert httpx.post(live.url + "/v1/completions", json=body, timeout=60).status_code == 200
+    recorder.stop()
+    recording = read_recording(tmp_path / name)
+    assert recording.header["model"] == "SmolLM2-135M-Instruct" and recording.header["engine"]["num_blocks"] == 64
+    assert recording.snapshot["num_blocks"] == 64 and recorder.missed == 0
+    steps = [r["step"] for r in recording.records]
+    assert steps and steps == list(range(steps[0], steps[0] + len(steps)))
+    phases = [e["phase"] for r in recording.records for e in r["requests"]]
+    assert phases.count("forked") == 1 and phases.count("finished") == 2

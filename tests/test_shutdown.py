@@ -39,8 +39,9 @@ app.main(sys.argv[1:])
 """
 
 
-def start_app(model_dir: str, port: int, log: Path, program: list[str] = ("app.py",)) -> subprocess.Popen:
-    command = [sys.executable, *program, "--model", model_dir, "--num-blocks", "64", "--port", str(port)]
+def start_app(model_dir: str, port: int, log: Path, program: list[str] = ("app.py",),
+              extra: list[str] = ()) -> subprocess.Popen:
+    command = [sys.executable, *program, "--model", model_dir, "--num-blocks", "64", "--port", str(port), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
     deadline = time.monotonic() + 180
@@ -80,8 +81,8 @@ def port_is_free(port: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_app_shuts_down_cleanly(sig: signal.Signals, embedded_model_dir: str, tmp_path: Path) -> None:
-    port, log = free_port(), tmp_path / "app.log"
-    proc = start_app(embedded_model_dir, port, log)
+    port, log, recording = free_port(), tmp_path / "app.log", tmp_path / "run.jsonl.gz"
+    proc = start_app(embedded_model_dir, port, log, extra=["--record", str(recording)])
     browser = None
     try:
         # a user of the UI, as an open browser tab: its queue stream stays open across the signal
@@ -112,6 +113,10 @@ def test_app_shuts_down_cleanly(sig: signal.Signals, embedded_model_dir: str, tm
     assert events[-1] == "[DONE]" and "shutting down" in events[-2]["error"]["message"]
     assert any(e["choices"][0]["text"] for e in events[:-2])
     assert port_is_free(port)
+    from server.recording import read_recording  # --record wrote the run, closed cleanly
+
+    phases = {e["phase"] for r in read_recording(recording).records for e in r["requests"]}
+    assert {"waiting", "prefill", "decode", "finished"} <= phases
 
 
 @pytest.mark.slow
