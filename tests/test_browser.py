@@ -119,3 +119,30 @@ def test_a_load_stops_when_the_tab_that_started_it_closes(browser, live: LiveSer
         assert time.monotonic() < deadline, "the load outlived the tab that started it"
         time.sleep(0.05)
     visitor.close()
+
+
+def test_an_empty_message_an_example_and_a_stop(browser, live: LiveServer) -> None:
+    """An empty Enter gets a notice and leaves the chat usable; an example fills the box and keeps
+    the user's settings; a stopped answer says it was stopped."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(live.url)
+    box = page.locator("#chat-input textarea")
+    box.fill("   ")
+    box.press("Enter")
+    page.get_by_text("Please type a message first.").wait_for()
+    assert box.is_enabled() and page.locator("#chatbot [data-testid='user']").count() == 0
+    page.get_by_text("Write a haiku about GPUs.").first.click()
+    page.wait_for_function("() => document.querySelector('#chat-input textarea').value.includes('haiku')")
+    assert page.locator("#chatbot [data-testid='bot']").count() == 0  # filled, not sent
+    box.fill("Write a very long story about a dragon, at least 1000 words.")
+    box.press("Enter")
+    page.wait_for_function(
+        "() => { const m = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+        " return m.length && m[m.length - 1].innerText.trim().split(/\\s+/).length >= 5; }")
+    page.locator("#chat-input .stop-button").first.click()
+    page.wait_for_function(
+        "() => { const m = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+        " return m.length && m[m.length - 1].innerText.includes('(stopped)'); }")
+    page.wait_for_function("() => !document.querySelector('#chat-input textarea').disabled", timeout=10_000)
+    page.close()

@@ -3,7 +3,9 @@
 The chat function is an async generator, so a waiting user holds no worker thread: with the
 queue's concurrency raised, many browsers stream at once and the engine batches them together.
 Stop, a closed tab or a dropped connection cancels the generator; `finally` aborts the request
-in the engine, which frees its blocks.
+in the engine, which frees its blocks, and a stopped answer is marked as such. An empty message is
+refused by a validator before anything runs, so the chat stays usable; examples only fill the
+message box, keeping the user's own system prompt and sampling settings.
 """
 from __future__ import annotations
 
@@ -19,7 +21,24 @@ from engine.sampling_params import SamplingParams
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and briefly."
 EXAMPLES = ["Explain how a paged KV cache works, in three sentences.", "Write a haiku about GPUs.",
             "What is continuous batching?"]
+STOPPED = "… *(stopped)*"
 _ids = itertools.count()
+
+
+def check_message(message: str, *settings: Any) -> dict[str, Any]:
+    """The chat's validator: an empty or blank message gets a notice on the box, and nothing runs."""
+    return gr.validate(bool(message and message.strip()), "Please type a message first.")
+
+
+def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last answer, stopped by the user, says so."""
+    if history and history[-1].get("role") == "assistant":
+        last = dict(history[-1])
+        text = content_text(last.get("content"))
+        if not text.endswith(STOPPED):
+            last["content"] = text + STOPPED
+        return history[:-1] + [last]
+    return history
 
 
 def content_text(content: Any) -> str:
@@ -50,7 +69,7 @@ def make_responder(engine: EngineThread) -> Responder:
 
     async def respond(message: str, history: list[dict[str, Any]], system_prompt: str, temperature: float,
                       top_p: float, max_new_tokens: float) -> AsyncIterator[str]:
-        if not message.strip():
+        if not message.strip():  # the validator stops these in the UI; an API caller gets a clear error
             raise gr.Error("Please type a message first.")
         params = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_new_tokens))
         try:
@@ -83,13 +102,17 @@ def build_chat(engine: EngineThread, default_max_tokens: int = 256) -> gr.ChatIn
     top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", render=False)
     max_tokens = gr.Slider(1, min(2048, engine.info.max_model_len - 1), value=default_max_tokens, step=1,
                            label="Max new tokens", render=False)
-    return gr.ChatInterface(
+    chat = gr.ChatInterface(
         make_responder(engine),
         chatbot=gr.Chatbot(height=460, label="PagedChat", elem_id="chatbot"),
         textbox=gr.Textbox(placeholder="Ask something...", elem_id="chat-input", submit_btn=True, stop_btn=True),
         additional_inputs=[system, temperature, top_p, max_tokens],
         additional_inputs_accordion=settings,
-        examples=[[e, DEFAULT_SYSTEM_PROMPT, 0.7, 0.95, default_max_tokens] for e in EXAMPLES],
+        examples=[[e] for e in EXAMPLES],  # the message only: the user's settings stay
+        run_examples_on_click=False,  # an example fills the box; the user sends it
+        validator=check_message,
         api_name="chat",
         fill_height=False,
     )
+    chat.textbox.stop(mark_stopped, chat.chatbot, chat.chatbot, api_visibility="private", queue=False)
+    return chat
