@@ -159,3 +159,28 @@ def test_kv_formula_uses_the_models_numbers() -> None:
     text = kv_formula_markdown(info, "SmolLM2-135M-Instruct")
     assert "2 × 30 × 3 × 64 × 4 = 46,080 bytes" in text
     assert "45.0 KiB per token" in text and "256 blocks = 4,096 token slots" in text
+
+
+def test_idle_buckets_read_zero_throughput_and_break_the_state_lines() -> None:
+    """Steps for 1 s, 3 s of nothing, steps again: the rate is 0 in the gap (dropping those buckets
+    once showed 63 tok/s against the counter's 25), and running/waiting and the waste lines break."""
+    history = MetricsHistory(bucket_s=0.5)
+    waste = KvWaste(paged_reserved=160, paged_stored=120, contiguous_reserved=1000, contiguous_stored=120)
+    times = [100.0 + 0.25 * i for i in range(4)] + [104.0 + 0.25 * i for i in range(4)]
+    for k, t in enumerate(times):
+        history.record(snapshot(k + 1, t, used=10, ttft=(), itl=(0.03,), decode=2), waste)
+    view = history.view(now=106.0)
+    tp = throughput_figure(view)
+    decode = next(t for t in tp.data if t.name == "decode tok/s")
+    running = next(t for t in tp.data if t.name == "running")
+    assert list(decode.y) == [8.0, 8.0] + [0.0] * 6 + [8.0, 8.0] + [0.0] * 2  # to the last complete bucket
+    assert sum(y * 0.5 for y in decode.y) == 2 * len(times)  # the counter's tokens, all of them
+    assert running.y[2] is None and running.y[0] is not None
+    contiguous = kv_memory_figure(view).data[-1]
+    assert contiguous.y[3] is None and not contiguous.connectgaps
+
+
+def test_no_nan_in_latency_titles() -> None:
+    fig = latency_figure(MetricsHistory().view(now=0.0))
+    titles = " ".join(a.text for a in fig.layout.annotations)
+    assert "nan" not in titles and "p50 –" in titles and "TPOT" in titles

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
@@ -38,6 +38,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def seconds_ago(t: float, now: float) -> float:
     return round(t - now, 3)
+
+
+def bucket_grid(points: Sequence[Any], now: float, bucket_s: float, window_s: float) -> list[tuple[float, Any]]:
+    """Every bucket of the window up to the last complete one, as (start, its point or None): a
+    bucket in which no step ran is there too, so that a rate reads 0 and a state line breaks, rather
+    than being drawn straight across the idle gap. The bucket still filling is left out (its rate
+    would read low)."""
+    by_start = {round(p.t / bucket_s): p for p in points}
+    last = math.floor(now / bucket_s) - 1  # the newest complete bucket
+    first = max(last - int(window_s / bucket_s) + 1, min(by_start, default=last + 1))
+    return [(k * bucket_s, by_start.get(k)) for k in range(first, last + 1)]
+
+
+def ms_text(value: float) -> str:
+    """Milliseconds for a title: a dash where nothing was measured, never 'nan'."""
+    return "–" if math.isnan(value) else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:

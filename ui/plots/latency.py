@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.metrics_history import HistoryView
-from ui.plots.common import DECODE_COLOR, PREFILL_COLOR, empty_note, layout, percentile, seconds_ago
+from ui.plots.common import (DECODE_COLOR, PREFILL_COLOR, bucket_grid, empty_note, layout, ms_text, percentile,
+                             seconds_ago)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ def latency_figure(view: HistoryView, window_s: float = 60.0) -> go.Figure:
     """Histograms of the last `window_s` seconds; solid line p50, dashed line p95."""
     s = latency_summary(view, window_s)
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        f"TTFT ms: p50 {s.ttft_p50:.0f} · p95 {s.ttft_p95:.0f}",
-        f"inter-token ms: p50 {s.itl_p50:.0f} · p95 {s.itl_p95:.0f}"))
+        f"TTFT ms: p50 {ms_text(s.ttft_p50)} · p95 {ms_text(s.ttft_p95)}",
+        f"inter-token latency (ITL; TPOT is its mean per request) ms: p50 {ms_text(s.itl_p50)} · "
+        f"p95 {ms_text(s.itl_p95)}"))
     _histogram(fig, [1000 * v for v in recent(view.ttft, view.now, window_s)], 1, PREFILL_COLOR, "TTFT")
     _histogram(fig, [1000 * v for v in recent(view.itl, view.now, window_s)], 2, DECODE_COLOR, "ITL")
     fig.update_yaxes(title_text="count", row=1, col=1)
@@ -57,20 +59,23 @@ def latency_figure(view: HistoryView, window_s: float = 60.0) -> go.Figure:
 
 
 def throughput_figure(view: HistoryView, window_s: float = 120.0) -> go.Figure:
-    """Top: prefill and decode tokens/s. Bottom: batch size, running and waiting sequences."""
-    points = [p for p in view.points if p.t >= view.now - window_s]
-    x = [seconds_ago(p.t, view.now) for p in points]
+    """Top: prefill and decode tokens/s, from the engine's token counts in each bucket (0 where no
+    step ran). Bottom: batch size, running and waiting sequences (broken where no step ran)."""
+    grid = bucket_grid(view.points, view.now, view.bucket_s, window_s)
+    points = [p for _, p in grid if p is not None]
+    x = [seconds_ago(t, view.now) for t, _ in grid]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
                         subplot_titles=("tokens / s", "sequences"))
     per_s = 1.0 / view.bucket_s
-    fig.add_trace(go.Scatter(x=x, y=[p.prefill_tokens * per_s for p in points], name="prefill tok/s",
-                             line={"color": PREFILL_COLOR}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=[p.decode_tokens * per_s for p in points], name="decode tok/s",
-                             line={"color": DECODE_COLOR}), row=1, col=1)
-    for name, values, color in (("max batch size", [p.max_batch_size for p in points], "#7c3aed"),
-                                ("running", [p.num_running for p in points], "#16a34a"),
-                                ("waiting", [p.num_waiting for p in points], "#dc2626")):
-        fig.add_trace(go.Scatter(x=x, y=values, name=name, line={"color": color, "shape": "hv"}), row=2, col=1)
+    for name, field, color in (("prefill tok/s", "prefill_tokens", PREFILL_COLOR),
+                               ("decode tok/s", "decode_tokens", DECODE_COLOR)):
+        rates = [getattr(p, field) * per_s if p else 0.0 for _, p in grid]
+        fig.add_trace(go.Scatter(x=x, y=rates, name=name, line={"color": color, "shape": "hv"}), row=1, col=1)
+    for name, field, color in (("max batch size", "max_batch_size", "#7c3aed"), ("running", "num_running", "#16a34a"),
+                               ("waiting", "num_waiting", "#dc2626")):
+        values = [getattr(p, field) if p else None for _, p in grid]
+        fig.add_trace(go.Scatter(x=x, y=values, name=name, line={"color": color, "shape": "hv"}, connectgaps=False),
+                      row=2, col=1)
     fig.update_xaxes(range=[-window_s, 0])
     layout(fig, "Throughput and batch (x: seconds ago)", height=420)
     if not points:
