@@ -19,6 +19,20 @@ from typing import Any
 from tokenizers import Tokenizer
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, less tab and newlines
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` unchanged, or ValueError for control characters or lone surrogates (invalid UTF-8)."""
+    if _CONTROL.search(text):
+        raise ValueError(f"{what} contains control characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    return text
+
+
 class PromptTooLong(ValueError):
     """The prompt cannot fit the context (found before tokenizing all of it)."""
 

@@ -41,17 +41,23 @@ def _machine_addresses() -> list[str]:
 
 
 def host_of(header: str) -> str:
-    """The host of a Host header, without its port: 'a.b:7860' -> 'a.b', '[::1]:7860' -> '::1'."""
+    """The host of a Host header, without its port: 'a.b:7860' -> 'a.b', '[::1]:7860' -> '::1'.
+    A malformed header ('[::1]evil', 'a.b:evil') comes back whole, and so matches no allowed name."""
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        end = header.find("]")
+        rest = header[end + 1:] if end > 0 else "x"
+        return header[1:end] if not rest or rest[0] == ":" and rest[1:].isdigit() else header
+    if header.count(":") == 1:
+        host, port = header.split(":")
+        return host if port.isdigit() else header
+    return header
 
 
 def _same_host(a: str, b: str) -> bool:
     try:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return a.lower().rstrip(".") == b.lower().rstrip(".")
+    except ValueError:  # names: one trailing dot (the root) is allowed, as in DNS
+        return a.lower().removesuffix(".") == b.lower().removesuffix(".")
 
 
 async def _refuse(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] = ()) -> None:

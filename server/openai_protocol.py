@@ -8,26 +8,12 @@ accepted and ignored, so that clients written for OpenAI work unchanged.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.prompt_encoder import check_text
 from engine.sampling_params import SamplingParams
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, less tab and newlines
-
-
-def check_text(text: str, what: str) -> str:
-    """`text` unchanged, or ValueError for control characters or lone surrogates (invalid UTF-8)."""
-    if _CONTROL.search(text):
-        raise ValueError(f"{what} contains control characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid UTF-8") from None
-    return text
 
 
 ROLES = ("system", "developer", "user", "assistant")

@@ -46,7 +46,9 @@ def test_the_api_key_guards_v1(header, status) -> None:
 
 @pytest.mark.parametrize("host,status", [("localhost:7860", 200), ("127.0.0.1:7860", 200), ("[::1]:7860", 200),
                                          ("LOCALHOST", 200), ("evil.example", 400), ("evil.example:7860", 400),
-                                         ("127.0.0.1.evil.example", 400), ("", 400)])
+                                         ("127.0.0.1.evil.example", 400), ("", 400), ("[::1]evil.example", 400),
+                                         ("[::1].evil.example:80", 400), ("127.0.0.1:evil.example", 400),
+                                         ("localhost..", 400), ("localhost.", 200)])
 def test_the_host_check_refuses_other_names(host, status) -> None:
     client = guarded(allowed_hosts=default_allowed_hosts("127.0.0.1"))
     response = client.get("/health", headers={"Host": host})

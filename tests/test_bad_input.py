@@ -177,3 +177,32 @@ def test_a_full_queue_answers_429_then_recovers(live: LiveServer) -> None:
         t.join(60)
     wait_for(lambda: not live.engine.block_map.stats.used, "blocks freed", timeout=60)
     assert_still_serves(live)
+
+
+# the chat through the Gradio API, as any HTTP client can call it: [message, history, system prompt,
+# temperature, top_p, max new tokens]; raw JSON, so that NaN and lone surrogates get through
+GRADIO_CASES = [
+    ("null system prompt", b'{"data": ["hi", [], null, 0.7, 0.95, 4]}'),
+    ("NaN temperature", b'{"data": ["hi", [], "", NaN, 0.95, 4]}'),
+    ("NaN max tokens", b'{"data": ["hi", [], "", 0.7, 0.95, NaN]}'),
+    ("lone surrogate", b'{"data": ["\\ud800", [], "", 0.7, 0.95, 4]}'),
+    ("control characters", b'{"data": ["hi\\u0000", [], "", 0.7, 0.95, 4]}'),
+    ("history not a list", b'{"data": ["hi", "junk", "", 0.7, 0.95, 4]}'),
+    ("message a number", b'{"data": [5, [], "", 0.7, 0.95, 4]}'),
+    ("empty message", b'{"data": ["  ", [], "", 0.7, 0.95, 4]}'),
+]
+
+
+@pytest.mark.parametrize("name,raw", GRADIO_CASES, ids=[c[0] for c in GRADIO_CASES])
+def test_bad_chat_input_through_the_gradio_api(live: LiveServer, caplog: pytest.LogCaptureFixture, name, raw) -> None:
+    """A clear message from the chat's own checks, no traceback. (Gradio's run route answers any
+    error raised by a handler, gr.Error included, with its status 500 and the message.)"""
+    caplog.set_level(logging.INFO)
+    response = httpx.post(live.url + "/gradio_api/run/chat", content=raw,
+                          headers={"content-type": "application/json"}, timeout=60)
+    if response.status_code != 200:
+        message = response.json()["error"]
+        assert message and "Internal Server Error" not in message and "Traceback" not in message, message
+    assert live.engine.alive
+    assert_still_serves(live)
+    assert not [r for r in caplog.records if r.exc_info and "gradio" not in r.name], caplog.text

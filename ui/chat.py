@@ -10,11 +10,13 @@ message box, keeping the user's own system prompt and sampling settings.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
 from engine.engine_thread import ChatPrompt, EngineThread
+from engine.prompt_encoder import check_text
 from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected
 from engine.sampling_params import SamplingParams
 
@@ -25,9 +27,9 @@ STOPPED = "… *(stopped)*"
 _ids = itertools.count()
 
 
-def check_message(message: str, *settings: Any) -> dict[str, Any]:
+def check_message(message: Any, *settings: Any) -> dict[str, Any]:
     """The chat's validator: an empty or blank message gets a notice on the box, and nothing runs."""
-    return gr.validate(bool(message and message.strip()), "Please type a message first.")
+    return gr.validate(isinstance(message, str) and bool(message.strip()), "Please type a message first.")
 
 
 def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -56,9 +58,29 @@ def conversation(message: str, history: list[dict[str, Any]], system_prompt: str
     """System prompt, earlier turns (text only) and the new message, in messages format."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages += [{"role": m["role"], "content": content_text(m.get("content"))}
-                 for m in history if m.get("role") in ("user", "assistant")]
+                 for m in history if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
     messages.append({"role": "user", "content": message})
     return ChatPrompt(tuple(messages))
+
+
+def chat_request(message: Any, history: Any, system_prompt: Any, temperature: Any, top_p: Any,
+                 max_new_tokens: Any, max_len: int) -> tuple[ChatPrompt, SamplingParams]:
+    """The chat's inputs checked as the API checks its fields (the Gradio API can send anything):
+    ValueError with a message for the user."""
+    if not isinstance(message, str) or not message.strip():
+        raise ValueError("Please type a message first.")
+    system_prompt = system_prompt if isinstance(system_prompt, str) else ""
+    history = history if isinstance(history, list) else []
+    numbers = {"temperature": temperature, "top_p": top_p, "max new tokens": max_new_tokens}
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a number, got {str(value)[:40]}")
+    if not 1 <= max_new_tokens < max_len:
+        raise ValueError(f"max new tokens must be between 1 and {max_len - 1}")
+    prompt = conversation(message, history, system_prompt)
+    for m in prompt.messages:
+        check_text(m["content"], "the message")
+    return prompt, SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_new_tokens))
 
 
 Responder = Callable[[str, list[dict[str, Any]], str, float, float, float], AsyncIterator[str]]
@@ -69,13 +91,11 @@ def make_responder(engine: EngineThread) -> Responder:
 
     async def respond(message: str, history: list[dict[str, Any]], system_prompt: str, temperature: float,
                       top_p: float, max_new_tokens: float) -> AsyncIterator[str]:
-        if not message.strip():  # the validator stops these in the UI; an API caller gets a clear error
-            raise gr.Error("Please type a message first.")
-        params = SamplingParams(temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_new_tokens))
-        try:
-            stream = await engine.submit_async(conversation(message, history, system_prompt), params,
-                                               request_id=f"chat-{next(_ids)}")
-        except (RequestRejected, EngineDeadError) as exc:
+        try:  # the validator stops an empty message in the UI; an API caller gets a clear error
+            prompt, params = chat_request(message, history, system_prompt, temperature, top_p, max_new_tokens,
+                                          engine.info.max_model_len)
+            stream = await engine.submit_async(prompt, params, request_id=f"chat-{next(_ids)}")
+        except (ValueError, EngineDeadError) as exc:  # RequestRejected is a ValueError
             raise gr.Error(str(exc)) from exc
         text = ""
         try:
