@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences batched together at most")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--long-prefill-tokens", type=int, default=None,
+                   help="a prompt feeds at most this many tokens a step unless alone and done in one step "
+                        "(default 128 on a CPU, 512 on a GPU; 0: no cap)")
     p.add_argument("--max-waiting", type=int, default=SchedulerConfig.max_waiting,
                    help="queued requests beyond which new ones are refused (HTTP 429, a message in the chat)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn off prefix sharing")
@@ -80,7 +83,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                         gpu_memory_fraction=args.gpu_memory_fraction, cpu_kv_gib=args.cpu_kv_gib,
                         enable_prefix_caching=not args.no_prefix_caching)
     scheduler = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                                max_model_len=args.max_model_len, max_waiting=args.max_waiting)
+                                max_model_len=args.max_model_len, max_waiting=args.max_waiting,
+                                long_prefill_tokens=args.long_prefill_tokens)
     return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, cache=cache, scheduler=scheduler,
                         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
                         parse_special_in_chat=args.parse_special_tokens_in_chat)

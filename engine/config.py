@@ -96,10 +96,17 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # the per-step token budget shared by prefill chunks and decodes
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     max_waiting: int = 256  # queued sequences beyond which new requests are refused (overload)
+    # One sequence's prefill chunk takes at most this many tokens of a step, so that a long prompt
+    # cannot hold everyone's next token back for the seconds a whole budget of prefill takes on a
+    # CPU. A prompt alone that fits the budget still gets it whole (its TTFT). 0: no cap; None: 128
+    # on a CPU, 512 on a GPU (see LLMEngine).
+    long_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_waiting < 1:
             raise ValueError("max_num_seqs, max_num_batched_tokens and max_waiting must be positive")
+        if self.long_prefill_tokens is not None and self.long_prefill_tokens < 0:
+            raise ValueError("long_prefill_tokens must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,11 @@ class LLMEngine:
         self.feed = EventFeed(feed) if feed else None  # what each step did, for the live view
         self._recorder: StepRecorder | None = None
         self.record_events(bool(feed))
-        self.scheduler = Scheduler(self.config.scheduler, self.block_manager)
+        scheduler = self.config.scheduler
+        if scheduler.long_prefill_tokens is None:  # a CPU step of 512 prompt tokens at a long context takes seconds
+            cap = 128 if self.runner.device.type == "cpu" else 512
+            scheduler = replace(scheduler, long_prefill_tokens=cap)
+        self.scheduler = Scheduler(scheduler, self.block_manager)
         self.max_model_len = self.runner.max_model_len
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:

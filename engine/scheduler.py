@@ -1,9 +1,11 @@
 """Continuous batching: which sequences run this step, and how many tokens each feeds.
 
 Plain Python, no torch. Every step shares one token budget between the running sequences (decodes
-and unfinished prefill chunks, oldest first) and then newly admitted ones (chunked prefill).
-When the KV pool runs dry, the newest running sequence is preempted by recompute: its blocks are
-freed and it goes back to the front of the waiting queue.
+first, then unfinished prefill chunks, oldest first) and then newly admitted ones (chunked
+prefill). While others share the step, a prefill chunk is capped at `long_prefill_tokens`, so a
+long prompt delays the others' next tokens by one chunk's time, not by its whole prefill.
+When the KV pool runs dry, the newest running sequence is preempted by recompute (a prefilling one
+before any decoding one): its blocks are freed and it goes back to the front of the waiting queue.
 """
 from __future__ import annotations
 
@@ -84,17 +86,34 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        self._decodes_first()
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
         if not out.preempted:
             self._schedule_waiting(out, budget)
         out.copies = self.blocks.take_copies()
         return out
 
+    def _decodes_first(self) -> None:
+        """Reorder the running list, stably: sequences feeding one token (decodes) before those
+        still prefilling, so that no prefill takes the budget a decode needs."""
+        if any(s.num_uncomputed_tokens > 1 for s in self.running):
+            self.running = ([s for s in self.running if s.num_uncomputed_tokens <= 1]
+                            + [s for s in self.running if s.num_uncomputed_tokens > 1])
+
+    def _chunk(self, uncomputed: int, budget: int) -> int:
+        """Tokens a sequence feeds this step: all it has within the budget, but at most
+        `long_prefill_tokens` unless it is alone and done within this step."""
+        cap = self.config.long_prefill_tokens
+        alone = len(self.running) + len(self.waiting) <= 1
+        if not cap or alone and uncomputed <= budget:
+            return min(uncomputed, budget)
+        return min(uncomputed, budget, cap)
+
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            num_new = self._chunk(len(seq.token_ids) - seq.num_computed_tokens, budget)
             while not self.blocks.allocate_slots(seq.seq_id, seq.num_computed_tokens, num_new):
                 victim = self.running.pop()  # the newest
                 self._preempt(victim)
@@ -115,7 +134,7 @@ class Scheduler:
                 break
             prefix = self.blocks.match_prefix(seq.token_ids)
             num_cached = len(prefix) * self.blocks.block_size
-            num_new = min(seq.num_tokens - num_cached, budget)
+            num_new = self._chunk(seq.num_tokens - num_cached, budget)
             if not self.blocks.allocate_slots(seq.seq_id, num_cached, num_new, prefix):
                 break
             self.waiting.popleft()

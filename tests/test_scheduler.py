@@ -12,9 +12,10 @@ from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import FinishReason, Sequence
 
 
-def make(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_seqs: int = 8) -> Scheduler:
-    return Scheduler(SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget),
-                     BlockManager(num_blocks, block_size))
+def make(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_seqs: int = 8,
+         long_prefill: int = 0) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
+                                     long_prefill_tokens=long_prefill), BlockManager(num_blocks, block_size))
 
 
 def add(s: Scheduler, prompt_len: int, max_tokens: int = 4, n: int = 1, first: int = 1) -> Sequence:
@@ -47,6 +48,30 @@ def test_chunked_prefill_shares_the_budget_with_decodes() -> None:
         out = fake_step(s)
         assert out.num_tokens <= 16
     assert long.num_computed_tokens == 40
+
+
+def test_a_long_prompt_holds_back_no_decode_and_no_newcomer() -> None:
+    """An attacker's long prompt, running first: the decodes admitted after it still get their
+    token every step, a newcomer is admitted at once, and its chunks stay within the cap. A prompt
+    alone that fits the budget gets it whole (its TTFT); a longer one is capped from the start."""
+    s = make(num_blocks=256, budget=32, long_prefill=8)
+    alone = add(s, 30, first=9)
+    assert [i.num_new_tokens for i in fake_step(s).scheduled] == [30]
+    s.abort(alone.request_id)
+    alone = add(s, 100, first=8)
+    assert [i.num_new_tokens for i in fake_step(s).scheduled] == [8]
+    s.abort(alone.request_id)
+    long = add(s, 200, first=2)
+    fake_step(s)
+    short = add(s, 3, max_tokens=20)
+    out = fake_step(s)
+    assert {(i.seq.request_id, i.num_new_tokens) for i in out.scheduled} == {(long.request_id, 8), (short.request_id, 3)}
+    for _ in range(5):
+        out = fake_step(s)
+        assert out.scheduled[0].seq is short and out.scheduled[0].num_new_tokens == 1  # the decode first
+        assert max(i.num_new_tokens for i in out.scheduled) <= 8
+    newcomer = add(s, 5, first=3)
+    assert any(i.seq is newcomer for i in fake_step(s).scheduled)
 
 
 def test_preemption_recomputes_the_newest_and_everyone_finishes() -> None:
