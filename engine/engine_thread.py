@@ -5,8 +5,8 @@ Callers post commands to a thread-safe inbox and read each request's outputs fro
 hand the deltas out, publish metrics; with nothing to do it blocks on the inbox (no CPU).
 A step whose batch raises fails only its own requests (see `LLMEngine.step`). If the thread dies
 anyway (a lost device, a bug in the bookkeeping), every open request gets `EngineDeadError`, and
-so does every later submit, at once, and `on_death` is called: the app then exits non-zero so that
-a supervisor starts it again.
+so does every later submit, at once, and `on_death` is called; the app (which watches `error`)
+then exits non-zero so that a supervisor starts it again.
 """
 from __future__ import annotations
 
@@ -161,6 +161,8 @@ class EngineThread:
             while self._take_commands(block=not self.engine.has_unfinished_requests()):
                 if self.engine.has_unfinished_requests():
                     self._step()
+                else:
+                    self.engine.flush_events()  # an abort of the last request reaches the feed now
                 self._publish_block_map(idle=not self.engine.has_unfinished_requests())
         except BaseException as exc:  # noqa: BLE001 - whatever it was, every reader must hear of it
             log.exception("the engine thread died")
@@ -194,7 +196,8 @@ class EngineThread:
 
     def _add(self, command: _Add) -> None:
         stream = command.stream
-        if stream.finished:  # closed by its reader before the engine saw it
+        if stream.finished:  # closed by its reader before the engine saw it: wake a reader still waiting
+            stream.end()
             return
         try:
             seq = self.engine.add_request(stream.request_id, command.token_ids, command.params)

@@ -16,7 +16,8 @@ Schema (version `SCHEMA_VERSION`; a change of meaning bumps it):
   BlockEvent   kind, block_id, seq_id, ref_count, src (see engine.block_manager.BlockEvent)
 
 Request and block events that happen between steps (an arrival, an abort) go into the next
-step's record. Sequence ids tie block events to requests: every sequence appears in a request
+step's record; when no step follows (the last request aborted), into a record of their own with
+the last step's number, duration 0 and no tokens. Sequence ids tie block events to requests: every sequence appears in a request
 event (waiting or forked) before its first block event.
 
 `EventFeed` keeps the latest records in a bounded ring; readers on other threads ask for what came
@@ -126,3 +127,13 @@ class StepRecorder:
                                     stats.cached_free, stats.total, tuple(self._requests),
                                     tuple(blocks.take_events())))
         self._requests = []
+
+    def close_idle(self, step: int, wall_time: float, blocks: Any) -> None:
+        """Events between steps, with no step to follow (an abort of the last request): a record
+        of their own, with the last step's number, no duration and no tokens. Nothing if none."""
+        events = blocks.take_events()
+        if self._requests or events:
+            stats = blocks.stats()
+            self.feed.append(StepRecord(step, wall_time, 0.0, 0, 0, stats.used, stats.cached_free, stats.total,
+                                        tuple(self._requests), tuple(events)))
+            self._requests = []

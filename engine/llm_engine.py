@@ -48,11 +48,10 @@ class LLMEngine:
         self.feed = EventFeed(feed) if feed else None  # what each step did, for the live view
         self._recorder: StepRecorder | None = None
         self.record_events(bool(feed))
-        scheduler = self.config.scheduler
-        if scheduler.long_prefill_tokens is None:  # a CPU step of 512 prompt tokens at a long context takes seconds
+        if self.config.scheduler.long_prefill_tokens is None:  # 512 prompt tokens at a long context: seconds on a CPU
             cap = 128 if self.runner.device.type == "cpu" else 512
-            scheduler = replace(scheduler, long_prefill_tokens=cap)
-        self.scheduler = Scheduler(scheduler, self.block_manager)
+            self.config = replace(self.config, scheduler=replace(self.config.scheduler, long_prefill_tokens=cap))
+        self.scheduler = Scheduler(self.config.scheduler, self.block_manager)
         self.max_model_len = self.runner.max_model_len
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
@@ -124,6 +123,12 @@ class LLMEngine:
         """Start or pause the event feed's recording (an engine built without a feed has none)."""
         self._recorder = StepRecorder(self.feed) if on and self.feed else None
         self.block_manager.record_events(self._recorder is not None)
+
+    def flush_events(self) -> None:
+        """Put events that happened since the last step (an abort while nothing else runs) into a
+        record of their own, instead of waiting for a step that may not come."""
+        if self._recorder:
+            self._recorder.close_idle(self.metrics.steps, time.time(), self.block_manager)
 
     # ---- what a live view reads (call on the thread that steps the engine) -------------------------
     def queue_lengths(self) -> tuple[int, int]:

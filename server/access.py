@@ -60,7 +60,11 @@ def _same_host(a: str, b: str) -> bool:
         return a.lower().removesuffix(".") == b.lower().removesuffix(".")
 
 
-async def _refuse(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _refuse(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] = (),
+                  websocket: bool = False) -> None:
+    if websocket:  # refused before accept: the client sees HTTP 403
+        await send({"type": "websocket.close", "code": 1008})
+        return
     body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                  "code": code}}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -86,12 +90,13 @@ class AccessControl:
         host = host_of(headers.get(b"host", b"").decode("latin-1"))
         if not self.any_host and not any(_same_host(host, h) for h in self.allowed_hosts):
             return await _refuse(send, 400, f"the Host header {host[:80]!r} is not one this server answers to "
-                                 "(see --allowed-hosts)", "invalid_host")
+                                 "(see --allowed-hosts)", "invalid_host", websocket=scope["type"] == "websocket")
         path = scope.get("path", "")
         if self.api_key is not None and (path == "/v1" or path.startswith("/v1/")):
             given = headers.get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
                 return await _refuse(send, 401, "a valid API key is required: send `Authorization: Bearer KEY`",
-                                     "invalid_api_key", [(b"www-authenticate", b"Bearer")])
+                                     "invalid_api_key", [(b"www-authenticate", b"Bearer")],
+                                     websocket=scope["type"] == "websocket")
         await self.app(scope, receive, send)

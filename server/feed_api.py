@@ -72,7 +72,7 @@ def build_feed_router(engine: EngineThread) -> APIRouter:
         return StreamingResponse(feed_events(engine), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @router.get("/api/feed/trace")
-    async def trace() -> Any:
+    def trace() -> Any:  # a plain def: FastAPI runs it in a worker thread, off the event loop
         records = engine.feed.since(0)[1] if engine.feed is not None else []
         return JSONResponse(trace_events(records),
                             headers={"Content-Disposition": 'attachment; filename="pagedchat-trace.json"'})

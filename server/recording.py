@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import IO, Any
 from engine.engine_thread import EngineThread
 from engine.event_feed import SCHEMA_VERSION
 from server.feed_api import snapshot_json
+
+log = logging.getLogger(__name__)
 
 
 def _open(path: Path, mode: str) -> IO[str]:
@@ -35,9 +38,13 @@ class FeedRecorder:
         self.engine, self.path, self.interval = engine, Path(path), interval
         self._file = _open(self.path, "w")
         bm = engine.block_map
-        self._write({"type": "header", "schema": SCHEMA_VERSION, "model": model_name,
-                     "engine": dataclasses.asdict(engine.info), "started": time.time()})
-        self._write({"type": "snapshot", **snapshot_json(bm)})
+        try:
+            self._write({"type": "header", "schema": SCHEMA_VERSION, "model": model_name,
+                         "engine": dataclasses.asdict(engine.info), "started": time.time()})
+            self._write({"type": "snapshot", **snapshot_json(bm)})
+        except BaseException:
+            self._file.close()
+            raise
         self._cursor = bm.feed_index
         self.missed = 0  # records dropped from the ring before they were written (a too slow disk)
         self._stop = threading.Event()
@@ -51,8 +58,11 @@ class FeedRecorder:
         """Write what is left and close the file."""
         self._stop.set()
         self._thread.join(10)
-        self._drain()
-        self._file.close()
+        try:
+            if not self._thread.is_alive():  # else it still writes: one writer at a time
+                self._drain()
+        finally:
+            self._file.close()
 
     def _write(self, line: dict[str, Any]) -> None:
         self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -67,7 +77,11 @@ class FeedRecorder:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._drain()
+            try:
+                self._drain()
+            except (OSError, ValueError):  # a full disk: say so, stop recording, serve on
+                log.exception("recording the event feed to %s failed", self.path)
+                return
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,9 @@ def test_the_policy_decides_who_may_start() -> None:
     keyed.start(2, owner="alice", key=KEY)
     keyed.stop(owner="bob", key=KEY)  # the key may stop anyone's load
     assert keyed.status().users == 0
+    keyed.start(2, owner="alice", key=KEY)
+    keyed.release("alice")  # her tab closed: no key needed for that
+    assert keyed.status().users == 0
     with pytest.raises(LoadRefused, match="between 1 and 64"):
         keyed.start(1000, owner="alice", key=KEY)
 

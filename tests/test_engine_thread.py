@@ -150,3 +150,17 @@ def test_load_generator_users_come_and_go(thread: EngineThread) -> None:
     status = load.status()
     assert status.users == 0 and status.in_flight == 0 and status.failed == 0
     wait_for(lambda: not thread.block_map.seqs and thread.block_map.stats.used == 0)
+
+
+def test_a_stream_closed_before_the_engine_took_it_still_ends(engine: LLMEngine) -> None:
+    """A client gone between submit and the engine's next look at its inbox: the reader waiting for
+    the first output wakes (with nothing), instead of waiting forever."""
+    from engine.engine_thread import _Add
+    from engine.request_stream import _END, RequestStream
+
+    thread = EngineThread(engine)
+    stream = RequestStream("gone", thread.abort)
+    stream.close()
+    thread._add(_Add(stream, [1, 2, 3], GREEDY))
+    assert stream._sync.get(timeout=1) is _END  # what a reader blocked before the close receives
+    assert not engine.has_unfinished_requests()

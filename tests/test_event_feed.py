@@ -40,7 +40,8 @@ class FeedMachine(RuleBasedStateMachine):
     def setup(self) -> None:
         """A fresh engine for each run, so that a run replays exactly when hypothesis shrinks it."""
         config = EngineConfig(model=self.model_dir, device="cpu", cache=CacheConfig(block_size=4, num_blocks=12),
-                              scheduler=SchedulerConfig(max_num_seqs=6, max_num_batched_tokens=12),
+                              scheduler=SchedulerConfig(max_num_seqs=6, max_num_batched_tokens=12,
+                                                        long_prefill_tokens=4),
                               check_integrity=True, event_feed_capacity=CAPACITY)
         self.engine = LLMEngine(config)
         self.cursor = 0
@@ -61,11 +62,18 @@ class FeedMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def abort(self, data: st.DataObject) -> None:
         self.engine.abort(data.draw(st.sampled_from(sorted(self.engine._live))))
+        if not self.engine.has_unfinished_requests():  # as the engine thread does: no step will follow
+            self.engine.flush_events()
+            self.read()
 
     @precondition(lambda self: self.engine.has_unfinished_requests())
     @rule()
     def step(self) -> None:
         self.engine.step()
+        self.read()
+
+    def read(self) -> None:
+        """Replay the new records; the replay must then match the pool exactly."""
         first, records = self.engine.feed.since(self.cursor)
         assert first == self.cursor, "the test reads every record before the ring drops it"
         for record in records:
@@ -94,6 +102,7 @@ class FeedMachine(RuleBasedStateMachine):
             if e.phase in fed:
                 fed[e.phase] += e.tokens
         assert (fed["prefill"], fed["decode"]) == (record.num_prefill_tokens, record.num_decode_tokens)
+        assert max([e.tokens for e in record.requests if e.phase == "prefill"], default=0) <= 12
         for b in record.blocks:
             assert b.seq_id == -1 or b.seq_id in self.requests, f"block event of an unknown sequence: {b}"
             self.apply(b)

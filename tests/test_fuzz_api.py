@@ -90,6 +90,7 @@ def test_generated_bodies_get_2xx_or_4xx_and_the_engine_lives(live: LiveServer, 
     assert live.engine.alive, live.engine.error
 
 
+@pytest.mark.slow  # runs after the fuzz test, and with it
 def test_after_the_fuzz_nothing_is_left(live: LiveServer) -> None:
     deadline = time.monotonic() + 30
     while live.engine.block_map.seqs or live.engine.block_map.stats.used:

@@ -123,9 +123,10 @@ def test_prefix_cache_hit_skips_the_shared_prompt() -> None:
 class SchedulerMachine(RuleBasedStateMachine):
     """Random add / step / abort sequences keep the scheduler's and block manager's invariants."""
 
-    @initialize(blocks=st.integers(10, 40), budget=st.integers(4, 40), max_seqs=st.integers(1, 6))
-    def setup(self, blocks: int, budget: int, max_seqs: int) -> None:
-        self.s = make(num_blocks=blocks, block_size=4, budget=budget, max_seqs=max_seqs)
+    @initialize(blocks=st.integers(10, 40), budget=st.integers(4, 40), max_seqs=st.integers(1, 6),
+                long_prefill=st.sampled_from([0, 1, 3, 8]))
+    def setup(self, blocks: int, budget: int, max_seqs: int, long_prefill: int) -> None:
+        self.s = make(num_blocks=blocks, block_size=4, budget=budget, max_seqs=max_seqs, long_prefill=long_prefill)
         self.requests: list[str] = []
 
     @rule(prompt=st.integers(1, 28), max_tokens=st.integers(1, 12), n=st.integers(1, 3), first=st.integers(0, 3))

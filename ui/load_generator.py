@@ -92,6 +92,7 @@ class LoadGenerator:
         self._owner: str | None = None
         self._deadline = 0.0
         self._timer: threading.Timer | None = None
+        self._control = threading.RLock()  # one start, stop or release at a time: checks and changes together
         self._seed = seed
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -107,43 +108,48 @@ class LoadGenerator:
         Raises LoadRefused when the policy or another owner's running load says no."""
         if not 1 <= users <= self.MAX_USERS:
             raise LoadRefused(f"between 1 and {self.MAX_USERS} simulated users, please")
-        self._authorize(owner, key, "start")
-        self.stop(owner, key)
-        with self._lock:
-            self._stop = threading.Event()
-            self._generation += 1
-            self._owner, self._deadline = owner, time.monotonic() + self.policy.time_limit_s
-            self._timer = threading.Timer(self.policy.time_limit_s, self._expire, args=(self._generation,))
-            self._timer.daemon = True
-            self._threads = [threading.Thread(target=self._user, args=(k, self._stop, self._generation),
-                                              name=f"sim-user-{k}", daemon=True) for k in range(users)]
-        self._timer.start()
-        for t in self._threads:
-            t.start()
+        with self._control:
+            self._authorize(owner, key, "start")
+            self.stop(owner, key)
+            with self._lock:
+                stop = self._stop = threading.Event()
+                self._generation += 1
+                self._owner, self._deadline = owner, time.monotonic() + self.policy.time_limit_s
+                timer = self._timer = threading.Timer(self.policy.time_limit_s, self._expire, args=(self._generation,))
+                timer.daemon = True
+                threads = self._threads = [threading.Thread(target=self._user, args=(k, stop, self._generation),
+                                                            name=f"sim-user-{k}", daemon=True) for k in range(users)]
+            timer.start()
+            for t in threads:
+                t.start()
 
     def stop(self, owner: str = OPERATOR, key: str | None = None) -> None:
         """End the running load and abort its requests (LoadRefused unless `owner` may)."""
-        self._authorize(owner, key, "stop")
-        self._stop.set()
-        with self._lock:
-            streams, self._streams = list(self._streams.values()), {}
-            threads, self._threads = self._threads, []
-            timer, self._timer, self._owner = self._timer, None, None
-        if timer is not None:
-            timer.cancel()
-        for stream in streams:
-            stream.close()
-        for t in threads:
-            t.join(timeout=5)
+        with self._control:
+            self._authorize(owner, key, "stop")
+            self._stop.set()
+            with self._lock:
+                streams, self._streams = list(self._streams.values()), {}
+                threads, self._threads = self._threads, []
+                timer, self._timer, self._owner = self._timer, None, None
+            if timer is not None:
+                timer.cancel()
+            for stream in streams:
+                stream.close()
+            for t in threads:
+                t.join(timeout=5)
 
     def release(self, owner: str) -> None:
-        """The session `owner` ended (its browser tab closed): its load, if one runs, stops."""
-        if owner != OPERATOR and self._owner == owner:
-            self.stop(owner)
+        """The session `owner` ended (its browser tab closed): its load, if one runs, stops (with no
+        key needed: the load was that session's)."""
+        with self._control:
+            if owner != OPERATOR and self._owner == owner:
+                self.stop()
 
     def _expire(self, generation: int) -> None:
-        if self._generation == generation:
-            self.stop()
+        with self._control:
+            if self._generation == generation:
+                self.stop()
 
     def _authorize(self, owner: str, key: str | None, action: str) -> None:
         if owner == OPERATOR:
