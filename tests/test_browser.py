@@ -47,11 +47,16 @@ def screenshot_path(tmp_path: Path) -> Path:
     return Path(os.environ.get("PAGEDCHAT_SCREENSHOT") or tmp_path / "dashboard.png")
 
 
-def test_chat_streams_and_dashboard_draws(browser, live: LiveServer, tmp_path: Path) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def open_chat(browser, live: LiveServer, width: int, height: int):
+    """A page on the app, and its message box."""
+    page = browser.new_page(viewport={"width": width, "height": height})
     page.set_default_timeout(30_000)
     page.goto(live.url)
-    box = page.locator("#chat-input textarea")
+    return page, page.locator("#chat-input textarea")
+
+
+def test_chat_streams_and_dashboard_draws(browser, live: LiveServer, tmp_path: Path) -> None:
+    page, box = open_chat(browser, live, 1400, 1000)
     box.fill("Name three colors of the rainbow.")
     box.press("Enter")
     bot = page.locator("#chatbot .message.bot, #chatbot [data-testid='bot']").last
@@ -124,10 +129,7 @@ def test_a_load_stops_when_the_tab_that_started_it_closes(browser, live: LiveSer
 def test_an_empty_message_an_example_and_a_stop(browser, live: LiveServer) -> None:
     """An empty Enter gets a notice and leaves the chat usable; an example fills the box and keeps
     the user's settings; a stopped answer says it was stopped."""
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
-    page.set_default_timeout(30_000)
-    page.goto(live.url)
-    box = page.locator("#chat-input textarea")
+    page, box = open_chat(browser, live, 1440, 900)
     box.fill("   ")
     box.press("Enter")
     page.get_by_text("Please type a message first.").wait_for()
