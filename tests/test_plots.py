@@ -161,9 +161,10 @@ def test_kv_formula_uses_the_models_numbers() -> None:
     assert "45.0 KiB per token" in text and "256 blocks = 4,096 token slots" in text
 
 
-def test_idle_buckets_read_zero_throughput_and_break_the_state_lines() -> None:
+def test_idle_buckets_read_zero_throughput_and_hold_the_state() -> None:
     """Steps for 1 s, 3 s of nothing, steps again: the rate is 0 in the gap (dropping those buckets
-    once showed 63 tok/s against the counter's 25), and running/waiting and the waste lines break."""
+    once showed 63 tok/s against the counter's 25), and running/waiting and the waste lines hold
+    their last value as steps instead of sloping straight across the gap."""
     history = MetricsHistory(bucket_s=0.5)
     waste = KvWaste(paged_reserved=160, paged_stored=120, contiguous_reserved=1000, contiguous_stored=120)
     times = [100.0 + 0.25 * i for i in range(4)] + [104.0 + 0.25 * i for i in range(4)]
@@ -175,12 +176,30 @@ def test_idle_buckets_read_zero_throughput_and_break_the_state_lines() -> None:
     running = next(t for t in tp.data if t.name == "running")
     assert list(decode.y) == [8.0, 8.0] + [0.0] * 6 + [8.0, 8.0] + [0.0] * 2  # to the last complete bucket
     assert sum(y * 0.5 for y in decode.y) == 2 * len(times)  # the counter's tokens, all of them
-    assert running.y[2] is None and running.y[0] is not None
+    assert running.y[2] == running.y[1] and running.line.shape == "hv"
     contiguous = kv_memory_figure(view).data[-1]
-    assert contiguous.y[3] is None and not contiguous.connectgaps
+    assert contiguous.y[3] == contiguous.y[1] and contiguous.line.shape == "hv"
 
 
 def test_no_nan_in_latency_titles() -> None:
     fig = latency_figure(MetricsHistory().view(now=0.0))
     titles = " ".join(a.text for a in fig.layout.annotations)
     assert "nan" not in titles and "p50 –" in titles and "TPOT" in titles
+
+
+def test_64_live_requests_get_64_distinct_colours_kept_for_life() -> None:
+    from ui.request_colors import PALETTE_SIZE, RequestColors, palette
+
+    colors = palette()
+    rgb = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in colors]
+    closest = min(sum((a - b) ** 2 for a, b in zip(p, q)) ** 0.5 for i, p in enumerate(rgb) for q in rgb[i + 1:])
+    assert len(set(colors)) == PALETTE_SIZE and closest > 30  # no two alike to the eye
+    assert all(max(c) - min(c) > 40 for c in rgb)  # none grey or white, the colours of free blocks
+    book = RequestColors()
+    first = book.update(f"r{i}" for i in range(64))
+    assert len(set(first.values())) == 64
+    after = book.update([f"r{i}" for i in range(1, 64)] + ["new"])  # r0 ended, "new" arrived
+    assert all(after[f"r{i}"] == first[f"r{i}"] for i in range(1, 64))  # nobody's colour moved
+    assert after["new"] == first["r0"]  # the only free colour: the one r0 gave back
+    fig = block_map_figure(two_requests_sharing_a_prefix(), {"alice": "#123456", "bob": "#654321"})
+    assert "#123456" in str(fig.data[0].colorscale) and "#654321" in str(fig.data[0].colorscale)

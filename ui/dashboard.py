@@ -20,6 +20,7 @@ from ui.kv_formula import kv_formula_markdown
 from ui.load_generator import LoadGenerator, LoadRefused, LoadStatus
 from ui.plots import (block_map_figure, kv_memory_figure, latency_figure, latency_summary, throughput_figure,
                       utilization_figure)
+from ui.request_colors import RequestColors
 from ui.utilization import UtilizationMonitor
 
 
@@ -59,6 +60,7 @@ class DashboardData:
                  ttl: float = 0.5) -> None:
         self.engine, self.utilization, self.load, self.ttl = engine, utilization, load, ttl
         self.model_name = model_name
+        self.colors = RequestColors()  # a live request keeps its colour; no two live ones alike
         self._lock = threading.Lock()
         self._at = -math.inf
         self._outputs: tuple[Any, ...] = ()
@@ -73,7 +75,8 @@ class DashboardData:
     def _build(self) -> tuple[Any, ...]:
         self.utilization.sample()
         view, bm = self.engine.history.view(), self.engine.block_map
-        return (headline_markdown(view, bm, self.load.status(), self.engine.alive), block_map_figure(bm),
+        colors = self.colors.update(s.request_id for s in bm.seqs)
+        return (headline_markdown(view, bm, self.load.status(), self.engine.alive), block_map_figure(bm, colors),
                 kv_memory_figure(view), utilization_figure(self.utilization.view()), latency_figure(view),
                 throughput_figure(view))
 

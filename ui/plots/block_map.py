@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import plotly.graph_objects as go
 
@@ -41,7 +42,7 @@ def grid_columns(num_blocks: int) -> int:
     return 32 if num_blocks <= 256 else 64 if num_blocks <= 2048 else 128
 
 
-def _cell(bm: BlockMapSnapshot, block_id: int) -> BlockCell:
+def _cell(bm: BlockMapSnapshot, block_id: int, color_of: Callable[[str], str]) -> BlockCell:
     holders, cached = bm.owners[block_id], bm.cached[block_id]
     if not holders:
         color = CACHED_FREE_COLOR if cached else FREE_COLOR
@@ -59,7 +60,7 @@ def _cell(bm: BlockMapSnapshot, block_id: int) -> BlockCell:
         lines.append(f"shared by {len(holders)} sequences")
     if cached:
         lines.append("in the prefix cache")
-    return BlockCell(block_id, request_color(request_id), request_id, len(holders) > 1, cached, "<br>".join(lines))
+    return BlockCell(block_id, color_of(request_id), request_id, len(holders) > 1, cached, "<br>".join(lines))
 
 
 def _mix(color: str, background: str, share: float) -> str:
@@ -68,7 +69,7 @@ def _mix(color: str, background: str, share: float) -> str:
     return "#" + "".join(f"{round(x * share + y * (1 - share)):02x}" for x, y in zip(a, b))
 
 
-def _group_cell(bm: BlockMapSnapshot, lo: int, hi: int) -> BlockCell:
+def _group_cell(bm: BlockMapSnapshot, lo: int, hi: int, color_of: Callable[[str], str]) -> BlockCell:
     holders = [bm.owners[i] for i in range(lo, hi)]
     used = [h for h in holders if h]
     cached = sum(bm.cached[lo:hi])
@@ -86,17 +87,23 @@ def _group_cell(bm: BlockMapSnapshot, lo: int, hi: int) -> BlockCell:
         return BlockCell(lo, color, None, False, cached > 0, "<br>".join(lines), hi - lo)
     request_id = by_request.most_common(1)[0][0]
     shade = math.ceil(SHADES * len(used) / (hi - lo)) / SHADES
-    return BlockCell(lo, _mix(request_color(request_id), FREE_COLOR, shade), request_id, shared > 0, cached > 0,
+    return BlockCell(lo, _mix(color_of(request_id), FREE_COLOR, shade), request_id, shared > 0, cached > 0,
                      "<br>".join(lines), hi - lo)
 
 
-def block_cells(bm: BlockMapSnapshot) -> list[BlockCell]:
+def _color_lookup(colors: Mapping[str, str] | None) -> Callable[[str], str]:
+    return lambda request_id: (colors or {}).get(request_id) or request_color(request_id)
+
+
+def block_cells(bm: BlockMapSnapshot, colors: Mapping[str, str] | None = None) -> list[BlockCell]:
     """One cell per physical block in block-id order; past MAX_CELLS blocks, one per run of
-    blocks_per_cell consecutive blocks."""
+    blocks_per_cell consecutive blocks. `colors`: each live request's colour (ui.request_colors);
+    a request not in it gets one from its id."""
+    color_of = _color_lookup(colors)
     group = blocks_per_cell(bm.num_blocks)
     if group == 1:
-        return [_cell(bm, i) for i in range(bm.num_blocks)]
-    return [_group_cell(bm, lo, min(lo + group, bm.num_blocks)) for lo in range(0, bm.num_blocks, group)]
+        return [_cell(bm, i, color_of) for i in range(bm.num_blocks)]
+    return [_group_cell(bm, lo, min(lo + group, bm.num_blocks), color_of) for lo in range(0, bm.num_blocks, group)]
 
 
 def _heatmap(cells: list[BlockCell], cols: int) -> go.Heatmap:
@@ -114,11 +121,11 @@ def _heatmap(cells: list[BlockCell], cols: int) -> go.Heatmap:
                       showscale=False, xgap=2, ygap=2, name="blocks")
 
 
-def _legend(fig: go.Figure, cells: list[BlockCell]) -> None:
+def _legend(fig: go.Figure, cells: list[BlockCell], color_of: Callable[[str], str]) -> None:
     entries = [("free", FREE_COLOR, "square"), ("cached, free", CACHED_FREE_COLOR, "square"),
                ("shared (refcount > 1)", "white", "square-open")]
     requests = list(dict.fromkeys(c.request_id for c in cells if c.request_id))
-    entries += [(r, request_color(r), "square") for r in requests[:MAX_LEGEND_REQUESTS]]
+    entries += [(r, color_of(r), "square") for r in requests[:MAX_LEGEND_REQUESTS]]
     for name, color, symbol in entries:
         line = {"color": SHARED_LINE_COLOR, "width": 2} if symbol == "square-open" else {"width": 0}
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, showlegend=True,
@@ -126,9 +133,10 @@ def _legend(fig: go.Figure, cells: list[BlockCell]) -> None:
                                          "symbol": symbol, "size": 12, "line": line}))
 
 
-def block_map_figure(bm: BlockMapSnapshot) -> go.Figure:
-    """Cells left to right, top to bottom from block 0; shared blocks outlined in black."""
-    cells = block_cells(bm)
+def block_map_figure(bm: BlockMapSnapshot, colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Cells left to right, top to bottom from block 0; shared blocks outlined in black. `colors`:
+    see block_cells."""
+    cells = block_cells(bm, colors)
     cols = grid_columns(len(cells))
     fig = go.Figure(_heatmap(cells, cols))
     shared = [i for i, c in enumerate(cells) if c.shared]
@@ -136,7 +144,7 @@ def block_map_figure(bm: BlockMapSnapshot) -> go.Figure:
         x=[i % cols for i in shared], y=[i // cols for i in shared], mode="markers",
         name="shared", showlegend=False, hoverinfo="skip",
         marker={"symbol": "square-open", "size": 12, "color": SHARED_LINE_COLOR, "line": {"width": 2}}))
-    _legend(fig, cells)
+    _legend(fig, cells, _color_lookup(colors))
     s = bm.stats
     title = (f"KV block map: {s.used} used ({s.shared} shared) · {s.cached_free} cached-free · {s.free} free"
              f" of {s.total} blocks × {bm.block_size} tokens")

@@ -42,13 +42,23 @@ def seconds_ago(t: float, now: float) -> float:
 
 def bucket_grid(points: Sequence[Any], now: float, bucket_s: float, window_s: float) -> list[tuple[float, Any]]:
     """Every bucket of the window up to the last complete one, as (start, its point or None): a
-    bucket in which no step ran is there too, so that a rate reads 0 and a state line breaks, rather
-    than being drawn straight across the idle gap. The bucket still filling is left out (its rate
-    would read low)."""
+    bucket in which no step ended is there too, so that a rate reads 0 there rather than being
+    drawn straight across the gap. The bucket still filling is left out (its rate would read low)."""
     by_start = {round(p.t / bucket_s): p for p in points}
     last = math.floor(now / bucket_s) - 1  # the newest complete bucket
     first = max(last - int(window_s / bucket_s) + 1, min(by_start, default=last + 1))
     return [(k * bucket_s, by_start.get(k)) for k in range(first, last + 1)]
+
+
+def held(grid: list[tuple[float, Any]]) -> list[Any]:
+    """Each bucket's point, or the last one before it where no step ended: a state (blocks, queue
+    lengths) holds until the next step changes it, idle or during a long step alike. Drawn as
+    steps ("hv"), never as a slope from one value to a distant other."""
+    out, last = [], None
+    for _, point in grid:
+        last = point or last
+        out.append(last)
+    return out
 
 
 def ms_text(value: float) -> str:

@@ -6,7 +6,7 @@ from plotly.subplots import make_subplots
 
 from engine.metrics_history import HistoryView
 from ui.plots.common import (CACHED_COLOR, CONTIGUOUS_COLOR, FREE_COLOR, PAGED_COLOR, USED_COLOR, bucket_grid,
-                             empty_note, layout, seconds_ago)
+                             empty_note, held, layout, seconds_ago)
 
 
 def kv_memory_figure(view: HistoryView, window_s: float = 120.0) -> go.Figure:
@@ -23,13 +23,13 @@ def kv_memory_figure(view: HistoryView, window_s: float = 120.0) -> go.Figure:
     ):
         fig.add_trace(go.Scatter(x=x, y=values, name=name, stackgroup="blocks", mode="lines",
                                  line={"width": 0.5, "color": color}, fillcolor=color), row=1, col=1)
-    grid = bucket_grid(view.points, view.now, view.bucket_s, window_s)  # waste lines break where nothing ran
+    grid = bucket_grid(view.points, view.now, view.bucket_s, window_s)
     gx = [seconds_ago(t, view.now) for t, _ in grid]
     for name, color, field in (("paged (ours)", PAGED_COLOR, "paged_fraction"),
                                ("contiguous, max length", CONTIGUOUS_COLOR, "contiguous_fraction")):
-        values = [100 * getattr(p.waste, field) if p else None for _, p in grid]
-        fig.add_trace(go.Scatter(x=gx, y=values, name=name, mode="lines", line={"color": color, "width": 2},
-                                 connectgaps=False), row=2, col=1)
+        values = [100 * getattr(p.waste, field) if p else None for p in held(grid)]  # steps, held between changes
+        fig.add_trace(go.Scatter(x=gx, y=values, name=name, mode="lines",
+                                 line={"color": color, "width": 2, "shape": "hv"}), row=2, col=1)
     fig.update_yaxes(range=[0, 100], row=2, col=1)
     fig.update_xaxes(range=[-window_s, 0])
     waste = view.latest_waste

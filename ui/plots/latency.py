@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.metrics_history import HistoryView
-from ui.plots.common import (DECODE_COLOR, PREFILL_COLOR, bucket_grid, empty_note, layout, ms_text, percentile,
-                             seconds_ago)
+from ui.plots.common import (DECODE_COLOR, PREFILL_COLOR, bucket_grid, empty_note, held, layout, ms_text,
+                             percentile, seconds_ago)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def latency_figure(view: HistoryView, window_s: float = 60.0) -> go.Figure:
 
 def throughput_figure(view: HistoryView, window_s: float = 120.0) -> go.Figure:
     """Top: prefill and decode tokens/s, from the engine's token counts in each bucket (0 where no
-    step ran). Bottom: batch size, running and waiting sequences (broken where no step ran)."""
+    step ended). Bottom: batch size, running and waiting sequences, held as steps between changes."""
     grid = bucket_grid(view.points, view.now, view.bucket_s, window_s)
     points = [p for _, p in grid if p is not None]
     x = [seconds_ago(t, view.now) for t, _ in grid]
@@ -71,11 +71,11 @@ def throughput_figure(view: HistoryView, window_s: float = 120.0) -> go.Figure:
                                ("decode tok/s", "decode_tokens", DECODE_COLOR)):
         rates = [getattr(p, field) * per_s if p else 0.0 for _, p in grid]
         fig.add_trace(go.Scatter(x=x, y=rates, name=name, line={"color": color, "shape": "hv"}), row=1, col=1)
+    states = held(grid)
     for name, field, color in (("max batch size", "max_batch_size", "#7c3aed"), ("running", "num_running", "#16a34a"),
                                ("waiting", "num_waiting", "#dc2626")):
-        values = [getattr(p, field) if p else None for _, p in grid]
-        fig.add_trace(go.Scatter(x=x, y=values, name=name, line={"color": color, "shape": "hv"}, connectgaps=False),
-                      row=2, col=1)
+        values = [getattr(p, field) if p else None for p in states]
+        fig.add_trace(go.Scatter(x=x, y=values, name=name, line={"color": color, "shape": "hv"}), row=2, col=1)
     fig.update_xaxes(range=[-window_s, 0])
     layout(fig, "Throughput and batch (x: seconds ago)", height=420)
     if not points:
