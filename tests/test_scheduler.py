@@ -160,7 +160,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if not hasattr(self, "s"):
             return
-        for _ in range(400):  # 10 blocks hold any one sequence (40 tokens), so everything drains
+        for _ in range(3000):  # 10 blocks hold any one sequence (40 tokens), so everything drains (a 1-token cap is slow)
             if not self.s.has_unfinished:
                 break
             fake_step(self.s)
