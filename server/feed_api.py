@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.block_map import BlockMapSnapshot
 from engine.engine_thread import EngineThread
 from engine.event_feed import SCHEMA_VERSION
+from server.openai_api import SSE_HEADERS
 from server.trace_events import trace_events
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def snapshot_json(bm: BlockMapSnapshot) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from engine.sampling_params import SamplingParams
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer or cache a stream
 Chunk = Callable[[RequestOutput, bool], dict[str, Any]]  # (output, first of its sample) -> choice
 
 
@@ -172,7 +173,7 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
         call = _Call(handle, model, "cmpl", "text_completion")
     if stream:
         events = _event_stream(call, first, _chat_chunk if chat else _text_chunk, include_usage, watch)
-        return StreamingResponse(events, media_type="text/event-stream")
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     texts: dict[int, RequestOutput] = {}
     try:
         async for out in _outputs(call, first):

@@ -99,7 +99,9 @@ def test_a_long_answer_outlives_the_deadlines(live: LiveServer) -> None:
     start, lines = time.monotonic(), []
     with httpx.stream("POST", live.url + COMPLETIONS, json=body, timeout=60) as response:
         lines = [line for line in response.iter_lines() if line]
+        headers = response.headers
     assert time.monotonic() - start > LIMITS.header_timeout + LIMITS.body_timeout  # outlived both
+    assert headers["cache-control"] == "no-cache" and headers["x-accel-buffering"] == "no"  # proxies pass it on
     assert lines[-1] == "data: [DONE]" and len(lines) > 150
 
 
