@@ -119,16 +119,14 @@ class EngineThread:
         RequestRejected for a prompt that cannot be encoded, and EngineDeadError at once when the
         engine thread is not running.
         """
-        if not self.alive:
-            raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
+        self._check_alive()
         return self._queue(self._encode(prompt), params, request_id, loop)
 
     async def submit_async(self, prompt: Prompt, params: SamplingParams,
                            request_id: str | None = None) -> RequestStream:
         """`submit` for a coroutine: the prompt is tokenized in a worker thread (the event loop
         stays free), and the stream is read with `async for` on the running loop."""
-        if not self.alive:
-            raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
+        self._check_alive()
         token_ids = await asyncio.to_thread(self._encode, prompt)
         return self._queue(token_ids, params, request_id, asyncio.get_running_loop())
 
@@ -146,10 +144,13 @@ class EngineThread:
         request_id = request_id or f"req-{next(self._ids)}"
         stream = RequestStream(request_id, self.abort, loop)
         with self._lock:
-            if not self.alive:
-                raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
+            self._check_alive()
             self._inbox.put(_Add(stream, token_ids, params))
         return stream
+
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise EngineDeadError(f"the engine is not running ({self._error or 'stopped'})")
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (no-op if it already finished)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import os
 import socket
 from typing import Any, Awaitable, Callable
 
 import psutil
+
+from server.errors import send_error
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -65,12 +66,7 @@ async def _refuse(send: Send, status: int, message: str, code: str, headers: lis
     if websocket:  # refused before accept: the client sees HTTP 403
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, message, code, headers)
 
 
 class AccessControl:

@@ -2,10 +2,11 @@
 before they are read (Content-Length) or as soon as a chunked body passes the limit."""
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable
 
 from starlette.exceptions import HTTPException
+
+from server.errors import send_error
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -51,10 +52,4 @@ class BodyLimit:
         return f"the request body{size} is over this server's limit of {self.max_bytes:,} bytes"
 
     async def _refuse(self, send: Send, size: str) -> None:
-        message = self._message(size)
-        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                     "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, self._message(size), "request_too_large", [(b"connection", b"close")])

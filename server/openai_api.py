@@ -22,22 +22,12 @@ from engine.outputs import RequestOutput
 from engine.prompt_encoder import PromptTooLong, check_prompt_chars
 from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
+from server.errors import clip, error_body
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer or cache a stream
 Chunk = Callable[[RequestOutput, bool], dict[str, Any]]  # (output, first of its sample) -> choice
-
-
-MAX_MESSAGE = 300  # characters of an error message: it may quote what the client sent
-
-
-def clip(text: str, limit: int = MAX_MESSAGE) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": clip(message), "type": kind, "param": None, "code": None}}
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error",
