@@ -6,20 +6,23 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from engine.engine_info import EngineInfo
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.engine_thread import EngineThread
 from engine.llm_engine import LLMEngine
 from server.access import LOOPBACK, default_allowed_hosts
 from server.foreground import serve
-from server.http_app import build_http_app
+from server.http_app import build_http_app, build_replay_app
 from server.limits import ServerLimits
-from server.recording import FeedRecorder
+from server.recording import FeedRecorder, read_recording
+from server.replay import ReplaySource
 from ui.layout import build_ui
 from ui.load_generator import LoadGenerator, LoadPolicy, load_prompts
-from ui.utilization import UtilizationMonitor
+from ui.live_view import live_view_router
 
 PROMPTS = Path(__file__).parent / "assets" / "prompts.txt"
 ENGINE_DIED = 70  # the exit status when the engine thread died (EX_SOFTWARE)
@@ -50,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-prefix-caching", action="store_true", help="turn off prefix sharing")
     p.add_argument("--record", default=None, metavar="FILE",
                    help="write the engine's event feed to FILE as it runs (JSON Lines; gzip if it ends in .gz)")
+    p.add_argument("--replay", default=None, metavar="FILE",
+                   help="serve the dashboard from a recording (made with --record) played in a loop, with no "
+                        "engine and no chat: shows a GPU run where there is no GPU")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     safety = p.add_argument_group("safety on a public server")
@@ -129,9 +135,21 @@ def build_app(config: EngineConfig, name: str, load_seed: int | None = None, pol
     """The engine on its thread, the load generator, and the HTTP app carrying API and UI."""
     engine = EngineThread(LLMEngine(config)).start()
     load = LoadGenerator(engine, load_prompts(PROMPTS), seed=load_seed, policy=policy)
-    utilization = UtilizationMonitor(engine.info.device, engine.history.busy_fraction)
-    ui = build_ui(engine, load, utilization, name)
-    return build_http_app(engine, name, ui, limits, hosts, api_key), engine, load
+    ui = build_ui(engine.info, name, engine, load)
+    return build_http_app(engine, name, ui, limits, hosts, api_key, routers=[live_view_router()]), engine, load
+
+
+def build_replay(path: str, limits: ServerLimits = ServerLimits(), hosts: list[str] | None = None,
+                 speed: float = 1.0) -> tuple[Any, ReplaySource]:
+    """The dashboard over a recording played in a loop, and the source playing it."""
+    recording = read_recording(path)
+    header = recording.header
+    info = EngineInfo(**header["engine"])
+    label = (f"{header['model']} on {header['engine'].get('device', '?')}, "
+             f"{len(recording.records):,} steps recorded {time.strftime('%Y-%m-%d', time.gmtime(header['started']))}")
+    source = ReplaySource(recording, speed=speed).start()
+    ui = build_ui(info, header["model"], replay=label)
+    return build_replay_app(source, label, ui, limits, hosts, routers=[live_view_router()]), source
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     and exit 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.replay:
+        app, source = build_replay(args.replay, server_limits(args), allowed_hosts(args))
+        logging.info("PagedChat replaying %s on http://%s:%d", args.replay, args.host, args.port)
+        serve(app, args.host, args.port, on_shutdown=source.stop, limits=server_limits(args))
+        return
     app, engine, load = build_app(engine_config(args), served_name(args), policy=load_policy(args),
                                   limits=server_limits(args), hosts=allowed_hosts(args), api_key=args.api_key)
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)

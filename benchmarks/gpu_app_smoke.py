@@ -9,9 +9,8 @@ large to carry to the GPU machine):
 3. N users at once through the OpenAI API (prompts of 100-1,024 random words, 256 new tokens each,
    streamed): TTFT and inter-token latency as each client sees them, and the aggregate output tok/s;
 4. /metrics while they run and after;
-5. SIGTERM: the app must exit within 30 s, status 0;
-6. in this process, the app as `app.build_app` wires it, with the dashboard's load generator at N
-   users for 15 s: each refresh builds all five figures, and the utilization panel reads NVML.
+5. SIGTERM: the app must exit within 30 s, status 0.
+(The dashboard, drawn in the browser, has its own benchmark: benchmarks/browser_budget.py.)
 Prints a table; exits 1 if any check failed.
 """
 from __future__ import annotations
@@ -142,42 +141,6 @@ def app_subprocess(model_dir: Path, users: int, new_tokens: int, port: int) -> d
         log.close()
 
 
-def dashboard_in_process(model_dir: Path, device: str, users: int, seconds: float) -> None:
-    from app import build_app
-    from engine.config import EngineConfig
-    from ui.dashboard import DashboardData
-
-    _, engine, load = build_app(EngineConfig(model=str(model_dir), device=device), "qwen3-0.6b-random", load_seed=0)
-    try:
-        data = DashboardData(engine, utilization_monitor(engine), load, "qwen3-0.6b-random", ttl=0.0)
-        load.start(users)
-        built, times = 0, []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            outputs = data.refresh()
-            times.append(time.perf_counter() - start)
-            built += all(fig is not None for fig in outputs[1:])
-            time.sleep(max(0.0, 1.0 - times[-1]))
-        view = data.utilization.view()
-        peak = max((s.compute_pct for s in view.samples), default=0.0)
-        check("every dashboard refresh built all five figures", built == len(times) >= 3,
-              f"({built} refreshes, {statistics.mean(times) * 1e3:.0f} ms each, {engine.info.num_blocks} blocks)")
-        check("utilization panel reads the GPU through NVML", view.kind == ("gpu" if device == "cuda" else "cpu")
-              and peak > 0,
-              f"{view.compute_label}, peak {peak:.0f}%")
-        print(outputs[0])
-    finally:
-        load.stop()
-        engine.stop()
-
-
-def utilization_monitor(engine):
-    from ui.utilization import UtilizationMonitor
-
-    return UtilizationMonitor(engine.info.device, engine.history.busy_fraction, min_interval=0.2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", default="/tmp/qwen3-0.6b-random")
@@ -192,7 +155,6 @@ def main() -> None:
                 intermediate_size=128, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
     model_dir = make_model_dir(args.model_dir, shape=None if args.device == "cuda" else tiny)
     f = app_subprocess(model_dir, args.users, args.new_tokens, args.port)
-    dashboard_in_process(model_dir, args.device, args.users, 15.0)
     print()
     hardware = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (dry run, tiny model)"
     print(f"hardware: {hardware}, torch {torch.__version__}")

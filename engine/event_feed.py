@@ -3,11 +3,15 @@
 Schema (version `SCHEMA_VERSION`; a change of meaning bumps it):
 
   StepRecord   step, wall_time (Unix seconds at the step's start), duration (seconds),
-               num_prefill_tokens, num_decode_tokens, blocks_used, blocks_cached_free,
-               num_blocks, requests: [RequestEvent], blocks: [BlockEvent]
-  RequestEvent request_id, sample (index among the request's n), seq_id, phase, tokens, reason
+               num_prefill_tokens, num_decode_tokens, num_output_tokens (tokens sampled: each
+               decode's, plus the first of each prompt the step finished), blocks_used,
+               blocks_cached_free, num_blocks, requests: [RequestEvent], blocks: [BlockEvent]
+  RequestEvent request_id, sample (index among the request's n), seq_id, phase, tokens, reason,
+               samples (tokens the sequence drew at the end of this step: 1 for a decode, n for
+               the chunk that finishes an n-sample prompt, 0 for an earlier chunk)
                phase is one of
-                 waiting   the request arrived (or came back from preemption: see preempted)
+                 waiting   the request arrived, with a prompt of `tokens` tokens (a preempted
+                           one waits again without a new event: see preempted)
                  prefill   fed `tokens` prompt tokens this step (a chunk, or a recompute)
                  decode    fed its newest token this step
                  forked    a new sample of an n > 1 request, sharing the parent's blocks
@@ -32,7 +36,7 @@ from typing import Any, NamedTuple
 
 from engine.block_manager import BlockEvent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: num_output_tokens, samples, a waiting event's prompt length
 PHASES = ("waiting", "prefill", "decode", "forked", "preempted", "finished")
 
 
@@ -41,8 +45,9 @@ class RequestEvent(NamedTuple):
     sample: int
     seq_id: int
     phase: str
-    tokens: int = 0  # prefill: tokens fed; decode: 1
+    tokens: int = 0  # waiting: prompt length; prefill: tokens fed; decode: 1
     reason: str | None = None  # finished: stop | length | abort | error
+    samples: int = 0  # tokens drawn at the step's end
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,7 @@ class StepRecord:
     duration: float
     num_prefill_tokens: int
     num_decode_tokens: int
+    num_output_tokens: int
     blocks_used: int
     blocks_cached_free: int
     num_blocks: int
@@ -62,9 +68,17 @@ class StepRecord:
         """Plain JSON types, events as objects with named fields."""
         return {"step": self.step, "wall_time": self.wall_time, "duration": self.duration,
                 "num_prefill_tokens": self.num_prefill_tokens, "num_decode_tokens": self.num_decode_tokens,
+                "num_output_tokens": self.num_output_tokens,
                 "blocks_used": self.blocks_used, "blocks_cached_free": self.blocks_cached_free,
                 "num_blocks": self.num_blocks, "requests": [e._asdict() for e in self.requests],
                 "blocks": [e._asdict() for e in self.blocks]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StepRecord":
+        """The inverse of `to_json` (a recorded run read back)."""
+        fields = {k: v for k, v in data.items() if k not in ("requests", "blocks")}
+        return cls(**fields, requests=tuple(RequestEvent(**e) for e in data["requests"]),
+                   blocks=tuple(BlockEvent(**b) for b in data["blocks"]))
 
 
 class EventFeed:
@@ -91,6 +105,11 @@ class EventFeed:
             self._records.append(record)
             self._next += 1
 
+    def skip(self) -> None:
+        """Leave one index without a record: readers see a gap (a replay starting over)."""
+        with self._lock:
+            self._next += 1
+
     def since(self, index: int) -> tuple[int, list[StepRecord]]:
         """(the index of the first record returned, the records from `index` on). Records already
         dropped from the ring are skipped: the first index returned may be larger than asked."""
@@ -108,22 +127,24 @@ class StepRecorder:
         self.feed = feed
         self._requests: list[RequestEvent] = []
 
-    def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None) -> None:
+    def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None, samples: int = 0) -> None:
         """`seq` is an engine.sequence.Sequence (typed loosely: this module imports no engine state)."""
-        self._requests.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason))
+        self._requests.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason,
+                                           samples))
 
     def scheduled(self, out: Any) -> None:
         """A SchedulerOutput: its preempted sequences, then what each scheduled one feeds."""
         for seq in out.preempted:
             self.note(seq, "preempted")
         for item in out.scheduled:
-            self.note(item.seq, "decode" if item.is_decode else "prefill", item.num_new_tokens)
+            self.note(item.seq, "decode" if item.is_decode else "prefill", item.num_new_tokens,
+                      samples=item.num_samples)
 
     def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
-                   blocks: Any) -> None:
+                   num_output: int, blocks: Any) -> None:
         """`blocks` is the BlockManager: its events since the last step go into this record."""
         stats = blocks.stats()
-        self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, stats.used,
+        self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, num_output, stats.used,
                                     stats.cached_free, stats.total, tuple(self._requests),
                                     tuple(blocks.take_events())))
         self._requests = []
@@ -134,6 +155,6 @@ class StepRecorder:
         events = blocks.take_events()
         if self._requests or events:
             stats = blocks.stats()
-            self.feed.append(StepRecord(step, wall_time, 0.0, 0, 0, stats.used, stats.cached_free, stats.total,
+            self.feed.append(StepRecord(step, wall_time, 0.0, 0, 0, 0, stats.used, stats.cached_free, stats.total,
                                         tuple(self._requests), tuple(events)))
             self._requests = []

@@ -100,7 +100,7 @@ class LLMEngine:
         self._live[request_id] = params.n
         self.scheduler.add(seq)
         if self._recorder:
-            self._recorder.note(seq, "waiting")
+            self._recorder.note(seq, "waiting", len(token_ids))
         return seq
 
     def abort(self, request_id: str) -> list[RequestOutput]:
@@ -165,7 +165,7 @@ class LLMEngine:
         out = self.scheduler.schedule()
         if self._recorder:
             self._recorder.scheduled(out)
-        pending, fault = None, None
+        pending, fault, num_output = None, None, 0
         if not out.is_empty:
             try:
                 chunks, rows = self._prepare(out)
@@ -179,6 +179,7 @@ class LLMEngine:
             try:
                 tokens = pending.result()
                 grew = self.scheduler.update(out, self._split(out, tokens))
+                num_output = len(tokens)
             except Exception as exc:  # noqa: BLE001
                 fault = exc
             else:
@@ -201,7 +202,7 @@ class LLMEngine:
             self.block_manager.check_integrity()
         snapshot = self._snapshot(out, start, num_prefill, num_decode)
         if self._recorder:
-            self._recorder.close_step(snapshot.step, wall, snapshot.step_time, num_prefill, num_decode,
+            self._recorder.close_step(snapshot.step, wall, snapshot.step_time, num_prefill, num_decode, num_output,
                                       self.block_manager)
         return StepOutput(outputs, snapshot)
 

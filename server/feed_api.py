@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.block_map import BlockMapSnapshot
 from engine.engine_thread import EngineThread
-from engine.event_feed import SCHEMA_VERSION
+from engine.event_feed import SCHEMA_VERSION, EventFeed
 from server.openai_api import SSE_HEADERS
 from server.trace_events import trace_events
-
 
 
 def snapshot_json(bm: BlockMapSnapshot) -> dict[str, Any]:
@@ -40,13 +39,47 @@ def _event(kind: str, data: Any, index: int | None = None) -> str:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def feed_events(engine: EngineThread, interval: float = 0.1, keep_alive: float = 10.0) -> AsyncIterator[str]:
-    """The SSE stream of one reader; ends when the engine stops."""
-    feed = engine.feed
-    bm = engine.block_map
-    yield _event("snapshot", snapshot_json(bm))
-    cursor, quiet = bm.feed_index, 0.0
-    while engine.alive:
+class FeedSource(Protocol):
+    """What the feed's endpoints read: the engine (EngineFeed) or a recording played back
+    (server.replay.ReplaySource)."""
+
+    @property
+    def feed(self) -> EventFeed | None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state now (`snapshot_json`'s shape), with the feed index it was taken at."""
+        ...
+
+
+class EngineFeed:
+    """The engine thread's feed and block map as a FeedSource."""
+
+    def __init__(self, engine: EngineThread) -> None:
+        self.engine = engine
+
+    @property
+    def feed(self) -> EventFeed | None:
+        return self.engine.feed
+
+    @property
+    def alive(self) -> bool:
+        return self.engine.alive
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot_json(self.engine.block_map)
+
+
+async def feed_events(source: FeedSource, interval: float = 0.1, keep_alive: float = 10.0) -> AsyncIterator[str]:
+    """The SSE stream of one reader; ends when the source stops."""
+    feed = source.feed
+    assert feed is not None
+    snapshot = source.snapshot()
+    yield _event("snapshot", snapshot)
+    cursor, quiet = snapshot["feed_index"], 0.0
+    while source.alive:
         first, records = feed.since(cursor)
         if first > cursor:
             yield _event("gap", {"missed": first - cursor})
@@ -61,19 +94,19 @@ async def feed_events(engine: EngineThread, interval: float = 0.1, keep_alive: f
         quiet += interval
 
 
-def build_feed_router(engine: EngineThread) -> APIRouter:
+def build_feed_router(source: FeedSource) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/feed")
     async def feed() -> Any:
-        if engine.feed is None:
+        if source.feed is None:
             return JSONResponse({"error": {"message": "this engine records no event feed", "type": "not_found_error",
                                            "param": None, "code": None}}, 404)
-        return StreamingResponse(feed_events(engine), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(feed_events(source), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @router.get("/api/feed/trace")
     def trace() -> Any:  # a plain def: FastAPI runs it in a worker thread, off the event loop
-        records = engine.feed.since(0)[1] if engine.feed is not None else []
+        records = source.feed.since(0)[1] if source.feed is not None else []
         return JSONResponse(trace_events(records),
                             headers={"Content-Disposition": 'attachment; filename="pagedchat-trace.json"'})
 

@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from engine.engine_thread import EngineThread
 from server.access import AccessControl
 from server.body_limit import BodyLimit
-from server.feed_api import build_feed_router
+from server.feed_api import EngineFeed, build_feed_router
 from server.limits import ServerLimits
 from server.openai_api import build_openai_router, error_response
+from server.replay import ReplaySource
 from server.prometheus import CONTENT_TYPE, render_metrics
 
 # Gradio's defaults run one event at a time per listener and 40 events in all: far below what
@@ -24,14 +25,17 @@ UI_WORKERS = 256
 
 
 def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None, limits: ServerLimits = ServerLimits(),
-                   allowed_hosts: list[str] | None = None, api_key: str | None = None) -> FastAPI:
+                   allowed_hosts: list[str] | None = None, api_key: str | None = None,
+                   routers: list[Any] = ()) -> FastAPI:
     """The API routes for `engine`; `ui` (a gr.Blocks) is queued and mounted at / when given.
 
     Every request passes the access check (Host among `allowed_hosts`, None for any; the API key
-    on /v1 if set) and the body limit first."""
+    on /v1 if set) and the body limit first. `routers` (the UI's own assets) go in before the UI."""
     app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
     app.include_router(build_openai_router(engine, model_name))
-    app.include_router(build_feed_router(engine))
+    app.include_router(build_feed_router(EngineFeed(engine)))
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=api_key)  # the outermost
 
@@ -62,11 +66,30 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None,
         text = render_metrics(engine.history.view(), engine.block_map, engine.alive)
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
-    if ui is not None:
-        import gradio as gr
+    return _mount_ui(app, ui) if ui is not None else app
 
-        ui.max_threads = UI_WORKERS  # read by queue(): it sizes the queue's worker pool
-        ui.queue(default_concurrency_limit=UI_CONCURRENCY)
-        # the UI takes no files: uploads are refused (the body limit holds for every route anyway)
-        app = gr.mount_gradio_app(app, ui, path="/", footer_links=["api"], max_file_size=1)
-    return app
+
+def build_replay_app(source: ReplaySource, label: str, ui: Any, limits: ServerLimits = ServerLimits(),
+                     allowed_hosts: list[str] | None = None, routers: list[Any] = ()) -> FastAPI:
+    """A recording played back: the feed's endpoints, /health and the UI (no engine, no /v1)."""
+    app = FastAPI(title="PagedChat (replay)", docs_url=None, redoc_url=None)
+    app.include_router(build_feed_router(source))
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=None)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok" if source.alive else "stopped", "replay": label})
+
+    return _mount_ui(app, ui)
+
+
+def _mount_ui(app: FastAPI, ui: Any) -> FastAPI:
+    import gradio as gr
+
+    ui.max_threads = UI_WORKERS  # read by queue(): it sizes the queue's worker pool
+    ui.queue(default_concurrency_limit=UI_CONCURRENCY)
+    # the UI takes no files: uploads are refused (the body limit holds for every route anyway)
+    return gr.mount_gradio_app(app, ui, path="/", footer_links=["api"], max_file_size=1)

@@ -1,7 +1,7 @@
 """A run's event feed kept in a file (`python app.py --record FILE`), and read back.
 
 The file is JSON Lines, gzip-compressed when its name ends in .gz:
-  {"type": "header", "schema": 1, "model": ..., "engine": {EngineInfo's fields}, "started": unix time}
+  {"type": "header", "schema": 2, "model": ..., "engine": {EngineInfo's fields}, "started": unix time}
   {"type": "snapshot", ...}          the pool when recording began (see server.feed_api.snapshot_json)
   {"type": "steps", "records": [...]} step records in order (StepRecord.to_json), many lines
 The same shapes as GET /api/feed sends, so a recording can drive the same dashboard.

@@ -13,7 +13,6 @@ from live_server import LiveServer, start_live_server
 CHROMIUM = os.environ.get("PAGEDCHAT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-PLOT_IDS = ["plot-block-map", "plot-kv-memory", "plot-utilization", "plot-latency", "plot-throughput"]
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +54,16 @@ def open_chat(browser, live: LiveServer, width: int, height: int):
     return page, page.locator("#chat-input textarea")
 
 
+def wait_for_live_view(page, selector: str) -> None:
+    """Until the view in `selector` has its snapshot and has drawn."""
+    page.wait_for_function(f"() => {{ const v = (window.PagedChatLive?.instances || []).find(v => "
+                           f"v.element.closest('{selector}')); return v && v.connected && v.firstDrawAt !== null; }}")
+
+
+def view_probe(page) -> dict:
+    return page.evaluate("() => window.PagedChatLive.shown().probe()")
+
+
 def test_chat_streams_and_dashboard_draws(browser, live: LiveServer, tmp_path: Path) -> None:
     page, box = open_chat(browser, live, 1400, 1000)
     box.fill("Name three colors of the rainbow.")
@@ -67,12 +76,13 @@ def test_chat_streams_and_dashboard_draws(browser, live: LiveServer, tmp_path: P
     assert bot.inner_text().strip()
 
     page.get_by_role("tab", name="Dashboard").click()
-    page.locator("#load-start").click()  # simulated users, so the plots have something to show
-    for plot_id in PLOT_IDS:
-        page.locator(f"#{plot_id} .js-plotly-plot .main-svg").first.wait_for()
-    page.wait_for_function("() => document.querySelector('#headline')?.innerText.includes('running')")
-    page.wait_for_timeout(6_000)  # a few refreshes with the load on
-    assert page.locator("#plot-block-map .js-plotly-plot").count() == 1
+    page.locator("#load-start").click()  # simulated users, so the view has something to show
+    wait_for_live_view(page, "#live-view")
+    page.wait_for_function("() => document.querySelector('#live-view [data-tile=users] .pc-v').innerText !== '0 · 0'")
+    page.wait_for_timeout(6_000)  # a few seconds of updates with the load on
+    probe = view_probe(page)
+    assert probe["connected"] and probe["records"] > 10 and probe["updates"] >= 10
+    page.get_by_text("Why a token costs what it costs").click()
     assert "bytes per token" in page.locator("#kv-formula").inner_text()
     path = screenshot_path(tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,3 +158,78 @@ def test_an_empty_message_an_example_and_a_stop(browser, live: LiveServer) -> No
         " return m.length && m[m.length - 1].innerText.includes('(stopped)'); }")
     page.wait_for_function("() => !document.querySelector('#chat-input textarea').disabled", timeout=10_000)
     page.close()
+
+
+def engine_blocks_of(live: LiveServer, request_id: str) -> list[int]:
+    """The blocks the engine's block tables give `request_id` now (all its samples)."""
+    bm = live.engine.block_map
+    seqs = {s.seq_id for s in bm.seqs if s.request_id == request_id}
+    return sorted(b for b, holders in enumerate(bm.owners) if seqs & set(holders))
+
+
+def wait_for_load(live: LiveServer, users: int) -> None:
+    deadline = time.monotonic() + 30
+    while live.load.status().users != users or len(live.engine.block_map.seqs) < users // 2:
+        assert time.monotonic() < deadline, "the load did not start"
+        time.sleep(0.05)
+
+
+def test_a_pinned_request_shows_its_block_table_and_throughput_matches_the_counter(browser, live: LiveServer,
+                                                                                   tmp_path: Path) -> None:
+    """With 8 simulated users: the cells the view highlights for a pinned request are the blocks of
+    its block table in the engine; the output tok/s it shows is the engine's token counter over the
+    same seconds, within 5%."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(live.url)
+    page.get_by_role("tab", name="Dashboard").click()
+    wait_for_live_view(page, "#live-view")
+    page.locator("#load-start").click()
+    wait_for_load(live, 8)
+
+    # the engine's output-token counter against wall time, sampled while the view runs
+    samples: list[tuple[float, int]] = []
+
+    def counter() -> int:
+        latest = live.engine.history.view().latest
+        return latest.total_generated_tokens if latest else 0
+
+    def sample_for(seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            samples.append((time.time(), counter()))
+            time.sleep(0.02)
+
+    sample_for(7.0)
+    probe = view_probe(page)
+    sample_for(0.5)
+    rates = probe["rates"]
+
+    def at(t: float) -> float:  # the counter at wall time t, between the samples around it
+        before = max((s for s in samples if s[0] <= t), default=samples[0])
+        after = min((s for s in samples if s[0] >= t), default=samples[-1])
+        if after[0] == before[0]:
+            return before[1]
+        return before[1] + (after[1] - before[1]) * (t - before[0]) / (after[0] - before[0])
+
+    engine_rate = (at(rates["to"]) - at(rates["from"])) / (rates["to"] - rates["from"])
+    assert engine_rate > 5, f"the load produced {engine_rate:.1f} tok/s"
+    assert abs(rates["output"] - engine_rate) <= 0.05 * engine_rate, (rates, engine_rate)
+    shown = float(page.locator("#live-view [data-tile=tps] .pc-v").inner_text().replace(",", ""))
+    assert shown > 0
+
+    # pin the request of the first chip; its highlighted cells are its block table
+    page.locator("#live-view .pc-chip").last.click()  # the newest request: it lives longest
+    deadline, matched = time.monotonic() + 20, 0
+    while matched < 3:
+        assert time.monotonic() < deadline, f"highlighted {probe['highlighted']} != table {engine}"
+        before = engine_blocks_of(live, view_probe(page)["pinned"] or "")
+        probe = view_probe(page)
+        engine = engine_blocks_of(live, probe["pinned"] or "")
+        if probe["pinned"] and probe["highlighted"] == engine == before and engine:
+            matched += 1
+        page.wait_for_timeout(100)
+    page.screenshot(path=str(tmp_path / "pinned.png"), full_page=True)
+    page.locator("#load-stop").click()
+    page.close()
+    live.load.stop()

@@ -47,6 +47,7 @@ class FeedMachine(RuleBasedStateMachine):
         self.cursor = 0
         self.refs = [0] * 12
         self.hashed = [False] * 12
+        self.held: dict[int, list[int]] = {}  # seq id -> its blocks, as a dashboard tracks them from the feed
         self.phase: dict[int, str] = {}  # seq id -> its last phase
         self.requests: dict[int, str] = {}  # seq id -> request id
         self.next_id = 0
@@ -82,6 +83,8 @@ class FeedMachine(RuleBasedStateMachine):
         bm = self.engine.block_manager
         assert self.refs == [b.ref_count for b in bm.blocks]
         assert self.hashed == [b.hash is not None for b in bm.blocks]
+        tables = {seq_id: sorted(state.table) for seq_id, state in bm._seqs.items() if state.table}
+        assert {k: sorted(v) for k, v in self.held.items() if v} == tables
 
     def replay(self, record: StepRecord) -> None:
         json.dumps(record.to_json())  # plain JSON all through
@@ -97,11 +100,15 @@ class FeedMachine(RuleBasedStateMachine):
                        "finished": {"waiting", "preempted", "prefill", "decode", "forked"}}[e.phase]
             assert before in allowed, f"{e.request_id} seq {e.seq_id}: {before} -> {e.phase}"
             assert (e.reason is not None) == (e.phase == "finished")
+            assert e.samples == (1 if e.phase == "decode" else e.samples if e.phase == "prefill" else 0)
+            assert e.phase != "waiting" or e.tokens > 0, "a waiting event carries the prompt's length"
             self.phase[e.seq_id] = e.phase
             self.requests.setdefault(e.seq_id, e.request_id)
             if e.phase in fed:
                 fed[e.phase] += e.tokens
         assert (fed["prefill"], fed["decode"]) == (record.num_prefill_tokens, record.num_decode_tokens)
+        failed = any(e.reason == "error" for e in record.requests)
+        assert failed or record.num_output_tokens == sum(e.samples for e in record.requests)
         assert max([e.tokens for e in record.requests if e.phase == "prefill"], default=0) <= 12
         for b in record.blocks:
             assert b.seq_id == -1 or b.seq_id in self.requests, f"block event of an unknown sequence: {b}"
@@ -123,6 +130,13 @@ class FeedMachine(RuleBasedStateMachine):
             assert self.hashed[b.block_id]
             self.hashed[b.block_id] = False
         self.refs[b.block_id] = b.ref_count
+        held = self.held.setdefault(b.seq_id, [])  # a list: a block held twice would show
+        if b.kind in ("allocated", "reused", "shared"):
+            held.append(b.block_id)
+        elif b.kind in ("released", "freed"):
+            held.remove(b.block_id)
+        elif b.kind == "copied":  # its allocation and the original's release came before it
+            assert b.block_id in held and b.src not in held
 
     @invariant()
     def ring_is_bounded(self) -> None:
@@ -141,7 +155,7 @@ def test_the_feed_agrees_with_the_engine(model_dir: str) -> None:
 def test_the_ring_keeps_the_newest_records() -> None:
     feed = EventFeed(capacity=3)
     for k in range(5):
-        feed.append(StepRecord(k, 0.0, 0.0, 0, 0, 0, 0, 1, (), ()))
+        feed.append(StepRecord(k, 0.0, 0.0, 0, 0, 0, 0, 0, 1, (), ()))
     assert feed.next_index == 5
     first, records = feed.since(0)
     assert first == 2 and [r.step for r in records] == [2, 3, 4]

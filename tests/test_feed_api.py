@@ -12,6 +12,7 @@ import torch
 
 from benchmarks.synthetic_model import make_model_dir
 from engine import LLM, SamplingParams
+from engine.event_feed import SCHEMA_VERSION
 from live_server import LiveServer, start_live_server
 from server.trace_events import REQUESTS, trace_events
 
@@ -83,7 +84,7 @@ def test_the_stream_starts_with_a_snapshot_and_carries_every_step(live: LiveServ
     assert httpx.post(live.url + "/v1/completions", json=body, timeout=60).status_code == 200
     reader.join(30)
     kind, snapshot = got[0]
-    assert kind == "snapshot" and snapshot["schema"] == 1 and snapshot["num_blocks"] == 64
+    assert kind == "snapshot" and snapshot["schema"] == SCHEMA_VERSION and snapshot["num_blocks"] == 64
     records = [r for kind, data in got[1:] if kind == "steps" for r in data]
     steps = [r["step"] for r in records]
     assert steps == list(range(steps[0], steps[0] + len(steps)))  # none missing, in order

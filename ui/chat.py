@@ -114,8 +114,10 @@ def make_responder(engine: EngineThread) -> Responder:
     return respond
 
 
-def build_chat(engine: EngineThread, default_max_tokens: int = 256) -> gr.ChatInterface:
-    """Render the chat interface inside the current Blocks context."""
+def build_chat(engine: EngineThread, default_max_tokens: int = 256, prefix: str = "", height: int = 460,
+               api_name: str | None = "chat") -> gr.ChatInterface:
+    """Render the chat interface inside the current Blocks context. `prefix` sets its element ids
+    apart from another chat's on the same page (the presenter's stage has its own)."""
     settings = gr.Accordion("System prompt and sampling", open=False, render=False)
     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, render=False)
     temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)", render=False)
@@ -124,14 +126,16 @@ def build_chat(engine: EngineThread, default_max_tokens: int = 256) -> gr.ChatIn
                            label="Max new tokens", render=False)
     chat = gr.ChatInterface(
         make_responder(engine),
-        chatbot=gr.Chatbot(height=460, label="PagedChat", elem_id="chatbot"),
-        textbox=gr.Textbox(placeholder="Ask something...", elem_id="chat-input", submit_btn=True, stop_btn=True),
+        chatbot=gr.Chatbot(height=height, label="PagedChat", elem_id=f"{prefix}chatbot"),
+        textbox=gr.Textbox(placeholder="Ask something...", elem_id=f"{prefix}chat-input", submit_btn=True,
+                           stop_btn=True),
         additional_inputs=[system, temperature, top_p, max_tokens],
         additional_inputs_accordion=settings,
         examples=[[e] for e in EXAMPLES],  # the message only: the user's settings stay
         run_examples_on_click=False,  # an example fills the box; the user sends it
         validator=check_message,
-        api_name="chat",
+        api_name=api_name,
+        api_visibility="public" if api_name else "private",
         fill_height=False,
     )
     chat.textbox.stop(mark_stopped, chat.chatbot, chat.chatbot, api_visibility="private", queue=False)
