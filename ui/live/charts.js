@@ -10,6 +10,7 @@
   }
 
   function fmt(v, unit) {
+    if (v === 0) return "0";
     if (unit === "ms") return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(0) : v.toFixed(1);
     if (unit === "%") return v.toFixed(0);
     if (v >= 10000) return (v / 1000).toFixed(0) + "k";

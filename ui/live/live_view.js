@@ -26,6 +26,10 @@
     return e;
   }
 
+  function setText(node, text) { // an unchanged text costs no layout
+    if (node.textContent !== text) node.textContent = text;
+  }
+
   function ms(seconds) {
     if (!isFinite(seconds)) return "–";
     const v = seconds * 1000;
@@ -97,7 +101,11 @@
       const key = el("span", "pc-key");
       key.innerHTML = '<i class="pc-k-free"></i>free <i class="pc-k-cached"></i>free, cached prefix ' +
         '<i class="pc-k-shared">2</i>shared (ref count) <i class="pc-k-flash"></i>copy-on-write / evicted';
-      head.append(this.mapTitle, this.mapNote, key);
+      this.poolToggle = el("button", "pc-btn", "Show the whole pool");
+      this.poolToggle.type = "button";
+      this.poolToggle.hidden = true;
+      this.poolToggle.addEventListener("click", () => { this.wholePool = !this.wholePool; this.dirty = true; this._tick(); });
+      head.append(this.mapTitle, this.poolToggle, this.mapNote, key);
       this.canvas = el("canvas", "pc-map");
       this.tip = el("div", "pc-tip");
       this.tip.hidden = true;
@@ -127,7 +135,7 @@
         const chip = ev.target.closest("[data-req]");
         if (chip) this.pin(chip.dataset.req === this.pinned ? null : chip.dataset.req);
       });
-      this._resize = new ResizeObserver(() => { this.dirty = true; });
+      this._resize = new ResizeObserver(() => { this.dirty = this._chartsStale = true; });
       this._resize.observe(this.root);
     }
 
@@ -177,9 +185,12 @@
       }
       this._hiddenSince = null;
       if (!this.state.owners) return;
-      const fresh = this.dirty;
+      // new data draws at once; without any, the charts still move with time once a second
+      if (!this.dirty && performance.now() - (this._drawnAt || 0) < 1000) return;
       this.draw();
-      if (fresh) this.updates++;
+      this._drawnAt = performance.now();
+      this.frames = (this.frames || 0) + 1;
+      if (this.dirty) this.updates++;
       this.dirty = false;
       if (this.firstDrawAt === null) this.firstDrawAt = performance.now();
     }
@@ -192,38 +203,58 @@
 
     reset() { // the charts and latency figures start again; the pool is the engine's, it stays
       this.state.reset();
-      this.dirty = true;
+      this.dirty = this._chartsStale = true;
       this._tick();
     }
 
     pin(req) {
       this.pinned = req;
       this.dirty = true;
+      this._textAt = 0; // the chips show the pin at once
       this._tick();
     }
 
     // ---- drawing -------------------------------------------------------------------------------
     draw() {
-      const now = this.now(), st = this.state, th = theme(this.element);
+      const now = this.now(), st = this.state;
+      if (!this._theme || performance.now() - this._themeAt > 2000) { // a style read forces a style pass: rarely
+        this._theme = theme(this.element);
+        this._themeAt = performance.now();
+      }
+      const th = this._theme;
+      // numbers in the page's text cost a layout each: twice a second is enough to read them
+      if (!this._textAt || performance.now() - this._textAt >= 500 || this._chartsStale) {
+        this._drawText(now);
+        this._drawChips();
+        this._textAt = performance.now();
+      }
+      this._drawMap(th, now);
+      // the charts span a minute: once a second moves them enough, at a fifth of the cost
+      if (!this._chartsAt || performance.now() - this._chartsAt >= 1000 || this._chartsStale) {
+        this._drawCharts(th, now);
+        this._chartsAt = performance.now();
+        this._chartsStale = false;
+      }
+    }
+
+    _drawText(now) {
+      const st = this.state;
       const kind = this.config.replay ? "replay" : "live";
       const live = this.connected ? (st.lastRecord ? `${kind} · step ${st.lastRecord.step}` : `${kind} · idle`) : "reconnecting…";
-      this.status.textContent = live;
+      setText(this.status, live);
       const c = st.counts(), rates = st.rates(now), lat = st.latency(now);
-      const set = (k, v, s) => { this.tiles[k].v.textContent = v; if (s !== undefined) this.tiles[k].s.textContent = s; };
+      const set = (k, v, s) => { setText(this.tiles[k].v, v); if (s !== undefined) setText(this.tiles[k].s, s); };
       set("users", `${c.running} · ${c.waiting}`);
-      set("kv", `${Math.round((100 * c.used) / Math.max(1, c.total))}%`, `${c.used} / ${c.total} blocks · ${c.shared} shared`);
+      const pct = (100 * c.used) / Math.max(1, c.total);
+      set("kv", `${pct > 0 && pct < 10 ? pct.toFixed(1) : Math.round(pct)}%`, `${c.used.toLocaleString()} / ${c.total.toLocaleString()} blocks · ${c.shared} shared`);
       set("tps", fmt(Math.round(rates.output)), `prefill ${fmt(Math.round(rates.prefill))} tok/s · busy ${Math.round(100 * rates.busy)}%`);
       set("ttft", ms(lat.ttft50), `p95 ${ms(lat.ttft95)}`);
       set("tpot", ms(lat.tpot50), `ITL p50 ${ms(lat.itl50)} · p95 ${ms(lat.itl95)}`);
       set("preempt", String(st.preemptions.length), "last 60 s");
-      this.rates = rates;
-      this._drawMap(th, now);
-      this._drawChips();
-      this._drawCharts(th, now);
     }
 
-    _layout(w) {
-      const st = this.state, n = st.numBlocks, presenter = this.root.classList.contains("pc-presenter");
+    _layout(w, n) {
+      const presenter = this.root.classList.contains("pc-presenter");
       const maxH = presenter ? Math.max(160, window.innerHeight * 0.3) : Math.min(360, Math.max(160, window.innerHeight * 0.36));
       let group = 1;
       for (;;) {
@@ -240,27 +271,43 @@
       }
     }
 
+    // The blocks the map draws, in order: the whole pool, or (a GPU-sized pool, where one cell per
+    // block would be a dot) only the blocks in use, so that each still gets a cell of its own.
+    _shownBlocks(w) {
+      const st = this.state;
+      const whole = this._layout(w, st.numBlocks);
+      this.compactable = whole.group > 1;
+      if (!this.compactable || this.wholePool) return null;
+      const ids = [];
+      st.owners.forEach((h, b) => { if (h.length) ids.push(b); });
+      return ids;
+    }
+
     _drawMap(th, now) {
       const st = this.state, w = this.canvas.parentElement.clientWidth;
-      const L = this._layout(w);
+      const ids = this._shownBlocks(w), n = ids ? ids.length : st.numBlocks;
+      const at = ids ? (i) => ids[i] : (i) => i;
+      const L = this._layout(w, Math.max(1, n));
+      L.ids = ids;
+      L.n = n;
       this.mapLayout = L;
       this.canvas.style.height = `${L.rows * L.size}px`;
       const {ctx} = fit(this.canvas);
-      const pinned = this.pinned ? st.blocksOfRequest(this.pinned) : null;
       if (this.pinned && !st.requests().some((r) => r.req === this.pinned)) this.pinned = null; // it ended
+      const pinned = this.pinned ? st.blocksOfRequest(this.pinned) : null;
       const gap = L.size >= 10 ? 2 : 1, s = L.size - gap, bs = st.blockSize;
       const highlighted = new Set();
       ctx.font = `bold ${Math.max(9, Math.floor(s * 0.5))}px system-ui, sans-serif`;
       ctx.textAlign = "center";
       ctx.textBaseline = "middle";
-      for (let cell = 0; cell < L.cells; cell++) {
+      for (let cell = 0; cell < L.cells && cell * L.group < n; cell++) {
         const x = (cell % L.cols) * L.size, y = Math.floor(cell / L.cols) * L.size;
-        const b0 = cell * L.group, b1 = Math.min(st.numBlocks, b0 + L.group);
+        const i0 = cell * L.group, i1 = Math.min(n, i0 + L.group);
         // the cell's colour: its most common holder's request; the used share sets the fill height
         let used = 0, cachedFree = 0, maxRef = 0, best = null, hit = false, fill = 0;
         const votes = new Map();
-        for (let b = b0; b < b1; b++) {
-          const h = st.owners[b];
+        for (let i = i0; i < i1; i++) {
+          const b = at(i), h = st.owners[b];
           if (h.length) {
             used++;
             maxRef = Math.max(maxRef, h.length);
@@ -268,48 +315,45 @@
             const req = q ? q.req : null;
             votes.set(req, (votes.get(req) || 0) + 1);
             fill += L.group === 1 ? st.fillOf(b) / bs : 1;
-            if (pinned && pinned.has(b)) hit = true;
+            if (pinned && pinned.has(b)) { hit = true; highlighted.add(b); }
           } else if (st.cached[b]) cachedFree++;
         }
         let top = 0;
         for (const [req, v] of votes) if (v > top) { top = v; best = req; }
-        ctx.globalAlpha = pinned && !hit ? 0.25 : 1;
+        const dim = pinned && !hit ? 0.25 : 1;
+        ctx.globalAlpha = dim;
         if (!used) {
           ctx.fillStyle = cachedFree ? th.cachedFree : th.free;
           ctx.fillRect(x, y, s, s);
         } else {
           const color = best ? st.colors.colorOf(best) : "#888";
-          const share = L.group === 1 ? fill : used / (b1 - b0);
+          const share = L.group === 1 ? fill : used / (i1 - i0);
           ctx.fillStyle = th.free;
           ctx.fillRect(x, y, s, s);
           ctx.fillStyle = color;
-          ctx.globalAlpha *= L.group === 1 ? 0.45 : 1; // slots reserved but empty: a paler block
+          ctx.globalAlpha = dim * (L.group === 1 ? 0.45 : 1); // slots reserved but empty: a paler block
           ctx.fillRect(x, y, s, s);
-          ctx.globalAlpha = pinned && !hit ? 0.25 : 1;
+          ctx.globalAlpha = dim;
           const hFill = Math.max(1, Math.round(s * Math.min(1, share)));
           ctx.fillRect(x, y + s - hFill, s, hFill);
           if (maxRef > 1) {
+            ctx.fillStyle = "#ffffff";
             if (s >= 12) {
-              ctx.fillStyle = "#ffffff";
               ctx.strokeStyle = "rgba(0,0,0,0.6)";
               ctx.lineWidth = 2;
               ctx.strokeText(String(maxRef), x + s / 2, y + s / 2 + 1);
               ctx.fillText(String(maxRef), x + s / 2, y + s / 2 + 1);
-            } else {
-              ctx.fillStyle = "#ffffff";
-              ctx.fillRect(x + s / 2 - 1, y + s / 2 - 1, 2, 2);
-            }
+            } else ctx.fillRect(x + s / 2 - 1, y + s / 2 - 1, 2, 2);
           }
         }
         ctx.globalAlpha = 1;
         if (hit) {
-          for (let b = b0; b < b1; b++) if (pinned.has(b)) highlighted.add(b);
           ctx.strokeStyle = th.fg;
           ctx.lineWidth = 2;
           ctx.strokeRect(x + 1, y + 1, s - 2, s - 2);
         }
-        for (let b = b0; b < b1; b++) {
-          const f = st.flash.get(b);
+        for (let i = i0; i < i1; i++) {
+          const b = at(i), f = st.flash.get(b);
           if (!f) continue;
           if (f.until < now) { st.flash.delete(b); continue; }
           ctx.strokeStyle = f.kind === "copied" ? "#f59e0b" : "#ef4444";
@@ -318,9 +362,13 @@
         }
       }
       this.lastHighlighted = highlighted;
-      const scale = L.group > 1 ? ` · 1 cell = ${L.group} blocks (shade: share in use)` : " · 1 cell = 1 block";
-      this.mapNote.textContent = `${st.numBlocks.toLocaleString()} blocks of ${bs} tokens${scale}` +
-        (this.pinned ? ` · pinned: ${this.pinned} (click again to unpin)` : " · click a block to pin its request");
+      const scale = L.group > 1 ? `1 cell = ${L.group} blocks (shade: share in use)` : "1 cell = 1 block";
+      const what = ids ? `the ${n.toLocaleString()} blocks in use of ${st.numBlocks.toLocaleString()}, by block id`
+        : `${st.numBlocks.toLocaleString()} blocks of ${bs} tokens`;
+      setText(this.mapNote, `${what} · ${scale}` +
+        (this.pinned ? ` · pinned: ${this.pinned} (click again to unpin)` : " · click a block to pin its request"));
+      if (this.poolToggle.hidden !== !this.compactable) this.poolToggle.hidden = !this.compactable;
+      setText(this.poolToggle, this.wholePool ? "Show the blocks in use" : "Show the whole pool");
       if (this.hover) this._showTip();
     }
 
@@ -350,7 +398,7 @@
       const col = Math.floor((ev.clientX - r.left) / L.size), row = Math.floor((ev.clientY - r.top) / L.size);
       if (col < 0 || col >= L.cols || row < 0) return -1;
       const cell = row * L.cols + col;
-      return cell < L.cells ? cell : -1;
+      return cell < L.cells && cell * L.group < L.n ? cell : -1;
     }
 
     _hover(ev) {
@@ -363,7 +411,8 @@
     _showTip() {
       const h = this.hover, st = this.state, L = this.mapLayout;
       if (!h || !L) { this.tip.hidden = true; return; }
-      const b0 = h.cell * L.group, b1 = Math.min(st.numBlocks, b0 + L.group);
+      const at = L.ids ? (i) => L.ids[i] : (i) => i;
+      const i0 = h.cell * L.group, i1 = Math.min(L.n, i0 + L.group), b0 = at(i0);
       const lines = [];
       if (L.group === 1) {
         const holders = st.owners[b0];
@@ -378,8 +427,11 @@
       } else {
         let used = 0;
         const reqs = new Set();
-        for (let b = b0; b < b1; b++) if (st.owners[b].length) { used++; for (const s of st.owners[b]) { const q = st.seqs.get(s); if (q) reqs.add(q.req); } }
-        lines.push(`blocks ${b0}–${b1 - 1}: ${used} in use`);
+        for (let i = i0; i < i1; i++) {
+          const b = at(i);
+          if (st.owners[b].length) { used++; for (const s of st.owners[b]) { const q = st.seqs.get(s); if (q) reqs.add(q.req); } }
+        }
+        lines.push(`blocks ${b0}–${at(i1 - 1)}: ${used} in use`);
         for (const r of [...reqs].slice(0, 6)) lines.push(r);
       }
       this.tip.textContent = lines.join("\n");
@@ -393,8 +445,8 @@
       const cell = this._cellAt(ev), st = this.state, L = this.mapLayout;
       if (cell < 0) return;
       let req = null;
-      for (let b = cell * L.group; b < Math.min(st.numBlocks, (cell + 1) * L.group) && !req; b++) {
-        const h = st.owners[b];
+      for (let i = cell * L.group; i < Math.min(L.n, (cell + 1) * L.group) && !req; i++) {
+        const h = st.owners[L.ids ? L.ids[i] : i];
         if (h.length) { const q = st.seqs.get(h[0]); if (q) req = q.req; }
       }
       this.pin(req && req !== this.pinned ? req : null);
@@ -419,11 +471,15 @@
         {label: "ITL p50", color: "#059669", kind: "line", points: itl50}]});
       const hist = st.history.filter((x, i, a) => x.t >= t0 || (a[i + 1] && a[i + 1].t >= t0));
       const held = (f) => hist.map((x) => [Math.max(x.t, t0), x[f]]);
-      drawChart(this.charts.kv, {...base, yMax: st.numBlocks, series: [
+      // a GPU-sized pool would flatten the lines: then the scale is the peak, and the pool is named
+      const peak = Math.max(1, ...hist.map((x) => x.used + x.cachedFree));
+      const poolOnScale = peak > st.numBlocks / 4;
+      const poolLine = {label: `pool: ${st.numBlocks.toLocaleString()} blocks${poolOnScale ? "" : " (above the scale)"}`,
+                        color: th.muted, kind: "line", dash: true, width: 1,
+                        points: poolOnScale ? [[t0, st.numBlocks], [now, st.numBlocks]] : []};
+      drawChart(this.charts.kv, {...base, yMax: poolOnScale ? st.numBlocks : 0, series: [
         {label: "in use", color: "#2563eb", kind: "step", fill: true, until: now, points: held("used")},
-        {label: "cached, free", color: "#64748b", kind: "step", until: now, points: held("cachedFree")},
-        {label: `pool (${st.numBlocks})`, color: th.muted, kind: "line", dash: true, width: 1,
-         points: [[t0, st.numBlocks], [now, st.numBlocks]]}]});
+        {label: "cached, free", color: "#64748b", kind: "step", until: now, points: held("cachedFree")}, poolLine]});
       drawChart(this.charts.batch, {...base, yMax: 4, series: [
         {label: "engine busy (full height = 100%)", color: "#94a3b8", kind: "area", width: 1, frac: true, points: rate("busy")},
         {label: "running", color: "#16a34a", kind: "step", until: now, points: held("running")},
@@ -433,7 +489,7 @@
     // ---- for tests and the benchmark -----------------------------------------------------------
     probe() {
       const now = this.now(), rates = this.state.rates(now);
-      return {updates: this.updates, firstDrawAt: this.firstDrawAt, pinned: this.pinned,
+      return {updates: this.updates, frames: this.frames || 0, firstDrawAt: this.firstDrawAt, pinned: this.pinned,
               highlighted: [...this.lastHighlighted].sort((a, b) => a - b), rates,
               tokensTotal: this.state.tokensTotal, records: this.state.recordsSeen, connected: this.connected,
               group: this.mapLayout ? this.mapLayout.group : null, counts: this.state.counts()};
