@@ -29,6 +29,7 @@ after the last record they saw.
 """
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class EventFeed:
     def __init__(self, capacity: int = 4096) -> None:
         if capacity < 1:
             raise ValueError("the event feed needs room for at least one record")
-        self._records: deque[StepRecord] = deque(maxlen=capacity)
+        self._records: deque[tuple[int, StepRecord]] = deque(maxlen=capacity)  # (index, record)
         self._next = 0  # index the next record will get
         self._lock = threading.Lock()
 
@@ -102,7 +103,7 @@ class EventFeed:
 
     def append(self, record: StepRecord) -> None:
         with self._lock:
-            self._records.append(record)
+            self._records.append((self._next, record))
             self._next += 1
 
     def skip(self) -> None:
@@ -112,11 +113,15 @@ class EventFeed:
 
     def since(self, index: int) -> tuple[int, list[StepRecord]]:
         """(the index of the first record returned, the records from `index` on). Records already
-        dropped from the ring are skipped: the first index returned may be larger than asked."""
+        dropped from the ring, and skipped indexes, are passed over: the first index returned may
+        be larger than asked."""
         with self._lock:
-            oldest = self._next - len(self._records)
-            start = max(index, oldest)
-            return start, list(self._records)[start - oldest:]
+            held = list(self._records)
+            end = self._next
+        at = bisect.bisect_left(held, index, key=lambda pair: pair[0])
+        if at == len(held):
+            return max(index, end), []
+        return held[at][0], [record for _, record in held[at:]]
 
 
 class StepRecorder:

@@ -83,6 +83,7 @@ async def feed_events(source: FeedSource, interval: float = 0.1, keep_alive: flo
         first, records = feed.since(cursor)
         if first > cursor:
             yield _event("gap", {"missed": first - cursor})
+            cursor = first
         if records:
             cursor = first + len(records)
             yield _event("steps", [r.to_json() for r in records], cursor - 1)

@@ -233,3 +233,90 @@ def test_a_pinned_request_shows_its_block_table_and_throughput_matches_the_count
     page.locator("#load-stop").click()
     page.close()
     live.load.stop()
+
+
+def test_the_views_state_agrees_with_the_engines_counts_in_every_record(browser) -> None:
+    """ui/live/feed_state.js, fed the shipped GPU recording record by record in chromium: its pool
+    (blocks in use, cached-free, holders) matches the engine's own counts in each record, and the
+    output tokens it sums are the records' total."""
+    from server.recording import read_recording
+    from ui.live_view import LIVE_DIR
+    from ui.request_colors import palette
+
+    rec = read_recording(Path(__file__).resolve().parent.parent / "assets" / "recordings" / "h200-64-users.jsonl.gz")
+    page = browser.new_page()
+    page.add_script_tag(content=(LIVE_DIR / "feed_state.js").read_text())
+    mismatches = page.evaluate("""([snapshot, records, palette]) => {
+        const st = new PagedChatFeed.FeedState(palette);
+        st.snapshot(snapshot);
+        const bad = [];
+        for (const r of records) {
+            st.apply(r, r.wall_time);
+            const c = st.counts();
+            const refs = new Map(r.blocks.map(b => [b.block_id, b.ref_count]));
+            for (const [b, n] of refs) if (st.owners[b].length !== n) bad.push([r.step, 'ref', b]);
+            if (c.used !== r.blocks_used || c.cachedFree !== r.blocks_cached_free) bad.push([r.step, c.used, r.blocks_used]);
+        }
+        return {bad: bad.slice(0, 5), tokens: st.tokensTotal, live: st.seqs.size};
+    }""", [rec.snapshot, rec.records, list(palette())])
+    assert mismatches["bad"] == []
+    assert mismatches["tokens"] == sum(r["num_output_tokens"] for r in rec.records)
+    page.close()
+
+
+def test_presenter_mode_puts_the_chat_beside_a_large_view(browser, live: LiveServer, tmp_path: Path) -> None:
+    """One switch: headline tiles of at least 24 px, the chat and the block map side by side on a
+    1920x1080 screen, a reset that clears the chat and the charts; still usable on a phone."""
+    shots = Path(os.environ.get("PAGEDCHAT_SCREENSHOT_DIR") or tmp_path)
+    for width, height in ((1920, 1080), (390, 844)):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(30_000)
+        page.goto(live.url)
+        page.locator("#presenter-mode input").check()
+        wait_for_live_view(page, "#stage-live-view")
+        page.locator("#stage-load-start").click()
+        wait_for_load(live, 8)
+        page.wait_for_timeout(3_000)
+        tile = page.locator("#stage-live-view [data-tile=users] .pc-v")
+        size = float(tile.evaluate("e => parseFloat(getComputedStyle(e).fontSize)"))
+        assert size >= 24
+        chat, blocks = page.locator("#stage-chatbot"), page.locator("#stage-live-view canvas.pc-map")
+        assert chat.is_visible() and blocks.is_visible() and page.locator("#chatbot").is_hidden()
+        c, b = chat.bounding_box(), blocks.bounding_box()
+        if width >= 1440:  # side by side, both on the first screen
+            assert c["x"] + c["width"] <= b["x"] and b["y"] < height and c["y"] < height
+        box = page.locator("#stage-chat-input textarea")
+        box.fill("Hi!")
+        box.press("Enter")
+        page.locator("#stage-chatbot [data-testid='bot']").first.wait_for()
+        page.screenshot(path=str(shots / f"presenter-{width}.png"), full_page=False)
+        page.locator("#stage-reset").click()
+        page.wait_for_function("() => !document.querySelector('#stage-chatbot [data-testid=\"user\"]')")
+        assert page.evaluate("() => window.PagedChatLive.shown().state.ttft.length") == 0
+        page.locator("#stage-load-stop").click()
+        page.close()
+        live.load.stop()
+
+
+def test_a_replay_of_the_shipped_recording_draws_the_dashboard(browser, tmp_path: Path) -> None:
+    from app import build_replay
+    from server.uvicorn_thread import ServerThread
+
+    app, source = build_replay(str(Path(__file__).resolve().parent.parent / "assets" / "recordings" /
+                                   "h200-64-users.jsonl.gz"))
+    http = ServerThread(app).start()
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(http.url)
+        wait_for_live_view(page, "#live-view")
+        page.wait_for_function("() => window.PagedChatLive.shown().state.recordsSeen > 50")
+        assert "Recording" in page.locator("#live-view .pc-banner").inner_text()
+        assert page.locator("#chat-input").count() == 0  # the chat is off
+        probe = view_probe(page)
+        assert probe["counts"]["total"] == 32768 and probe["counts"]["used"] > 0 and probe["rates"]["output"] > 100
+        page.screenshot(path=str(tmp_path / "replay.png"), full_page=True)
+        page.close()
+    finally:
+        http.server.should_exit = True
+        source.stop()

@@ -25,10 +25,11 @@ def load_line(load: LoadGenerator, session: str) -> str:
     return text
 
 
-def load_controls(load: LoadGenerator) -> gr.Markdown:
+def load_controls(load: LoadGenerator, prefix: str = "") -> gr.Markdown:
     """Slider and buttons (and a presenter-key box when the policy wants one). The handlers pass the
-    caller's session and key to the load generator, which decides."""
-    line = gr.Markdown(elem_id="load-status")
+    caller's session and key to the load generator, which decides. `prefix` sets the element ids
+    apart from another set's on the same page."""
+    line = gr.Markdown(elem_id=f"{prefix}load-status")
     if load.policy.mode == "off":
         return line
     minutes = load.policy.time_limit_s / 60
@@ -37,9 +38,9 @@ def load_controls(load: LoadGenerator) -> gr.Markdown:
                           info=f"Simulated users show on the block map like real ones (`sim-...`). A load belongs "
                                f"to the tab that started it: it stops when that tab closes, or after {minutes:g} min.")
         key = gr.Textbox(label="Presenter key", type="password", scale=2, visible=load.policy.mode == "key",
-                         elem_id="presenter-key")
-        start = gr.Button("Start load", variant="primary", scale=1, elem_id="load-start")
-        stop = gr.Button("Stop load", variant="stop", scale=1, elem_id="load-stop")
+                         elem_id=f"{prefix}presenter-key")
+        start = gr.Button("Start load", variant="primary", scale=1, elem_id=f"{prefix}load-start")
+        stop = gr.Button("Stop load", variant="stop", scale=1, elem_id=f"{prefix}load-stop")
 
     def start_load(n: float, key: str, request: gr.Request) -> str:
         try:

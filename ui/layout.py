@@ -43,7 +43,7 @@ def build_ui(info: EngineInfo, model_name: str, engine: EngineThread | None = No
                     with gr.Column(scale=2, min_width=360):
                         stage_chat = build_chat(engine, prefix="stage-", height=520, api_name=None)
                 with gr.Column(scale=3, min_width=360):
-                    stage_line = load_controls(load) if replay is None else None
+                    stage_line = load_controls(load, prefix="stage-") if replay is None else None
                     live_view(presenter=True, replay=replay, elem_id="stage-live-view")
                     reset = gr.Button("Reset: clear the chat and the charts", size="sm", elem_id="stage-reset")
         presenter.change(lambda on: (gr.Column(visible=not on), gr.Column(visible=on)), presenter, [normal, stage],
@@ -51,8 +51,13 @@ def build_ui(info: EngineInfo, model_name: str, engine: EngineThread | None = No
         if replay is not None:
             reset.click(None, js=RESET_VIEWS)
             return demo
-        reset.click(lambda: [], None, stage_chat.chatbot, js=RESET_VIEWS, show_progress="hidden",
-                    api_visibility="private")
+        # an answer still streaming is stopped first, and its "(stopped)" mark lands, before the clear
+        # (else they bring the history back)
+        stop_then_reset = ("async () => { const stop = document.querySelector('#stage-chat-input .stop-button');"
+                           " if (stop && stop.offsetParent) { stop.click(); await new Promise(r => setTimeout(r, 800)); }"
+                           f" ({RESET_VIEWS})(); }}")
+        reset.click(lambda: ([], []), None, [stage_chat.chatbot, stage_chat.chatbot_state], js=stop_then_reset,
+                    show_progress="hidden", api_visibility="private")
 
         # the load lines say who runs a load and the time left; refreshed while a dashboard shows
         timer = gr.Timer(tick_s, active=False)
