@@ -25,7 +25,7 @@ def load_line(load: LoadGenerator, session: str) -> str:
     return text
 
 
-def load_controls(load: LoadGenerator, prefix: str = "") -> gr.Markdown:
+def load_controls(load: LoadGenerator, prefix: str = "", compact: bool = False) -> gr.Markdown:
     """Slider and buttons (and a presenter-key box when the policy wants one). The handlers pass the
     caller's session and key to the load generator, which decides. `prefix` sets the element ids
     apart from another set's on the same page."""
@@ -34,9 +34,9 @@ def load_controls(load: LoadGenerator, prefix: str = "") -> gr.Markdown:
         return line
     minutes = load.policy.time_limit_s / 60
     with gr.Row(equal_height=True):
-        users = gr.Slider(1, load.MAX_USERS, value=8, step=1, label="Simulate N users", scale=3,
-                          info=f"Simulated users show on the block map like real ones (`sim-...`). A load belongs "
-                               f"to the tab that started it: it stops when that tab closes, or after {minutes:g} min.")
+        info = (None if compact else f"Simulated users show on the block map like real ones (`sim-...`). A load "
+                f"belongs to the tab that started it: it stops when that tab closes, or after {minutes:g} min.")
+        users = gr.Slider(1, load.MAX_USERS, value=8, step=1, label="Simulate N users", scale=3, info=info)
         key = gr.Textbox(label="Presenter key", type="password", scale=2, visible=load.policy.mode == "key",
                          elem_id=f"{prefix}presenter-key")
         start = gr.Button("Start load", variant="primary", scale=1, elem_id=f"{prefix}load-start")

@@ -27,7 +27,7 @@ def build_ui(info: EngineInfo, model_name: str, engine: EngineThread | None = No
         raise ValueError("a live UI needs the engine and the load generator")
     with gr.Blocks(title="PagedChat") as demo:
         with gr.Row(equal_height=True):
-            gr.Markdown(REPLAY_INTRO if replay else INTRO, elem_id="intro", min_width=300)
+            intro = gr.Markdown(REPLAY_INTRO if replay else INTRO, elem_id="intro", min_width=300)
             presenter = gr.Checkbox(label="Presenter mode", value=False, scale=0, min_width=170,
                                     elem_id="presenter-mode")
         with gr.Column(visible=True) as normal:
@@ -39,15 +39,16 @@ def build_ui(info: EngineInfo, model_name: str, engine: EngineThread | None = No
                     line = build_dashboard(info, model_name, load, replay)
         with gr.Column(visible=False, elem_id="stage") as stage:
             with gr.Row():
-                if replay is None:
-                    with gr.Column(scale=2, min_width=360):
+                with gr.Column(scale=2, min_width=360):
+                    if replay is None:
                         stage_chat = build_chat(engine, prefix="stage-", height=520, api_name=None)
-                with gr.Column(scale=3, min_width=360):
-                    stage_line = load_controls(load, prefix="stage-") if replay is None else None
-                    live_view(presenter=True, replay=replay, elem_id="stage-live-view")
                     reset = gr.Button("Reset: clear the chat and the charts", size="sm", elem_id="stage-reset")
-        presenter.change(lambda on: (gr.Column(visible=not on), gr.Column(visible=on)), presenter, [normal, stage],
-                         show_progress="hidden", api_visibility="private")
+                with gr.Column(scale=3, min_width=360):
+                    stage_line = load_controls(load, prefix="stage-", compact=True) if replay is None else None
+                    live_view(presenter=True, replay=replay, elem_id="stage-live-view")
+        # on stage the screen is the audience's: the intro goes, the chat and the view fill it
+        presenter.change(lambda on: (gr.Column(visible=not on), gr.Column(visible=on), gr.Markdown(visible=not on)),
+                         presenter, [normal, stage, intro], show_progress="hidden", api_visibility="private")
         if replay is not None:
             reset.click(None, js=RESET_VIEWS)
             return demo

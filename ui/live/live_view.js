@@ -18,6 +18,7 @@
     ["preempt", "Preemptions", "last 60 s"],
   ];
   const MIN_CELL = 5; // px: below this, a cell stands for several blocks
+  const MIN_READABLE = 12; // px: below this, the map shows the blocks in use unless asked for the whole pool
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -255,7 +256,7 @@
 
     _layout(w, n) {
       const presenter = this.root.classList.contains("pc-presenter");
-      const maxH = presenter ? Math.max(160, window.innerHeight * 0.3) : Math.min(360, Math.max(160, window.innerHeight * 0.36));
+      const maxH = presenter ? Math.max(120, window.innerHeight * 0.17) : Math.min(360, Math.max(160, window.innerHeight * 0.36));
       let group = 1;
       for (;;) {
         const cells = Math.ceil(n / group);
@@ -271,12 +272,12 @@
       }
     }
 
-    // The blocks the map draws, in order: the whole pool, or (a GPU-sized pool, where one cell per
-    // block would be a dot) only the blocks in use, so that each still gets a cell of its own.
+    // The blocks the map draws, in order: the whole pool, or (a pool too large for cells a room can
+    // read, a GPU's above all) only the blocks in use, so that each gets a cell of its own.
     _shownBlocks(w) {
       const st = this.state;
       const whole = this._layout(w, st.numBlocks);
-      this.compactable = whole.group > 1;
+      this.compactable = whole.group > 1 || whole.size < MIN_READABLE;
       if (!this.compactable || this.wholePool) return null;
       const ids = [];
       st.owners.forEach((h, b) => { if (h.length) ids.push(b); });
@@ -453,7 +454,9 @@
     }
 
     _drawCharts(th, now) {
-      const st = this.state, t0 = now - st.window, font = this.root.classList.contains("pc-presenter") ? 15 : 12;
+      const st = this.state, t0 = now - st.window;
+      // a projector's text: 18 px at least (presenter mode, or a screen 1800 px wide)
+      const font = this.root.classList.contains("pc-presenter") || window.innerWidth >= 1800 ? 18 : 12;
       const series = st.buckets.series(now).slice(0, -1); // the current bucket is still filling
       const w = st.buckets.width;
       const rate = (f) => series.map((x) => [x.t + w / 2, x.b ? x.b[f] / w : 0]);
