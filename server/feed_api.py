@@ -4,13 +4,16 @@ GET /api/feed        server-sent events: first `snapshot` (the pool and the live
                      with the feed index it was taken at), then `steps` events, each a JSON list of
                      the step records since the last one (coalesced every `interval` seconds, so a
                      GPU's hundred steps a second arrive as ten messages), and a `gap` event if a
-                     slow reader fell behind the ring. Keep-alive comments while nothing happens.
+                     slow reader fell behind the ring; once a second a `device` event (the
+                     device's utilization: NVML on a GPU, the process's CPU share on a CPU).
+                     Keep-alive comments while nothing happens.
 GET /api/feed/trace  the recent window as trace-event JSON (open it in ui.perfetto.dev).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, AsyncIterator, Protocol
 
 from fastapi import APIRouter
@@ -19,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.block_map import BlockMapSnapshot
 from engine.engine_thread import EngineThread
 from engine.event_feed import SCHEMA_VERSION, EventFeed
+from server.device_monitor import DeviceMonitor
 from server.openai_api import SSE_HEADERS
 from server.trace_events import trace_events
 
@@ -53,12 +57,17 @@ class FeedSource(Protocol):
         """The state now (`snapshot_json`'s shape), with the feed index it was taken at."""
         ...
 
+    def device(self) -> dict[str, Any] | None:
+        """The device's utilization now (server.device_monitor), None when there is none to read."""
+        ...
+
 
 class EngineFeed:
     """The engine thread's feed and block map as a FeedSource."""
 
     def __init__(self, engine: EngineThread) -> None:
         self.engine = engine
+        self._monitor: DeviceMonitor | None = None  # made when first watched
 
     @property
     def feed(self) -> EventFeed | None:
@@ -71,6 +80,11 @@ class EngineFeed:
     def snapshot(self) -> dict[str, Any]:
         return snapshot_json(self.engine.block_map)
 
+    def device(self) -> dict[str, Any] | None:
+        if self._monitor is None:
+            self._monitor = DeviceMonitor(self.engine.info.device)
+        return self._monitor.sample()
+
 
 async def feed_events(source: FeedSource, interval: float = 0.1, keep_alive: float = 10.0) -> AsyncIterator[str]:
     """The SSE stream of one reader; ends when the source stops."""
@@ -78,8 +92,13 @@ async def feed_events(source: FeedSource, interval: float = 0.1, keep_alive: flo
     assert feed is not None
     snapshot = source.snapshot()
     yield _event("snapshot", snapshot)
-    cursor, quiet = snapshot["feed_index"], 0.0
+    cursor, quiet, device_at = snapshot["feed_index"], 0.0, 0.0
     while source.alive:
+        if time.monotonic() - device_at >= 1.0:  # the hardware's view, once a second
+            device_at = time.monotonic()
+            device = await asyncio.to_thread(source.device)
+            if device is not None:
+                yield _event("device", device)
         first, records = feed.since(cursor)
         if first > cursor:
             yield _event("gap", {"missed": first - cursor})

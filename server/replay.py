@@ -86,6 +86,10 @@ class ReplaySource:
         self._stop.set()
         self._thread.join(5)
 
+    def device(self) -> None:
+        """A recording holds no device readings."""
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return self._replica.to_json(self.feed.next_index)

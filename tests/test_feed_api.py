@@ -92,6 +92,9 @@ def test_the_stream_starts_with_a_snapshot_and_carries_every_step(live: LiveServ
     assert phases[0] == "waiting" and phases[1] == "prefill" and phases[-1] == "finished"
     assert phases.count("decode") == 4  # 5 tokens: the prefill's, then four decodes
     assert sum(r["num_decode_tokens"] for r in records) == 4
+    assert sum(r["num_output_tokens"] for r in records) == 5
+    devices = [data for kind, data in got if kind == "device"]  # the first comes with the snapshot
+    assert devices and devices[0]["kind"] == "cpu" and 0 <= devices[0]["compute_pct"] <= 100
 
 
 def test_the_trace_downloads(live: LiveServer) -> None:

@@ -89,6 +89,7 @@
       this.tpot = []; // [{t, v}] seconds, one per finished request
       this.itl = []; // [{t, v}] seconds
       this.preemptions = []; // times
+      this.devices = []; // [{t, v: utilization 0..1}] from the feed's device events
       this.steps = 0;
       this.recordsSeen = 0;
       this.lastRecord = null;
@@ -229,6 +230,13 @@
           break;
       }
       if (b + 1 > this.span) this.span = b + 1;
+    }
+
+    // a `device` event: the hardware's utilization (NVML on a GPU, the process's CPU share on a CPU)
+    deviceSample(d) {
+      this.device = d;
+      this.devices.push({t: d.t, v: d.compute_pct / 100});
+      trim(this.devices, d.t - this.window - 2);
     }
 
     // ---- what views read ---------------------------------------------------------------------

@@ -162,6 +162,7 @@
         }
         this.dirty = true;
       });
+      this.source.addEventListener("device", (m) => { this.state.deviceSample(JSON.parse(m.data)); });
       this.source.addEventListener("gap", () => { this.source.close(); this.source = null; }); // reopen: a fresh snapshot
       this.source.onerror = () => { this.connected = false; this.status.textContent = "reconnecting…"; };
     }
@@ -248,7 +249,8 @@
       set("users", `${c.running} · ${c.waiting}`);
       const pct = (100 * c.used) / Math.max(1, c.total);
       set("kv", `${pct > 0 && pct < 10 ? pct.toFixed(1) : Math.round(pct)}%`, `${c.used.toLocaleString()} / ${c.total.toLocaleString()} blocks · ${c.shared} shared`);
-      set("tps", fmt(Math.round(rates.output)), `prefill ${fmt(Math.round(rates.prefill))} tok/s · busy ${Math.round(100 * rates.busy)}%`);
+      const dev = st.device ? ` · ${st.device.kind === "gpu" ? "GPU" : "CPU"} ${Math.round(st.device.compute_pct)}%` : "";
+      set("tps", fmt(Math.round(rates.output)), `prefill ${fmt(Math.round(rates.prefill))} tok/s · engine busy ${Math.round(100 * rates.busy)}%${dev}`);
       set("ttft", ms(lat.ttft50), `p95 ${ms(lat.ttft95)}`);
       set("tpot", ms(lat.tpot50), `ITL p50 ${ms(lat.itl50)} · p95 ${ms(lat.itl95)}`);
       set("preempt", String(st.preemptions.length), "last 60 s");
@@ -485,6 +487,8 @@
         {label: "cached, free", color: "#64748b", kind: "step", until: now, points: held("cachedFree")}, poolLine]});
       drawChart(this.charts.batch, {...base, yMax: 4, series: [
         {label: "engine busy (full height = 100%)", color: "#94a3b8", kind: "area", width: 1, frac: true, points: rate("busy")},
+        {label: st.device ? (st.device.kind === "gpu" ? `GPU utilization, NVML (${st.device.name})` : "process CPU, all cores") : "",
+         color: "#0ea5e9", kind: "line", width: 2, frac: true, points: st.devices.filter((x) => x.t >= t0).map((x) => [x.t, x.v])},
         {label: "running", color: "#16a34a", kind: "step", until: now, points: held("running")},
         {label: "waiting", color: "#ea580c", kind: "step", until: now, points: held("waiting")}]});
     }
