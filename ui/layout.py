@@ -26,7 +26,7 @@ def build_ui(info: EngineInfo, model_name: str, engine: EngineThread | None = No
     if replay is None and (engine is None or load is None):
         raise ValueError("a live UI needs the engine and the load generator")
     with gr.Blocks(title="PagedChat") as demo:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):
             intro = gr.Markdown(REPLAY_INTRO if replay else INTRO, elem_id="intro", min_width=300)
             presenter = gr.Checkbox(label="Presenter mode", value=False, scale=0, min_width=170,
                                     elem_id="presenter-mode")

@@ -73,7 +73,9 @@
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    const span = spec.t1 - spec.t0, tickEvery = span > 90 ? 30 : span > 30 ? 10 : 5;
+    const span = spec.t1 - spec.t0;
+    // the fewest seconds between time ticks that leaves each label room
+    const tickEvery = [5, 10, 15, 20, 30, 60, 120].find((t) => (pw * t) / span >= font * 3.4) || 120;
     for (let s = 0; s <= span + 1e-9; s += tickEvery) {
       const x = X(spec.t1 - s);
       ctx.fillText(s === 0 ? "now" : `-${s}s`, x, padT + ph + 4);

@@ -10,9 +10,9 @@
   const {drawChart, fit, fmt} = root.PagedChatCharts;
 
   const TILES = [
-    ["users", "Users", "running · waiting"],
+    ["users", "Requests", "running · waiting"],
     ["kv", "KV in use", "blocks"],
-    ["tps", "Output tok/s", "last 5 s"],
+    ["tps", "Output tok/s (5 s)", "last 5 s"],
     ["ttft", "TTFT p50", "time to first token"],
     ["tpot", "TPOT p50", "time per output token"],
     ["preempt", "Preemptions", "last 60 s"],
@@ -40,7 +40,7 @@
   function theme(node) {
     const cs = getComputedStyle(node);
     const v = (name, fallback) => cs.getPropertyValue(name).trim() || fallback;
-    return {fg: v("--body-text-color", "#1f2937"), muted: v("--body-text-color-subdued", "#6b7280"),
+    return {fg: v("--body-text-color", "#1f2937"), muted: v("--body-text-color", "#374151"),
             grid: v("--border-color-primary", "#e5e7eb"), bg: v("--background-fill-primary", "#ffffff"),
             free: v("--pc-free", "#eceff3"), cachedFree: v("--pc-cached-free", "#b9c7d8")};
   }
@@ -66,7 +66,7 @@
 
     // ---- DOM -----------------------------------------------------------------------------------
     _build() {
-      const root_ = el("div", "pc-live" + (this.config.presenter ? " pc-presenter" : ""));
+      const root_ = el("div", "pc-live" + (this.config.presenter ? " pc-presenter" : "") + (this.config.replay ? " pc-replay" : ""));
       this.root = root_;
       if (this.config.replay) {
         const banner = el("div", "pc-banner", `Recording: ${this.config.replay}. The chat is off; the dashboard replays a recorded run.`);
@@ -387,7 +387,7 @@
         chip.dataset.req = r.req;
         chip.style.setProperty("--c", r.color);
         chip.title = `${r.req}: ${r.phase}, ${r.tokens} tokens${r.seqs.length > 1 ? `, ${r.seqs.length} samples` : ""}`;
-        chip.textContent = `${r.req.length > 14 ? r.req.slice(0, 13) + "…" : r.req} · ${r.tokens}`;
+        chip.textContent = `${r.req.length > 14 ? r.req.slice(0, 13) + "…" : r.req} · ${r.tokens} tok`;
         frag.appendChild(chip);
       }
       this.chips.replaceChildren(frag);
@@ -423,7 +423,8 @@
         if (!holders.length) lines.push(st.cached[b0] ? "free, holds a cached prefix (reusable)" : "free");
         for (const seq of holders.slice(0, 8)) {
           const q = st.seqs.get(seq);
-          lines.push(q ? `${q.req} (sample ${q.sample}): ${q.phase}, ${q.tokens} tokens` : `seq ${seq}`);
+          const many = q && [...st.seqs.values()].some((p) => p.req === q.req && p.seq !== q.seq);
+          lines.push(q ? `${q.req}${many ? ` (sample ${q.sample + 1})` : ""}: ${q.phase}, ${q.tokens} tokens` : `seq ${seq}`);
         }
         if (holders.length > 1) lines.push(`shared: ref count ${holders.length}`);
         if (st.cached[b0] && holders.length) lines.push("in the prefix cache");
@@ -458,7 +459,8 @@
     _drawCharts(th, now) {
       const st = this.state, t0 = now - st.window;
       // a projector's text: 18 px at least (presenter mode, or a screen 1800 px wide)
-      const font = this.root.classList.contains("pc-presenter") || window.innerWidth >= 1800 ? 18 : 12;
+      const wide = this.charts.tput.clientWidth >= 520;
+      const font = wide && (this.root.classList.contains("pc-presenter") || window.innerWidth >= 1800) ? 18 : 12;
       const series = st.buckets.series(now).slice(0, -1); // the current bucket is still filling
       const w = st.buckets.width;
       const rate = (f) => series.map((x) => [x.t + w / 2, x.b ? x.b[f] / w : 0]);
