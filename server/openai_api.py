@@ -83,21 +83,43 @@ class _Watch:
         self._task.cancel()
 
 
+# A request the engine refuses (an id out of its vocabulary, too long a prompt) is refused within a
+# step of its submission: waiting that long for its first output keeps a refusal a plain HTTP error.
+# A first output that takes longer (a queue, a long prefill) does not hold a stream's headers back:
+# they go out, with a keep-alive comment every KEEP_ALIVE_S seconds until the first token, so that
+# no proxy or client times the connection out meanwhile.
+ACCEPT_WAIT_S = 0.5
+KEEP_ALIVE_S = 5.0
+
+
 async def _open(engine: EngineThread, prompt: Prompt, params: SamplingParams,
-                watch: _Watch) -> tuple[RequestStream, list[RequestOutput]]:
-    """Submit and wait for the first output, so that a refused request still gets a plain HTTP error."""
+                watch: _Watch) -> tuple[RequestStream, list[RequestOutput] | asyncio.Future]:
+    """Submit, and wait up to ACCEPT_WAIT_S for the first output: ([it], or [] for none), else the
+    wait itself, still running."""
     stream = await engine.submit_async(prompt, params)
     watch.follow(stream)
+    wait = asyncio.ensure_future(anext(stream, None))
     try:
-        first = await anext(stream, None)
+        done, _ = await asyncio.wait({wait}, timeout=ACCEPT_WAIT_S)
+        if not done:
+            return stream, wait
+        first = wait.result()
     except BaseException:
+        wait.cancel()
         stream.close()
         raise
     return stream, [] if first is None else [first]
 
 
-async def _outputs(call: _Call, first: list[RequestOutput]) -> AsyncIterator[RequestOutput]:
-    for out in first:
+async def _first(first: list[RequestOutput] | asyncio.Future) -> list[RequestOutput]:
+    if isinstance(first, list):
+        return first
+    out = await first
+    return [] if out is None else [out]
+
+
+async def _outputs(call: _Call, first: list[RequestOutput] | asyncio.Future) -> AsyncIterator[RequestOutput]:
+    for out in await _first(first):
         call.count(out)
         yield out
     async for out in call.stream:
@@ -109,7 +131,7 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk, include_usage: bool,
+async def _event_stream(call: _Call, first: list[RequestOutput] | asyncio.Future, choice: Chunk, include_usage: bool,
                         watch: _Watch) -> AsyncIterator[str]:
     """Chunks, then usage if asked for; if a sample failed or the engine stopped, an OpenAI-style
     `{"error": ...}` event (the openai client raises APIError with its message); then [DONE]."""
@@ -117,12 +139,15 @@ async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk, 
     errors: list[str] = []
     try:
         try:
+            if not isinstance(first, list):  # a long wait for the first token: keep the line alive
+                while not (await asyncio.wait({first}, timeout=KEEP_ALIVE_S))[0]:
+                    yield ": keep-alive\n\n"
             async for out in _outputs(call, first):
                 yield _sse(call.body([choice(out, out.index not in seen)]))
                 seen.add(out.index)
                 if out.error:
                     errors.append(out.error)
-        except EngineDeadError as exc:
+        except (EngineDeadError, RequestRejected) as exc:  # a refusal after the headers: an error event
             errors.append(str(exc))
         if include_usage:
             yield _sse(call.body([], usage=call.usage()))
@@ -130,6 +155,8 @@ async def _event_stream(call: _Call, first: list[RequestOutput], choice: Chunk, 
             yield _sse(error_body(f"the request failed: {errors[0]}", "server_error"))
         yield _sse("[DONE]")
     finally:
+        if not isinstance(first, list):
+            first.cancel()
         watch.stop()
         call.stream.close()
 
@@ -168,9 +195,13 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
     try:
         async for out in _outputs(call, first):
             texts[out.index] = out
+    except RequestRejected as exc:  # refused by the engine after a long queue
+        return error_response(400, str(exc))
     except EngineDeadError as exc:
         return error_response(503, str(exc), "server_error")
     finally:
+        if not isinstance(first, list):
+            first.cancel()
         handle.close()
     failed = [out.error for out in texts.values() if out.error]
     if failed:

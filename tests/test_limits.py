@@ -136,3 +136,25 @@ def test_repeated_large_bad_requests_leave_memory_flat(live: LiveServer) -> None
     grown = process.memory_info().rss - before
     assert grown < 40 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB over 30 requests of 3 MB"
     still_serves(live)
+
+
+def test_a_slow_first_token_gets_headers_and_keep_alive_comments(live: LiveServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose first token waits (a long prefill here) sends its headers once the engine has
+    had time to refuse it, then a keep-alive comment every KEEP_ALIVE_S until the first token, so
+    that no proxy times it out; the tokens and [DONE] follow as ever."""
+    import server.openai_api as api
+
+    monkeypatch.setattr(api, "ACCEPT_WAIT_S", 0.02)
+    monkeypatch.setattr(api, "KEEP_ALIVE_S", 0.05)
+    prompt = " ".join(f"word{k}" for k in range(450))  # 1,700 tokens, prefilled 128 a step on a CPU
+    body = {"prompt": prompt, "max_tokens": 3, "temperature": 0, "stream": True}
+    start = time.monotonic()
+    with httpx.stream("POST", live.url + COMPLETIONS, json=body, timeout=60) as response:
+        headers_after = time.monotonic() - start
+        lines = [line for line in response.iter_lines() if line]
+    assert any(line.startswith("data: ") for line in lines), (response.status_code, lines[:5])
+    first_data = lines.index(next(line for line in lines if line.startswith("data: ")))
+    assert response.status_code == 200 and headers_after < 1.0
+    assert first_data >= 1 and all(line == ": keep-alive" for line in lines[:first_data])
+    assert lines[-1] == "data: [DONE]"
