@@ -315,7 +315,7 @@ class LLMEngine:
     def _output(seq: Sequence, delta: str, tokens: list[int], text: str) -> RequestOutput:
         reason = seq.finish_reason.value if seq.finish_reason else None
         return RequestOutput(seq.request_id, seq.sample_index, delta, tokens, text, seq.num_output_tokens,
-                             seq.is_finished, reason)
+                             seq.is_finished, reason, num_cached_tokens=seq.num_cached_tokens)
 
     def _snapshot(self, out: SchedulerOutput, start: float, num_prefill: int, num_decode: int) -> MetricsSnapshot:
         now = time.perf_counter()

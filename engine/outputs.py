@@ -17,6 +17,7 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None = None  # stop | length | abort | error
     error: str | None = None  # what went wrong, with finish_reason "error"
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache when it was scheduled
 
 
 @dataclass

@@ -9,6 +9,7 @@ or decoded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -38,24 +39,28 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 class _Call:
     """One API call's stream plus what its response bodies share (id, model, token counts)."""
 
-    def __init__(self, stream: RequestStream, model: str, prefix: str, kind: str) -> None:
-        self.stream = stream
+    def __init__(self, stream: RequestStream, model: str, prefix: str, kind: str, fingerprint: str) -> None:
+        self.stream, self.fingerprint = stream, fingerprint
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = model
         self.kind = kind
         self.output_tokens: dict[int, int] = {}
+        self.cached_tokens: int | None = None  # as the prompt was first scheduled
 
     def count(self, out: RequestOutput) -> None:
         self.output_tokens[out.index] = out.num_output_tokens
+        if self.cached_tokens is None:
+            self.cached_tokens = out.num_cached_tokens
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         prompt, completion = self.stream.num_prompt_tokens or 0, sum(self.output_tokens.values())
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens or 0}}
 
     def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
-                "choices": choices, **extra}
+                "system_fingerprint": self.fingerprint, "choices": choices, **extra}
 
 
 class _Watch:
@@ -81,6 +86,14 @@ class _Watch:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+def fingerprint(engine: EngineThread) -> str:
+    """OpenAI's system_fingerprint: changes when what answers changes (model, dtype, device kind,
+    pool shape), so that a client can tell two backends' answers apart."""
+    info = engine.info
+    key = f"{info.model}|{info.model_type}|{info.dtype}|{info.device.split(':')[0]}|{info.block_size}|{info.max_model_len}"
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 # A request the engine refuses (an id out of its vocabulary, too long a prompt) is refused within a
@@ -185,9 +198,10 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
     except EngineDeadError as exc:
         return error_response(503, str(exc), "server_error")
     if chat:
-        call = _Call(handle, model, "chatcmpl", "chat.completion.chunk" if stream else "chat.completion")
+        call = _Call(handle, model, "chatcmpl", "chat.completion.chunk" if stream else "chat.completion",
+                     fingerprint(engine))
     else:
-        call = _Call(handle, model, "cmpl", "text_completion")
+        call = _Call(handle, model, "cmpl", "text_completion", fingerprint(engine))
     if stream:
         events = _event_stream(call, first, _chat_chunk if chat else _text_chunk, include_usage, watch)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.prompt_encoder import check_text
 from engine.sampling_params import SamplingParams
@@ -29,6 +29,30 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+# Fields OpenAI documents as advisory, or that mean nothing here: accepted, and they change nothing.
+ADVISORY = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+# Fields this server does not implement, with the values that ask for nothing (clients send them
+# with their defaults). Any other value is refused with a 400 naming the field; so is any field
+# neither here nor in the request's model: nothing is accepted and silently ignored.
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},), "logprobs": (False,),
+    "top_logprobs": (0,), "echo": (False,), "suffix": ("",), "best_of": (1,), "min_tokens": (0,),
+    "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "functions": ([],),
+    "function_call": ("none",), "skip_special_tokens": (True,), "include_stop_str_in_output": (False,),
+    "modalities": (["text"],), "tool_calls": ([],), "refusal": (), "annotations": ([],), "tool_call_id": (), "prediction": (), "audio": (), "reasoning_effort": (), "web_search_options": (),
+}
+
+
+def refuse_unimplemented(extra: dict[str, Any] | None) -> None:
+    """ValueError naming the first field (beyond the model's own) that asks for what is not built."""
+    for name, value in (extra or {}).items():
+        if name in ADVISORY or value is None or value in NEUTRAL.get(name, ()):
+            continue
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        what = "is not supported by this server" if name in NEUTRAL else "is not a parameter this server knows"
+        raise ValueError(f"'{name}' {what} (got {shown})")
+
+
 class _Common(_Strict):
     model: str | None = None
     temperature: float | None = None
@@ -42,6 +66,12 @@ class _Common(_Strict):
     ignore_eos: bool = False  # vLLM extension
     stream: bool = False
     stream_options: StreamOptions | None = None
+    stop_token_ids: list[int] | None = None  # vLLM extension
+
+    @model_validator(mode="after")
+    def _nothing_ignored(self) -> "_Common":
+        refuse_unimplemented(self.model_extra)
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -61,7 +91,7 @@ class _Common(_Strict):
         given: dict[str, Any] = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p",
                                                                 "repetition_penalty") if getattr(self, k) is not None}
         return SamplingParams(n=self.n, max_tokens=max_tokens, stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
-                              **given)
+                              stop_token_ids=tuple(self.stop_token_ids or ()), **given)
 
     @property
     def include_usage(self) -> bool:
@@ -96,6 +126,11 @@ class ChatMessage(_Strict):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _nothing_ignored(self) -> "ChatMessage":
+        refuse_unimplemented(self.model_extra)
+        return self
 
     @field_validator("role")
     @classmethod

@@ -2,6 +2,7 @@
 request right after it still succeeds; a full waiting queue answers 429 and nothing leaks."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,21 @@ def chat(content: object, **extra: object) -> dict:
 
 # (name, path, body: a dict sent as JSON or raw bytes, status, words of the error message)
 CASES = [
+    # a parameter this server does not implement is refused by name, never accepted and ignored
+    ("presence_penalty", CHAT, chat("hi", presence_penalty=0.5), 400, "'presence_penalty' is not supported"),
+    ("frequency_penalty", COMPLETIONS, {"prompt": "hi", "frequency_penalty": -1.0}, 400, "'frequency_penalty'"),
+    ("logit_bias", CHAT, chat("hi", logit_bias={"42": -100}), 400, "'logit_bias'"),
+    ("logprobs", CHAT, chat("hi", logprobs=True, top_logprobs=3), 400, "'logprobs'"),
+    ("echo", COMPLETIONS, {"prompt": "hi", "echo": True}, 400, "'echo'"),
+    ("json mode", CHAT, chat("hi", response_format={"type": "json_object"}), 400, "'response_format'"),
+    ("tools", CHAT, chat("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "'tools'"),
+    ("tool_choice", CHAT, chat("hi", tool_choice="auto"), 400, "'tool_choice'"),
+    ("min_tokens", CHAT, chat("hi", min_tokens=5), 400, "'min_tokens'"),
+    ("an unknown field", CHAT, chat("hi", temprature=0.5), 400, "'temprature' is not a parameter"),
+    ("tool calls in a message", CHAT, {"messages": [{"role": "assistant", "content": "x",
+                                                     "tool_calls": [{"id": "1"}]}, {"role": "user", "content": "hi"}]},
+     400, "'tool_calls'"),
+    ("stop_token_ids past the vocabulary", CHAT, chat("hi", stop_token_ids=[10**6]), 400, "stop_token_ids"),
     ("empty message", CHAT, chat(""), 400, "empty"),
     ("whitespace message", CHAT, chat("  \n\t "), 400, "empty"),
     ("no messages", CHAT, {"model": MODEL_NAME, "messages": []}, 400, "empty"),
@@ -206,3 +222,40 @@ def test_bad_chat_input_through_the_gradio_api(live: LiveServer, caplog: pytest.
     assert live.engine.alive
     assert_still_serves(live)
     assert not [r for r in caplog.records if r.exc_info and "gradio" not in r.name], caplog.text
+
+
+def test_parameters_at_their_defaults_and_advisory_ones_are_accepted(live, embedded_model_dir: str) -> None:
+    """Clients send unimplemented parameters at values that ask for nothing (and `user`,
+    `metadata`): those change nothing and are not refused. stop_token_ids is honoured."""
+    body = chat("Count: one two three", temperature=0, max_tokens=8, presence_penalty=0, frequency_penalty=0.0,
+                logit_bias={}, logprobs=False, tools=[], tool_choice="none", response_format={"type": "text"},
+                user="someone", metadata={"k": "v"}, parallel_tool_calls=True, seed=None)
+    response = httpx.post(live.url + CHAT, json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    plain = httpx.post(live.url + CHAT, json=chat("Count: one two three", temperature=0, max_tokens=8), timeout=60)
+    assert response.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+    from transformers import AutoTokenizer
+
+    base = {"prompt": "one two three four", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    free = httpx.post(live.url + COMPLETIONS, json=base, timeout=60).json()["choices"][0]
+    third = AutoTokenizer.from_pretrained(embedded_model_dir).encode(free["text"])[2]
+    stopped = httpx.post(live.url + COMPLETIONS, json={**base, "stop_token_ids": [third]}, timeout=60).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop" and stopped["usage"]["completion_tokens"] <= 3
+
+
+def test_usage_counts_the_prompt_tokens_the_prefix_cache_served(live) -> None:
+    """The second of two identical prompts finds its full blocks cached; usage says how many
+    (OpenAI's prompt_tokens_details.cached_tokens), and every body has a system_fingerprint."""
+    body = chat("Tell me about the history of the printing press in Europe, in a few words.", temperature=0,
+                max_tokens=4)
+    first = httpx.post(live.url + CHAT, json=body, timeout=60).json()
+    second = httpx.post(live.url + CHAT, json=body, timeout=60).json()
+    prompt = second["usage"]["prompt_tokens"]
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > 0 and cached % 16 == 0 and cached < prompt  # whole blocks, the last token recomputed
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] <= cached
+    assert first["system_fingerprint"] == second["system_fingerprint"] and second["system_fingerprint"].startswith("fp_")
+    with httpx.stream("POST", live.url + CHAT, json={**body, "stream": True, "stream_options": {"include_usage": True}},
+                      timeout=60) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == cached

@@ -321,3 +321,37 @@ def test_a_replay_of_the_shipped_recording_draws_the_dashboard(browser, tmp_path
     finally:
         http.server.should_exit = True
         source.stop()
+
+
+def test_copy_on_write_and_eviction_flash_and_keep_the_holders_right(browser) -> None:
+    """A copy on write comes as the copy's allocation, the original's release and a `copied`
+    event: the view moves the holder once and flashes both blocks; an eviction flashes the block
+    and clears its cached mark."""
+    from ui.live_view import LIVE_DIR
+    from ui.request_colors import palette
+
+    snapshot = {"schema": 2, "feed_index": 0, "block_size": 16, "num_blocks": 4, "owners": [[1, 2], [], [], []],
+                "fill": [8, 0, 0, 0], "cached": [False, False, True, False],
+                "sequences": [{"seq_id": s, "request_id": "r", "sample": s - 1, "num_tokens": 8,
+                               "num_prompt_tokens": 7, "running": True} for s in (1, 2)]}
+    record = {"step": 5, "wall_time": 100.0, "duration": 0.01, "num_prefill_tokens": 0, "num_decode_tokens": 2,
+              "num_output_tokens": 2, "blocks_used": 2, "blocks_cached_free": 0, "num_blocks": 4,
+              "requests": [{"request_id": "r", "sample": s - 1, "seq_id": s, "phase": "decode", "tokens": 1,
+                            "reason": None, "samples": 1} for s in (1, 2)],
+              "blocks": [{"kind": "evicted", "block_id": 2, "seq_id": 2, "ref_count": 0, "src": -1},
+                         {"kind": "allocated", "block_id": 2, "seq_id": 2, "ref_count": 1, "src": -1},
+                         {"kind": "released", "block_id": 0, "seq_id": 2, "ref_count": 1, "src": -1},
+                         {"kind": "copied", "block_id": 2, "seq_id": 2, "ref_count": 1, "src": 0}]}
+    page = browser.new_page()
+    page.add_script_tag(content=(LIVE_DIR / "feed_state.js").read_text())
+    got = page.evaluate("""([snapshot, record, palette]) => {
+        const st = new PagedChatFeed.FeedState(palette);
+        st.snapshot(snapshot);
+        st.apply(record, 100.0);
+        return {owners: st.owners, cached: Array.from(st.cached), flash: [...st.flash.entries()],
+                counts: st.counts(), colors: new Set([1, 2].map(s => st.colors.colorOf(st.seqs.get(s).req))).size};
+    }""", [snapshot, record, list(palette())])
+    assert got["owners"] == [[1], [], [2], []] and got["cached"] == [0, 0, 0, 0]
+    assert dict((b, f["kind"]) for b, f in got["flash"]) == {0: "copied", 2: "copied"}  # the eviction's flash, then the copy's
+    assert got["counts"]["used"] == record["blocks_used"] and got["colors"] == 1  # one request, one colour
+    page.close()
