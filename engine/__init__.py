@@ -5,6 +5,8 @@ Names are imported lazily, so the torch-free parts (block manager, scheduler) lo
 from importlib import import_module
 from typing import Any
 
+__version__ = "0.10.0"
+
 _EXPORTS = {
     "CacheConfig": "engine.config", "EngineConfig": "engine.config", "ModelConfig": "engine.config",
     "SchedulerConfig": "engine.config", "SamplingParams": "engine.sampling_params", "LLM": "engine.llm",

@@ -130,6 +130,18 @@ class EngineThread:
         token_ids = await asyncio.to_thread(self._encode, prompt)
         return self._queue(token_ids, params, request_id, asyncio.get_running_loop())
 
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """The token ids a request with `prompt` would get (a chat through the template);
+        RequestRejected if it cannot be encoded. Runs on the calling thread."""
+        return self._encode(prompt)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids`; RequestRejected for an id outside the vocabulary."""
+        try:
+            return self.engine.decode(token_ids)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from exc
+
     def _encode(self, prompt: Prompt) -> list[int]:
         """Token ids of `prompt` (the engine's encoders are thread-safe); RequestRejected if bad."""
         try:

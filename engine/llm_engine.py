@@ -76,6 +76,11 @@ class LLMEngine:
         special-token text in message content stays plain text (see `PromptEncoder`)."""
         return self.prompts.encode_chat(messages)
 
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of checked token ids (ValueError for an id outside the vocabulary). Thread-safe."""
+        check_token_ids(token_ids, self.vocab_size, "tokens")
+        return self.tokenizer.decode(token_ids)
+
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
                     arrival_time: float | None = None) -> Sequence:
         """Queue a request. Raises ValueError for what could never be served, and EngineOverloaded

@@ -15,6 +15,7 @@ from server.feed_api import EngineFeed, build_feed_router
 from server.limits import ServerLimits
 from server.openai_api import build_openai_router, error_response
 from server.replay import ReplaySource
+from server.tokenize_api import build_tokenize_router
 from server.prometheus import CONTENT_TYPE, render_metrics
 
 # Gradio's defaults run one event at a time per listener and 40 events in all: far below what
@@ -33,6 +34,7 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None,
     on /v1 if set) and the body limit first. `routers` (the UI's own assets) go in before the UI."""
     app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
     app.include_router(build_openai_router(engine, model_name))
+    app.include_router(build_tokenize_router(engine, model_name))
     app.include_router(build_feed_router(EngineFeed(engine)))
     for router in routers:
         app.include_router(router)

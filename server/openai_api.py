@@ -242,15 +242,22 @@ def _chat_choice(out: RequestOutput) -> dict[str, Any]:
             "finish_reason": out.finish_reason}
 
 
+def check_model(asked: str | None, model_name: str) -> JSONResponse | None:
+    """A 404 in OpenAI's shape for a model this server does not serve (none named: this one)."""
+    if asked in (None, "", model_name):
+        return None
+    return error_response(404, f"the model {clip(asked, 80)!r} does not exist; this server has {model_name!r}",
+                          "not_found_error")
+
+
 def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
     """Routes serving `engine` under the name `model_name` (requests may also leave the model out)."""
     router = APIRouter()
     max_len = engine.info.max_model_len
 
     def refusal(body: CompletionRequest | ChatCompletionRequest) -> JSONResponse | None:
-        if body.model not in (None, "", model_name):
-            return error_response(404, f"the model {clip(body.model, 80)!r} does not exist; this server has "
-                                  f"{model_name!r}", "not_found_error")
+        if (unknown := check_model(body.model, model_name)) is not None:
+            return unknown
         limit = body.max_tokens if isinstance(body, CompletionRequest) else body.token_limit
         if limit is not None and not 1 <= limit < max_len:
             return error_response(400, f"max_tokens must be between 1 and {max_len - 1}, got {limit}")
