@@ -115,7 +115,7 @@ class EngineConfig:
 
     model: str = "embedded"  # "embedded" (SmolLM2-135M-Instruct GGUF), a local folder, or a hub id
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (fp32 on CPU; bf16 on GPU, fp16 without bf16) | float32 | bfloat16 | float16
     attention_backend: str = "auto"  # auto | torch | triton
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)

@@ -76,3 +76,15 @@ def test_embedded_logits_and_greedy_tokens_match_hf(embedded_model_dir: str) -> 
             chunk = ScheduledChunk([generated[-1]], len(prompt) + step, table, 1)
     # HF stops early at end-of-turn; up to there the tokens must agree
     assert generated[:len(expected)] == expected, tokenizer.decode(generated)
+
+
+def test_auto_dtype_is_fp16_on_a_gpu_without_bf16() -> None:
+    """fp32 on a CPU; bf16 on a GPU that has it; fp16 on one that has not (a T4 on a Space)."""
+    import torch
+
+    from engine.model_runner import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("auto", torch.device("cuda"), bf16_supported=True) is torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cuda"), bf16_supported=False) is torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cuda"), bf16_supported=False) is torch.bfloat16  # as asked
