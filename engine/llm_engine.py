@@ -95,6 +95,7 @@ class LLMEngine:
         if not token_ids:
             raise ValueError("the prompt is empty")
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
+        check_token_ids([t for t, _ in params.logit_bias], self.vocab_size, "logit_bias")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; at most {self.max_model_len - 1} fit")
         if params.n > self.config.scheduler.max_num_seqs:

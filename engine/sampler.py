@@ -1,7 +1,8 @@
 """Turn a batch of logits into next tokens, each row under its own SamplingParams.
 
-Order of operations (the HF / vLLM convention): repetition penalty, temperature, top-k, top-p,
-min-p, then a draw. The draw is an exponential race, argmax(probs / q) with q ~ Exponential(1)
+Order of operations (the HF / vLLM convention): logit bias, presence and frequency penalties (over
+the output), repetition penalty (over prompt and output), temperature, top-k, top-p, min-p, then a
+draw. The draw is an exponential race, argmax(probs / q) with q ~ Exponential(1)
 per vocabulary entry, which picks token i with probability probs[i] and needs no cumulative sum.
 
 A seeded row draws its noise from a generator seeded by (seed, sample_index, step) alone, so its
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
 
@@ -62,7 +64,8 @@ class Sampler:
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
         sane = logits.amax(dim=-1).isfinite()
-        tokens = self._sample(apply_repetition_penalty(logits, rows), rows)
+        logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
+        tokens = self._sample(logits, rows)
         return tokens.masked_fill_(~sane, INVALID_TOKEN)  # rows are independent: a bad one harms none
 
     def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
@@ -133,6 +136,42 @@ def row_seed(seed: int, sample_index: int, step: int) -> int:
     """A 64-bit generator seed that depends only on the triple (a hash, so nearby triples differ)."""
     digest = hashlib.blake2b(f"{seed}:{sample_index}:{step}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def apply_logit_bias(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """Add each row's logit_bias to its tokens (OpenAI's; -100 all but bans a token, 100 all but
+    forces it); a new tensor if any row has one, else `logits` itself."""
+    idx = [i for i, r in enumerate(rows) if r.params.logit_bias]
+    if not idx:
+        return logits
+    pairs = [(i, t, b) for i in idx for t, b in rows[i].params.logit_bias]
+    device = logits.device
+    row_of = torch.tensor([p[0] for p in pairs], device=device)
+    cols = torch.tensor([p[1] for p in pairs], device=device)
+    bias = torch.tensor([p[2] for p in pairs], device=device, dtype=logits.dtype)
+    out = logits.clone()
+    out[row_of, cols] += bias  # (row, token) pairs are unique: a dict's keys
+    return out
+
+
+def apply_output_penalties(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties, over each row's output so far (not its prompt):
+    logit -= frequency_penalty x count + presence_penalty x (count > 0), as vLLM applies them."""
+    idx = [i for i, r in enumerate(rows) if r.step and (r.params.presence_penalty or r.params.frequency_penalty)]
+    if not idx:
+        return logits
+    entries = []
+    for i in idx:
+        p = rows[i].params
+        for token, count in Counter(rows[i].token_ids[-rows[i].step:]).items():
+            entries.append((i, token, p.frequency_penalty * count + p.presence_penalty))
+    device = logits.device
+    row_of = torch.tensor([e[0] for e in entries], device=device)
+    cols = torch.tensor([e[1] for e in entries], device=device)
+    penalty = torch.tensor([e[2] for e in entries], device=device, dtype=logits.dtype)
+    out = logits.clone()
+    out[row_of, cols] -= penalty
+    return out
 
 
 def apply_repetition_penalty(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:

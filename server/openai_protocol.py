@@ -18,6 +18,7 @@ from engine.sampling_params import SamplingParams
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 32  # stop strings per request
+MAX_LOGIT_BIAS = 300  # tokens a logit_bias may name (OpenAI's limit)
 INT64 = 2**63
 
 
@@ -35,7 +36,7 @@ ADVISORY = frozenset({"user", "metadata", "store", "service_tier", "parallel_too
 # with their defaults). Any other value is refused with a 400 naming the field; so is any field
 # neither here nor in the request's model: nothing is accepted and silently ignored.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},), "logprobs": (False,),
+    "logprobs": (False,),
     "top_logprobs": (0,), "echo": (False,), "suffix": ("",), "best_of": (1,), "min_tokens": (0,),
     "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "functions": ([],),
     "function_call": ("none",), "skip_special_tokens": (True,), "include_stop_str_in_output": (False,),
@@ -60,6 +61,9 @@ class _Common(_Strict):
     top_k: int | None = Field(None, ge=-1, lt=INT64)  # vLLM extension
     min_p: float | None = None  # vLLM extension
     repetition_penalty: float | None = None  # vLLM extension
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI sends it) -> bias
     n: int = Field(1, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-INT64, lt=2 * INT64)
@@ -89,7 +93,15 @@ class _Common(_Strict):
         """Raises ValueError for values the engine does not accept."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         given: dict[str, Any] = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p",
-                                                                "repetition_penalty") if getattr(self, k) is not None}
+                                                                "repetition_penalty", "presence_penalty",
+                                                                "frequency_penalty") if getattr(self, k) is not None}
+        if self.logit_bias:
+            if len(self.logit_bias) > MAX_LOGIT_BIAS:
+                raise ValueError(f"logit_bias holds at most {MAX_LOGIT_BIAS} tokens, got {len(self.logit_bias)}")
+            try:
+                given["logit_bias"] = {int(token): bias for token, bias in self.logit_bias.items()}
+            except ValueError:
+                raise ValueError("logit_bias keys must be token ids") from None
         return SamplingParams(n=self.n, max_tokens=max_tokens, stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
                               stop_token_ids=tuple(self.stop_token_ids or ()), **given)
 

@@ -22,9 +22,11 @@ def chat(content: object, **extra: object) -> dict:
 # (name, path, body: a dict sent as JSON or raw bytes, status, words of the error message)
 CASES = [
     # a parameter this server does not implement is refused by name, never accepted and ignored
-    ("presence_penalty", CHAT, chat("hi", presence_penalty=0.5), 400, "'presence_penalty' is not supported"),
-    ("frequency_penalty", COMPLETIONS, {"prompt": "hi", "frequency_penalty": -1.0}, 400, "'frequency_penalty'"),
-    ("logit_bias", CHAT, chat("hi", logit_bias={"42": -100}), 400, "'logit_bias'"),
+    ("presence_penalty out of range", CHAT, chat("hi", presence_penalty=2.5), 400, "between -2 and 2"),
+    ("frequency_penalty NaN", COMPLETIONS, b'{"prompt": "hi", "frequency_penalty": NaN}', 400, "frequency_penalty"),
+    ("logit_bias key not an id", CHAT, chat("hi", logit_bias={"hello": 5}), 400, "must be token ids"),
+    ("logit_bias id past the vocabulary", CHAT, chat("hi", logit_bias={"9999999": 5}), 400, "out of vocabulary"),
+    ("logit_bias value out of range", CHAT, chat("hi", logit_bias={"42": 1000}), 400, "between -100 and 100"),
     ("logprobs", CHAT, chat("hi", logprobs=True, top_logprobs=3), 400, "'logprobs'"),
     ("echo", COMPLETIONS, {"prompt": "hi", "echo": True}, 400, "'echo'"),
     ("json mode", CHAT, chat("hi", response_format={"type": "json_object"}), 400, "'response_format'"),
@@ -228,7 +230,7 @@ def test_parameters_at_their_defaults_and_advisory_ones_are_accepted(live, embed
     """Clients send unimplemented parameters at values that ask for nothing (and `user`,
     `metadata`): those change nothing and are not refused. stop_token_ids is honoured."""
     body = chat("Count: one two three", temperature=0, max_tokens=8, presence_penalty=0, frequency_penalty=0.0,
-                logit_bias={}, logprobs=False, tools=[], tool_choice="none", response_format={"type": "text"},
+                logit_bias={}, logprobs=False, echo=False, tools=[], tool_choice="none", response_format={"type": "text"},
                 user="someone", metadata={"k": "v"}, parallel_tool_calls=True, seed=None)
     response = httpx.post(live.url + CHAT, json=body, timeout=60)
     assert response.status_code == 200, response.text
@@ -259,3 +261,22 @@ def test_usage_counts_the_prompt_tokens_the_prefix_cache_served(live) -> None:
                       timeout=60) as r:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     assert events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
+
+
+def test_logit_bias_minus_100_removes_the_greedy_token_and_penalties_change_the_output(live) -> None:
+    """OpenAI's logit_bias and presence / frequency penalties, through the API (the sampler's
+    tests check the arithmetic)."""
+    base = {"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0}
+    first = httpx.post(live.url + COMPLETIONS, json=base, timeout=60).json()["choices"][0]["text"]
+    token = httpx.post(live.url + "/tokenize", json={"prompt": first}).json()["tokens"]
+    assert len(token) == 1
+    banned = httpx.post(live.url + COMPLETIONS, json={**base, "logit_bias": {str(token[0]): -100}},
+                        timeout=60).json()["choices"][0]["text"]
+    assert banned != first
+    long = {"prompt": "List: apple, apple, apple,", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    plain = httpx.post(live.url + COMPLETIONS, json=long, timeout=60).json()["choices"][0]["text"]
+    penalised = httpx.post(live.url + COMPLETIONS, json={**long, "frequency_penalty": 2.0, "presence_penalty": 2.0},
+                           timeout=60).json()["choices"][0]["text"]
+    assert penalised != plain
+    words = penalised.replace(",", " ").split()
+    assert len(set(words)) >= len(words) - 2  # hardly a word twice

@@ -270,3 +270,27 @@ def test_top_p_matches_a_full_sort(scale: float) -> None:
         assert torch.equal(filtered[row] > -math.inf, expected), (scale, p)
         kept = filtered[row] > -math.inf
         assert torch.equal(filtered[row][kept], logits[row][kept])  # survivors unchanged
+
+
+def test_logit_bias_and_output_penalties_follow_openai_and_vllm() -> None:
+    """logit_bias adds to its tokens; presence and frequency penalties subtract
+    frequency x count + presence for each token of the output (never the prompt's)."""
+    from engine.sampler import apply_logit_bias, apply_output_penalties
+
+    logits = torch.zeros(2, 10)
+    params = SamplingParams(temperature=0, presence_penalty=0.5, frequency_penalty=0.25, logit_bias={3: -100, 4: 2})
+    # prompt [1, 2], output [5, 5, 7]; the second row asks for nothing
+    rows = [SampleRow(params, [1, 2, 5, 5, 7], 0, 3), SampleRow(SamplingParams(temperature=0), [1, 5], 0, 1)]
+    biased = apply_logit_bias(logits, rows)
+    assert biased[0, 3] == -100 and biased[0, 4] == 2 and biased[1].abs().sum() == 0
+    out = apply_output_penalties(logits, rows)
+    assert out[0, 5] == pytest.approx(-(0.25 * 2 + 0.5)) and out[0, 7] == pytest.approx(-(0.25 + 0.5))
+    assert out[0, 1] == 0 and out[0, 2] == 0 and out[1].abs().sum() == 0  # the prompt, the other row
+    assert logits.abs().sum() == 0  # the caller's logits untouched
+    greedy = Sampler().sample(torch.tensor([[0.0, 5.0, 4.0]]), [SampleRow(SamplingParams(temperature=0,
+                                                                                          logit_bias={1: -100}), [0], 0, 0)])
+    assert greedy.tolist() == [2]
+    with pytest.raises(ValueError, match="between -2 and 2"):
+        SamplingParams(presence_penalty=3)
+    with pytest.raises(ValueError, match="between -100 and 100"):
+        SamplingParams(logit_bias={1: 101})
