@@ -37,13 +37,24 @@ class _Process:
 
     def __init__(self) -> None:
         self._proc = psutil.Process()
-        self._proc.cpu_percent(None)  # the first call only sets the reference point
         self._cores = psutil.cpu_count() or 1
         self._total = psutil.virtual_memory().total
+        self._mark = (time.monotonic(), self._cpu_seconds())
+        self._share = 0.0
+
+    def _cpu_seconds(self) -> float:
+        times = self._proc.cpu_times()
+        return times.user + times.system
 
     def read(self) -> tuple[float, float, float]:
+        """CPU time over wall time since the last reading, as % of all cores (kept from the last
+        reading when less than 0.2 s passed: a shorter span gives noise, not a share)."""
+        now, cpu = time.monotonic(), self._cpu_seconds()
+        if now - self._mark[0] >= 0.2:
+            share = 100.0 * (cpu - self._mark[1]) / ((now - self._mark[0]) * self._cores)
+            self._share, self._mark = min(100.0, max(0.0, share)), (now, cpu)
         rss = self._proc.memory_info().rss
-        return self._proc.cpu_percent(None) / self._cores, 100.0 * rss / self._total, rss / 2**30
+        return self._share, 100.0 * rss / self._total, rss / 2**30
 
 
 class DeviceMonitor:

@@ -38,3 +38,16 @@ def test_on_a_gpu_it_reads_the_engines_card_through_nvml() -> None:
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": str(last)},
                              capture_output=True, text=True, check=True).stdout.split()[-1]
         assert int(out) == last
+
+
+def test_a_cpu_share_is_a_share_even_between_close_readings() -> None:
+    """Two readings a moment apart, the process busy between them: never above 100% of the cores."""
+    monitor = DeviceMonitor("cpu", min_interval=0.0)
+    for _ in range(20):
+        sum(k * k for k in range(20_000))  # busy
+        assert 0.0 <= monitor.sample()["compute_pct"] <= 100.0
+    import time
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        pass
+    assert monitor.sample()["compute_pct"] > 0
