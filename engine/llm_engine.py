@@ -241,11 +241,17 @@ class LLMEngine:
             seq, samples = item.seq, item.num_samples
             start, ids = seq.num_computed_tokens, seq.token_ids
             chunks.append(ScheduledChunk(ids[start:start + item.num_new_tokens], start, table(seq.seq_id), samples))
+            step = len(ids) - seq.num_prompt_tokens
+            banned = self._enders(seq.params) if step < seq.params.min_tokens else ()
             if samples == 1:
-                rows.append(SampleRow(seq.params, ids, seq.sample_index, len(ids) - seq.num_prompt_tokens))
+                rows.append(SampleRow(seq.params, ids, seq.sample_index, step, banned))
             elif samples:
-                rows.extend(SampleRow(seq.params, ids, k, len(ids) - seq.num_prompt_tokens) for k in range(samples))
+                rows.extend(SampleRow(seq.params, ids, k, step, banned) for k in range(samples))
         return chunks, rows
+
+    def _enders(self, params: SamplingParams) -> tuple[int, ...]:
+        """The ids that would end a sequence: its stop ids, and EOS unless it ignores EOS."""
+        return tuple(sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)))
 
     def _guarded(self, serve: Any, seq: Sequence, *args: Any) -> RequestOutput | None:
         """`serve(seq, *args)`; if it raises, that sequence alone fails (its blocks freed) and the

@@ -1,7 +1,7 @@
 """Turn a batch of logits into next tokens, each row under its own SamplingParams.
 
 Order of operations (the HF / vLLM convention): logit bias, presence and frequency penalties (over
-the output), repetition penalty (over prompt and output), temperature, top-k, top-p, min-p, then a
+the output), repetition penalty (over prompt and output), bans (min_tokens), temperature, top-k, top-p, min-p, then a
 draw. The draw is an exponential race, argmax(probs / q) with q ~ Exponential(1)
 per vocabulary entry, which picks token i with probability probs[i] and needs no cumulative sum.
 
@@ -41,6 +41,7 @@ class SampleRow:
     token_ids: list[int]  # prompt + output so far, read by the repetition penalty
     sample_index: int = 0  # which of the request's n samples
     step: int = 0  # tokens this sample has generated so far
+    banned: tuple[int, ...] = ()  # ids it may not draw now (EOS and stop ids before min_tokens)
 
     @property
     def greedy(self) -> bool:
@@ -65,6 +66,7 @@ class Sampler:
         # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
         sane = logits.amax(dim=-1).isfinite()
         logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
+        logits = apply_bans(logits, rows)
         tokens = self._sample(logits, rows)
         return tokens.masked_fill_(~sane, INVALID_TOKEN)  # rows are independent: a bad one harms none
 
@@ -151,6 +153,18 @@ def apply_logit_bias(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tenso
     bias = torch.tensor([p[2] for p in pairs], device=device, dtype=logits.dtype)
     out = logits.clone()
     out[row_of, cols] += bias  # (row, token) pairs are unique: a dict's keys
+    return out
+
+
+def apply_bans(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """-inf for each row's banned ids (a row whose every id is banned fails, as any row without a
+    finite logit does); a new tensor if any row bans one, else `logits` itself."""
+    pairs = [(i, t) for i, r in enumerate(rows) for t in r.banned]
+    if not pairs:
+        return logits
+    out = logits.clone()
+    out[torch.tensor([p[0] for p in pairs], device=logits.device),
+        torch.tensor([p[1] for p in pairs], device=logits.device)] = float("-inf")
     return out
 
 

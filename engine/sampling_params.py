@@ -26,6 +26,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), -100 to 100
     seed: int | None = None
     max_tokens: int = 256
+    min_tokens: int = 0  # vLLM's: no EOS or stop token id is drawn before this many output tokens
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -63,6 +64,8 @@ class SamplingParams:
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {str(b)[:40]} for {token}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
 

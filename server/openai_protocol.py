@@ -37,7 +37,7 @@ ADVISORY = frozenset({"user", "metadata", "store", "service_tier", "parallel_too
 # neither here nor in the request's model: nothing is accepted and silently ignored.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (False,),
-    "top_logprobs": (0,), "echo": (False,), "suffix": ("",), "best_of": (1,), "min_tokens": (0,),
+    "top_logprobs": (0,), "echo": (False,), "suffix": ("",), "best_of": (1,),
     "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "functions": ([],),
     "function_call": ("none",), "skip_special_tokens": (True,), "include_stop_str_in_output": (False,),
     "modalities": (["text"],), "tool_calls": ([],), "refusal": (), "annotations": ([],), "tool_call_id": (), "prediction": (), "audio": (), "reasoning_effort": (), "web_search_options": (),
@@ -71,6 +71,7 @@ class _Common(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop_token_ids: list[int] | None = None  # vLLM extension
+    min_tokens: int = Field(0, ge=-INT64, lt=INT64)  # vLLM extension
 
     @model_validator(mode="after")
     def _nothing_ignored(self) -> "_Common":
@@ -103,7 +104,7 @@ class _Common(_Strict):
             except ValueError:
                 raise ValueError("logit_bias keys must be token ids") from None
         return SamplingParams(n=self.n, max_tokens=max_tokens, stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
-                              stop_token_ids=tuple(self.stop_token_ids or ()), **given)
+                              stop_token_ids=tuple(self.stop_token_ids or ()), min_tokens=self.min_tokens, **given)
 
     @property
     def include_usage(self) -> bool:

@@ -32,7 +32,7 @@ CASES = [
     ("json mode", CHAT, chat("hi", response_format={"type": "json_object"}), 400, "'response_format'"),
     ("tools", CHAT, chat("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "'tools'"),
     ("tool_choice", CHAT, chat("hi", tool_choice="auto"), 400, "'tool_choice'"),
-    ("min_tokens", CHAT, chat("hi", min_tokens=5), 400, "'min_tokens'"),
+    ("min_tokens over max_tokens", CHAT, chat("hi", min_tokens=5, max_tokens=4), 400, "min_tokens must be"),
     ("an unknown field", CHAT, chat("hi", temprature=0.5), 400, "'temprature' is not a parameter"),
     ("tool calls in a message", CHAT, {"messages": [{"role": "assistant", "content": "x",
                                                      "tool_calls": [{"id": "1"}]}, {"role": "user", "content": "hi"}]},
@@ -280,3 +280,15 @@ def test_logit_bias_minus_100_removes_the_greedy_token_and_penalties_change_the_
     assert penalised != plain
     words = penalised.replace(",", " ").split()
     assert len(set(words)) >= len(words) - 2  # hardly a word twice
+
+
+def test_min_tokens_holds_eos_and_stop_ids_back(live) -> None:
+    """vLLM's min_tokens: a greedy answer that stops at once (a stop id at its first token) runs
+    to min_tokens instead, and no further than max_tokens."""
+    base = {"prompt": "one two three four", "max_tokens": 1, "temperature": 0}
+    first = httpx.post(live.url + COMPLETIONS, json=base, timeout=60).json()["choices"][0]["text"]
+    stop_id = httpx.post(live.url + "/tokenize", json={"prompt": first}).json()["tokens"][0]
+    body = {**base, "max_tokens": 12, "stop_token_ids": [stop_id]}
+    assert httpx.post(live.url + COMPLETIONS, json=body, timeout=60).json()["usage"]["completion_tokens"] <= 1
+    held = httpx.post(live.url + COMPLETIONS, json={**body, "min_tokens": 6}, timeout=60).json()
+    assert held["usage"]["completion_tokens"] >= 6

@@ -294,3 +294,15 @@ def test_logit_bias_and_output_penalties_follow_openai_and_vllm() -> None:
         SamplingParams(presence_penalty=3)
     with pytest.raises(ValueError, match="between -100 and 100"):
         SamplingParams(logit_bias={1: 101})
+
+
+def test_a_banned_id_is_never_drawn() -> None:
+    """min_tokens bans EOS and the stop ids: greedy or sampled, they are not drawn."""
+    logits = torch.tensor([[0.0, 9.0, 1.0, 0.5]] * 2)
+    rows = [SampleRow(SamplingParams(temperature=0), [0], 0, 0, banned=(1,)),
+            SampleRow(SamplingParams(temperature=1.0, seed=3), [0], 0, 0, banned=(1, 2))]
+    for _ in range(20):
+        got = Sampler().sample(logits, rows).tolist()
+        assert got[0] == 2 and got[1] in (0, 3)
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingParams(max_tokens=4, min_tokens=5)
