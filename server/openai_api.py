@@ -9,6 +9,7 @@ or decoded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -175,10 +176,10 @@ async def _event_stream(call: _Call, first: list[RequestOutput] | asyncio.Future
 
 
 async def _respond(request: Request, engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str,
-                   stream: bool, include_usage: bool, chat: bool) -> Any:
+                   stream: bool, include_usage: bool, chat: bool, echo: str = "") -> Any:
     watch = _Watch(request)
     try:
-        response = await _answer(watch, engine, prompt, params, model, stream, include_usage, chat)
+        response = await _answer(watch, engine, prompt, params, model, stream, include_usage, chat, echo)
     except BaseException:
         watch.stop()
         raise
@@ -188,7 +189,8 @@ async def _respond(request: Request, engine: EngineThread, prompt: Prompt, param
 
 
 async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str,
-                  stream: bool, include_usage: bool, chat: bool) -> Any:
+                  stream: bool, include_usage: bool, chat: bool, echo: str = "") -> Any:
+    """`echo`: text before each completion's own (a completion's prompt, asked with echo)."""
     try:
         handle, first = await _open(engine, prompt, params, watch)
     except EngineOverloaded as exc:
@@ -203,7 +205,8 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
     else:
         call = _Call(handle, model, "cmpl", "text_completion", fingerprint(engine))
     if stream:
-        events = _event_stream(call, first, _chat_chunk if chat else _text_chunk, include_usage, watch)
+        chunk = _chat_chunk if chat else functools.partial(_text_chunk, echo=echo)
+        events = _event_stream(call, first, chunk, include_usage, watch)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     texts: dict[int, RequestOutput] = {}
     try:
@@ -220,12 +223,13 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
     failed = [out.error for out in texts.values() if out.error]
     if failed:
         return error_response(500, f"the request failed: {failed[0]}", "server_error")
-    make = _chat_choice if chat else _text_choice
+    make = _chat_choice if chat else functools.partial(_text_choice, echo=echo)
     return call.body([make(texts[i]) for i in sorted(texts)], usage=call.usage())
 
 
-def _text_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
-    return {"index": out.index, "text": out.delta_text, "logprobs": None, "finish_reason": out.finish_reason}
+def _text_chunk(out: RequestOutput, first: bool, echo: str = "") -> dict[str, Any]:
+    text = echo + out.delta_text if first else out.delta_text
+    return {"index": out.index, "text": text, "logprobs": None, "finish_reason": out.finish_reason}
 
 
 def _chat_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
@@ -233,8 +237,8 @@ def _chat_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
     return {"index": out.index, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason}
 
 
-def _text_choice(out: RequestOutput) -> dict[str, Any]:
-    return {"index": out.index, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+def _text_choice(out: RequestOutput, echo: str = "") -> dict[str, Any]:
+    return {"index": out.index, "text": echo + out.text, "logprobs": None, "finish_reason": out.finish_reason}
 
 
 def _chat_choice(out: RequestOutput) -> dict[str, Any]:
@@ -279,9 +283,13 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
         try:
             prompt = body.single_prompt()
             params = body.sampling_params(body.max_tokens or max_len)
-        except ValueError as exc:
+            # echo: the prompt's text before the completion's (token ids given: their text)
+            echo = "" if not body.echo else prompt if isinstance(prompt, str) else \
+                await asyncio.to_thread(engine.detokenize, list(prompt))
+        except (ValueError, RequestRejected) as exc:
             return error_response(400, str(exc))
-        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, chat=False)
+        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, chat=False,
+                              echo=echo)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:

@@ -114,6 +114,7 @@ class _Common(_Strict):
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(16, ge=-INT64, lt=INT64)  # OpenAI's default for completions
+    echo: bool = False  # the prompt's text before each completion's
 
     @property
     def num_chars(self) -> int:

@@ -28,7 +28,7 @@ CASES = [
     ("logit_bias id past the vocabulary", CHAT, chat("hi", logit_bias={"9999999": 5}), 400, "out of vocabulary"),
     ("logit_bias value out of range", CHAT, chat("hi", logit_bias={"42": 1000}), 400, "between -100 and 100"),
     ("logprobs", CHAT, chat("hi", logprobs=True, top_logprobs=3), 400, "'logprobs'"),
-    ("echo", COMPLETIONS, {"prompt": "hi", "echo": True}, 400, "'echo'"),
+    ("echo on a chat", CHAT, chat("hi", echo=True), 400, "'echo'"),
     ("json mode", CHAT, chat("hi", response_format={"type": "json_object"}), 400, "'response_format'"),
     ("tools", CHAT, chat("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "'tools'"),
     ("tool_choice", CHAT, chat("hi", tool_choice="auto"), 400, "'tool_choice'"),
@@ -292,3 +292,20 @@ def test_min_tokens_holds_eos_and_stop_ids_back(live) -> None:
     assert httpx.post(live.url + COMPLETIONS, json=body, timeout=60).json()["usage"]["completion_tokens"] <= 1
     held = httpx.post(live.url + COMPLETIONS, json={**body, "min_tokens": 6}, timeout=60).json()
     assert held["usage"]["completion_tokens"] >= 6
+
+
+def test_echo_puts_the_prompt_before_each_completion(live) -> None:
+    """Completions' echo: the prompt's text (token ids: their text) starts each choice, streamed
+    (in the first chunk) or not."""
+    base = {"prompt": "The sky is", "max_tokens": 4, "temperature": 0, "n": 2, "ignore_eos": True}
+    plain = httpx.post(live.url + COMPLETIONS, json=base, timeout=60).json()["choices"]
+    echoed = httpx.post(live.url + COMPLETIONS, json={**base, "echo": True}, timeout=60).json()["choices"]
+    assert [c["text"] for c in echoed] == ["The sky is" + c["text"] for c in plain]
+    ids = httpx.post(live.url + "/tokenize", json={"prompt": "The sky is"}).json()["tokens"]
+    by_ids = httpx.post(live.url + COMPLETIONS, json={**base, "prompt": ids, "echo": True}, timeout=60).json()
+    assert by_ids["choices"][0]["text"].startswith("The sky is")
+    with httpx.stream("POST", live.url + COMPLETIONS, json={**base, "n": 1, "echo": True, "stream": True},
+                      timeout=60) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == echoed[0]["text"]
+    assert chunks[0]["choices"][0]["text"].startswith("The sky is")
