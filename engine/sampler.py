@@ -65,8 +65,9 @@ class Sampler:
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
         sane = logits.amax(dim=-1).isfinite()
-        logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
-        logits = apply_bans(logits, rows)
+        if any(r.banned or r.params.adjusts_logits for r in rows):  # one pass over the batch, not four
+            logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
+            logits = apply_bans(logits, rows)
         tokens = self._sample(logits, rows)
         return tokens.masked_fill_(~sane, INVALID_TOKEN)  # rows are independent: a bad one harms none
 
