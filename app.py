@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     safety.add_argument("--presenter-key", default=os.environ.get("PAGEDCHAT_PRESENTER_KEY"),
                         help="only holders of this key may start or stop the load generator "
                              "(default: $PAGEDCHAT_PRESENTER_KEY)")
+    safety.add_argument("--token-text", choices=["all", "simulated"], default=None,
+                        help="whose token text the dashboard's block-table view shows: every request's, or the "
+                             "simulated users' only (default: all on a loopback host, simulated otherwise)")
     safety.add_argument("--no-load-generator", action="store_true", help="turn the load generator off")
     safety.add_argument("--load-time-limit", type=float, default=LoadPolicy.time_limit_s / 60,
                         help="minutes after which a simulated load stops by itself")
@@ -131,12 +134,21 @@ def served_name(args: argparse.Namespace) -> str:
 
 def build_app(config: EngineConfig, name: str, load_seed: int | None = None, policy: LoadPolicy = LoadPolicy(),
               limits: ServerLimits = ServerLimits(), hosts: list[str] | None = None,
-              api_key: str | None = None) -> tuple[Any, EngineThread, LoadGenerator]:
+              api_key: str | None = None, token_text: str = "all") -> tuple[Any, EngineThread, LoadGenerator]:
     """The engine on its thread, the load generator, and the HTTP app carrying API and UI."""
     engine = EngineThread(LLMEngine(config)).start()
     load = LoadGenerator(engine, load_prompts(PROMPTS), seed=load_seed, policy=policy)
     ui = build_ui(engine.info, name, engine, load)
-    return build_http_app(engine, name, ui, limits, hosts, api_key, routers=[live_view_router()]), engine, load
+    app = build_http_app(engine, name, ui, limits, hosts, api_key, routers=[live_view_router()], token_text=token_text)
+    return app, engine, load
+
+
+def token_text_policy(args: argparse.Namespace) -> str:
+    """Every request's token text on the presenter's own machine; on a public server only the
+    simulated users' (the chats there are other people's)."""
+    if args.token_text:
+        return args.token_text
+    return "all" if args.host in LOOPBACK else "simulated"
 
 
 def build_replay(path: str, limits: ServerLimits = ServerLimits(), hosts: list[str] | None = None,
@@ -163,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         serve(app, args.host, args.port, on_shutdown=source.stop, limits=server_limits(args))
         return
     app, engine, load = build_app(engine_config(args), served_name(args), policy=load_policy(args),
-                                  limits=server_limits(args), hosts=allowed_hosts(args), api_key=args.api_key)
+                                  limits=server_limits(args), hosts=allowed_hosts(args), api_key=args.api_key,
+                                  token_text=token_text_policy(args))
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
     recorder = FeedRecorder(engine, args.record, served_name(args)).start() if args.record else None
 

@@ -8,6 +8,11 @@ A block is in exactly one of three places:
   free         ref_count 0, no hash, in `_free` (FIFO)
   cached-free  ref_count 0, hash kept, in `_evictable` (LRU order): reusable by a later request
                with the same prefix, or evicted (hash dropped) when a fresh block is needed
+
+A cap (`set_cap`) limits the blocks in use below the pool's size, to simulate memory pressure:
+allocations beyond it are refused as if the pool were that small, except for a sequence that would
+be the only one holding blocks: one sequence always fits the pool, so a cap below it must not starve
+it (the scheduler would preempt it and retry forever).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ class BlockStats:
     """Counters a dashboard can read. used + free + cached_free == total."""
 
     total: int
+    cap: int  # blocks allocations may bring into use: total unless a cap is set (used may exceed it)
     used: int
     free: int
     cached_free: int  # free but still holding a reusable prefix
@@ -97,6 +103,19 @@ class BlockManager:
         self._num_shared = 0
         self._events: list[BlockEvent] | None = None
         self.record_events(record_events)
+        self._cap: int | None = None
+
+    def set_cap(self, cap: int | None) -> None:
+        """Allow at most `cap` blocks in use (None: the whole pool). Lowering it below the blocks in
+        use frees nothing: allocations fail until enough are freed (the scheduler preempts)."""
+        if cap is not None and cap < 1:
+            raise ValueError(f"the block cap must be at least 1, got {cap}")
+        self._cap = cap
+
+    @property
+    def cap(self) -> int:
+        """The effective cap: the pool's size when none is set, or when the cap exceeds it."""
+        return self.num_blocks if self._cap is None else min(self._cap, self.num_blocks)
 
     def record_events(self, on: bool) -> None:
         """Start or stop recording block events (stopping drops those not taken)."""
@@ -116,8 +135,11 @@ class BlockManager:
     # ---- queries -------------------------------------------------------------------------------
     @property
     def num_free_blocks(self) -> int:
-        """Blocks an allocation can take now: free plus cached-free (evicted on demand)."""
-        return len(self._free) + len(self._evictable)
+        """Blocks an allocation can take now: free plus cached-free (evicted on demand), within the cap."""
+        pooled = len(self._free) + len(self._evictable)
+        if self._cap is None:
+            return pooled
+        return max(0, min(pooled, self._cap - (self.num_blocks - pooled)))
 
     def block_table(self, seq_id: int) -> list[int]:
         return self._seqs[seq_id].table
@@ -171,7 +193,9 @@ class BlockManager:
             reused_free = 0
         fresh = max(0, self.blocks_needed(end) - len(state.table) - len(prefix))
         cow = self._needs_copy(state, num_computed, num_new)
-        if fresh + int(cow) > self.num_free_blocks - reused_free:
+        lone = not self._seqs or (len(self._seqs) == 1 and seq_id in self._seqs)  # the cap spares it
+        available = len(self._free) + len(self._evictable) if lone else self.num_free_blocks
+        if fresh + int(cow) > available - reused_free:
             return False
         if seq_id not in self._seqs:
             self._seqs[seq_id] = state
@@ -336,7 +360,7 @@ class BlockManager:
     def stats(self) -> BlockStats:
         used = self.num_blocks - len(self._free) - len(self._evictable)
         return BlockStats(
-            total=self.num_blocks, used=used, free=len(self._free), cached_free=len(self._evictable),
+            total=self.num_blocks, cap=self.cap, used=used, free=len(self._free), cached_free=len(self._evictable),
             cached=len(self._by_hash), shared=self._num_shared,
             tokens_stored=self._tokens_stored, slots_reserved=used * self.block_size,
             block_size=self.block_size,
@@ -365,6 +389,7 @@ class BlockManager:
         hashed = sum(1 for b in self.blocks if b.hash is not None)
         assert hashed == len(self._by_hash), "a hashed block is missing from the prefix cache"
         assert len(free) + len(evictable) + sum(1 for c in counts if c) == self.num_blocks
+        assert 0 <= self.num_free_blocks <= len(free) + len(evictable), "the cap let more than the pool out"
         assert self._num_shared == sum(1 for c in counts if c > 1), "shared-block counter drifted"
         assert self._fill == self._recount_fill(), "block fill drifted from the block tables"
         assert self._tokens_stored == sum(self._fill), "tokens-stored counter drifted"

@@ -64,6 +64,21 @@ class ModelConfig:
             eos_token_ids=eos_ids,
         )
 
+    def matmul_params(self) -> int:
+        """Weights a token meets in a matrix product (each costs 2 FLOPs a token): every layer's
+        projections and the LM head. The embedding is a lookup, the norms are negligible."""
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        attention = self.hidden_size * (q + 2 * kv) + q * self.hidden_size
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        return self.num_layers * (attention + mlp) + self.vocab_size * self.hidden_size
+
+    def num_params(self) -> int:
+        """All weights: the products', the embedding unless tied to the LM head, and the norms."""
+        embed = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        norms = (2 * self.num_layers + 1) * self.hidden_size
+        return self.matmul_params() + embed + norms
+
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """2 (K and V) x layers x kv_heads x head_dim x bytes per element."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes

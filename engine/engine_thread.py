@@ -3,6 +3,7 @@
 Callers post commands to a thread-safe inbox and read each request's outputs from its own
 `RequestStream`. The loop: take every pending command, step while anything is unfinished,
 hand the deltas out, publish metrics; with nothing to do it blocks on the inbox (no CPU).
+In slow motion (`Controls.step_delay_s`) it pauses after each step, still handling commands meanwhile.
 A step whose batch raises fails only its own requests (see `LLMEngine.step`). If the thread dies
 anyway (a lost device, a bug in the bookkeeping), every open request gets `EngineDeadError`, and
 so does every later submit, at once, and `on_death` is called; the app (which watches `error`)
@@ -11,6 +12,7 @@ then exits non-zero so that a supervisor starts it again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import queue
@@ -20,10 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.block_map import BlockMapSnapshot, kv_waste
+from engine.controls import Controls
 from engine.engine_info import EngineInfo, engine_info
 from engine.event_feed import EventFeed
 from engine.metrics import MetricsSnapshot
 from engine.metrics_history import MetricsHistory
+from engine.request_inspection import RequestInspection, with_token_texts
 from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
 
@@ -52,6 +56,17 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _SetControls:
+    controls: Controls
+
+
+@dataclass(frozen=True)
+class _Inspect:
+    request_id: str
+    answer: concurrent.futures.Future
+
+
 _STOP = object()
 
 
@@ -75,6 +90,10 @@ class EngineThread:
         self._block_map_shape = (0, 0)  # (running, waiting) when the block map was built
         self._block_map: BlockMapSnapshot = self._build_block_map()
         self._block_map_dirty = False
+        self._controls = Controls()  # the latest set, read by any thread
+        self._step_delay_s = 0.0  # the engine thread's copy of the slow-motion pause
+        self._step_end = 0.0  # monotonic time of the last step's end
+        self._resume_at = 0.0  # the next step waits until then (slow motion); 0: no pause
 
     # ---- any thread ----------------------------------------------------------------------------
     def start(self) -> "EngineThread":
@@ -168,6 +187,36 @@ class EngineThread:
         """Stop a request and free its blocks (no-op if it already finished)."""
         self._inbox.put(_Abort(request_id))
 
+    @property
+    def controls(self) -> Controls:
+        """The controls last set (the engine thread applies them before its next step)."""
+        return self._controls
+
+    def set_controls(self, controls: Controls) -> None:
+        """Change batching, the block cap and slow motion live; a pause under way is cut short or
+        lengthened to the new delay."""
+        with self._lock:  # the last posted is the one `controls` returns
+            self._controls = controls
+            self._inbox.put(_SetControls(controls))
+
+    def inspect(self, request_id: str, timeout: float = 2.0) -> RequestInspection | None:
+        """A request's live sequences, tokens and blocks (None if unknown or finished), each token's
+        text decoded here, on the calling thread. The engine thread answers at once when idle or
+        pausing, else between steps: TimeoutError if not within `timeout`."""
+        answer: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._check_alive()
+            self._inbox.put(_Inspect(request_id, answer))
+        try:
+            found = answer.result(timeout)
+        except concurrent.futures.TimeoutError:
+            answer.cancel()
+            raise TimeoutError(f"the engine did not answer within {timeout:g} s") from None
+        return None if found is None else with_token_texts(found, self._token_text)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.engine.tokenizer.decode([token_id])
+
     # ---- the engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -189,23 +238,55 @@ class EngineThread:
             self.on_death(self._error)
 
     def _take_commands(self, block: bool) -> bool:
-        """Handle every queued command (waiting for the first one if `block`); False on stop."""
+        """Handle every queued command (waiting for the first one if `block`), and in slow motion
+        every one that comes until the pause after the last step ends; False on stop."""
+        if block:
+            self._resume_at = 0.0  # nothing to step: no pause to keep
         try:
-            command = self._inbox.get() if block else self._inbox.get_nowait()
+            command = self._inbox.get() if block else self._next_command()
             while True:
                 if command is _STOP:
                     return False
                 self._handle(command)
-                command = self._inbox.get_nowait()
+                if self._resume_at:  # pausing: show what the command changed now
+                    self._publish_block_map(idle=not self.engine.has_unfinished_requests())
+                command = self._next_command()
         except queue.Empty:
             return True
 
-    def _handle(self, command: _Add | _Abort) -> None:
+    def _next_command(self) -> Any:
+        """The next command, waiting only for what is left of a pause; queue.Empty if none."""
+        left = self._resume_at - time.monotonic()
+        if left > 0:
+            return self._inbox.get(timeout=left)
+        self._resume_at = 0.0
+        return self._inbox.get_nowait()
+
+    def _handle(self, command: _Add | _Abort | _SetControls | _Inspect) -> None:
+        if isinstance(command, _Inspect):
+            if command.answer.set_running_or_notify_cancel():  # False: the caller gave up
+                try:
+                    command.answer.set_result(self.engine.inspect_request(command.request_id))
+                except Exception as exc:  # noqa: BLE001 - the caller hears of it, the engine goes on
+                    command.answer.set_exception(exc)
+            return
         self._block_map_dirty = True
-        if isinstance(command, _Abort):
+        if isinstance(command, _SetControls):
+            self._set_controls(command.controls)
+        elif isinstance(command, _Abort):
             self._abort(command.request_id)
         else:
             self._add(command)
+
+    def _set_controls(self, controls: Controls) -> None:
+        try:
+            self.engine.set_controls(controls)
+        except Exception:  # noqa: BLE001 - a demo control must not stop the engine
+            log.exception("could not apply the controls %s", controls)
+            return
+        self._step_delay_s = controls.step_delay_s
+        if self._resume_at:
+            self._resume_at = self._step_end + controls.step_delay_s
 
     def _add(self, command: _Add) -> None:
         stream = command.stream
@@ -247,6 +328,8 @@ class EngineThread:
         snap = result.metrics
         self.history.record(snap, kv_waste(snap.blocks, self.engine.live_sequences()))
         self._block_map_dirty = True
+        self._step_end = time.monotonic()
+        self._resume_at = self._step_end + self._step_delay_s if self._step_delay_s else 0.0
 
     def _build_block_map(self) -> BlockMapSnapshot:
         self._block_map_shape = self.engine.queue_lengths()
@@ -275,3 +358,5 @@ class EngineThread:
                 return
             if isinstance(command, _Add):
                 command.stream.push(exc)
+            elif isinstance(command, _Inspect) and command.answer.set_running_or_notify_cancel():
+                command.answer.set_exception(exc)

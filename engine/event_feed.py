@@ -5,10 +5,18 @@ Schema (version `SCHEMA_VERSION`; a change of meaning bumps it):
   StepRecord   step, wall_time (Unix seconds at the step's start), duration (seconds),
                num_prefill_tokens, num_decode_tokens, num_output_tokens (tokens sampled: each
                decode's, plus the first of each prompt the step finished), blocks_used,
-               blocks_cached_free, num_blocks, requests: [RequestEvent], blocks: [BlockEvent]
+               blocks_cached_free, num_blocks, requests: [RequestEvent], blocks: [BlockEvent],
+               tokens_stored (token slots holding a token after the step, each physical slot once),
+               num_context_tokens (tokens the step's sequences attended to: for each, its computed
+               tokens plus those it fed), batching (continuous | static), block_cap (blocks the
+               scheduler may hand out: num_blocks unless memory pressure is simulated)
   RequestEvent request_id, sample (index among the request's n), seq_id, phase, tokens, reason,
                samples (tokens the sequence drew at the end of this step: 1 for a decode, n for
-               the chunk that finishes an n-sample prompt, 0 for an earlier chunk)
+               the chunk that finishes an n-sample prompt, 0 for an earlier chunk), limit (on a
+               waiting event: the most tokens the request may reach, prompt + max_tokens capped by
+               the model's context: what a contiguous cache would reserve for it at the least),
+               cached (on the prefill event of an admission: prompt tokens found in the prefix
+               cache, whose prefill is saved)
                phase is one of
                  waiting   the request arrived, with a prompt of `tokens` tokens (a preempted
                            one waits again without a new event: see preempted)
@@ -37,7 +45,8 @@ from typing import Any, NamedTuple
 
 from engine.block_manager import BlockEvent
 
-SCHEMA_VERSION = 2  # 2: num_output_tokens, samples, a waiting event's prompt length
+SCHEMA_VERSION = 3  # 2: num_output_tokens, samples, a waiting event's prompt length
+# 3: tokens_stored, num_context_tokens, batching, block_cap; a waiting event's limit, an admission's cached
 PHASES = ("waiting", "prefill", "decode", "forked", "preempted", "finished")
 
 
@@ -49,6 +58,8 @@ class RequestEvent(NamedTuple):
     tokens: int = 0  # waiting: prompt length; prefill: tokens fed; decode: 1
     reason: str | None = None  # finished: stop | length | abort | error
     samples: int = 0  # tokens drawn at the step's end
+    limit: int = 0  # waiting: prompt + max_tokens, capped by the context
+    cached: int = 0  # an admission's prefill: prompt tokens found in the prefix cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,10 @@ class StepRecord:
     num_blocks: int
     requests: tuple[RequestEvent, ...]
     blocks: tuple[BlockEvent, ...]
+    tokens_stored: int = 0
+    num_context_tokens: int = 0
+    batching: str = "continuous"
+    block_cap: int = 0  # 0 in records of schema 2 (no cap then)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, events as objects with named fields."""
@@ -72,7 +87,9 @@ class StepRecord:
                 "num_output_tokens": self.num_output_tokens,
                 "blocks_used": self.blocks_used, "blocks_cached_free": self.blocks_cached_free,
                 "num_blocks": self.num_blocks, "requests": [e._asdict() for e in self.requests],
-                "blocks": [e._asdict() for e in self.blocks]}
+                "blocks": [e._asdict() for e in self.blocks], "tokens_stored": self.tokens_stored,
+                "num_context_tokens": self.num_context_tokens, "batching": self.batching,
+                "block_cap": self.block_cap}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StepRecord":
@@ -131,35 +148,45 @@ class StepRecorder:
     def __init__(self, feed: EventFeed) -> None:
         self.feed = feed
         self._requests: list[RequestEvent] = []
+        self._context = 0  # tokens the scheduled sequences attend to
 
-    def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None, samples: int = 0) -> None:
+    def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None, samples: int = 0,
+             limit: int = 0, cached: int = 0) -> None:
         """`seq` is an engine.sequence.Sequence (typed loosely: this module imports no engine state)."""
         self._requests.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason,
-                                           samples))
+                                           samples, limit, cached))
 
     def scheduled(self, out: Any) -> None:
         """A SchedulerOutput: its preempted sequences, then what each scheduled one feeds."""
         for seq in out.preempted:
             self.note(seq, "preempted")
+        context = 0
         for item in out.scheduled:
-            self.note(item.seq, "decode" if item.is_decode else "prefill", item.num_new_tokens,
-                      samples=item.num_samples)
+            seq = item.seq
+            # admitted this step: nothing computed yet beyond what the prefix cache gave
+            cached = seq.num_cached_tokens if seq.num_computed_tokens == seq.num_cached_tokens else 0
+            self.note(seq, "decode" if item.is_decode else "prefill", item.num_new_tokens, samples=item.num_samples,
+                      cached=0 if item.is_decode else cached)
+            context += seq.num_computed_tokens + item.num_new_tokens
+        self._context = context
 
     def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
-                   num_output: int, blocks: Any) -> None:
+                   num_output: int, blocks: Any, batching: str = "continuous") -> None:
         """`blocks` is the BlockManager: its events since the last step go into this record."""
         stats = blocks.stats()
         self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, num_output, stats.used,
                                     stats.cached_free, stats.total, tuple(self._requests),
-                                    tuple(blocks.take_events())))
-        self._requests = []
+                                    tuple(blocks.take_events()), stats.tokens_stored, self._context, batching,
+                                    stats.cap))
+        self._requests, self._context = [], 0
 
-    def close_idle(self, step: int, wall_time: float, blocks: Any) -> None:
+    def close_idle(self, step: int, wall_time: float, blocks: Any, batching: str = "continuous") -> None:
         """Events between steps, with no step to follow (an abort of the last request): a record
         of their own, with the last step's number, no duration and no tokens. Nothing if none."""
         events = blocks.take_events()
         if self._requests or events:
             stats = blocks.stats()
             self.feed.append(StepRecord(step, wall_time, 0.0, 0, 0, 0, stats.used, stats.cached_free, stats.total,
-                                        tuple(self._requests), tuple(events)))
+                                        tuple(self._requests), tuple(events), stats.tokens_stored, 0, batching,
+                                        stats.cap))
             self._requests = []

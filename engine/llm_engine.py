@@ -9,6 +9,7 @@ from typing import Any
 from engine.block_manager import BlockManager
 from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
 from engine.config import EngineConfig
+from engine.controls import Controls
 from engine.detokenizer import IncrementalDetokenizer
 from engine.event_feed import EventFeed, StepRecorder
 from engine.forward_metadata import ScheduledChunk
@@ -17,6 +18,7 @@ from engine.model_loader import load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
 from engine.prompt_encoder import PromptEncoder, check_token_ids
+from engine.request_inspection import RequestInspection, inspect_request
 from engine.request_stream import DeviceFailure, EngineOverloaded
 from engine.sampler import INVALID_TOKEN, SampleRow
 from engine.sampling_params import SamplingParams
@@ -65,6 +67,7 @@ class LLMEngine:
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self._live: dict[str, int] = {}  # request id -> its unfinished sequences
         self._undetokenized: list[Sequence] = []  # got a token last step; text still to make
+        self._controls = Controls()
 
     # ---- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -106,7 +109,8 @@ class LLMEngine:
         self._live[request_id] = params.n
         self.scheduler.add(seq)
         if self._recorder:
-            self._recorder.note(seq, "waiting", len(token_ids))
+            self._recorder.note(seq, "waiting", len(token_ids),
+                                limit=min(len(token_ids) + params.max_tokens, self.max_model_len))
         return seq
 
     def abort(self, request_id: str) -> list[RequestOutput]:
@@ -134,7 +138,8 @@ class LLMEngine:
         """Put events that happened since the last step (an abort while nothing else runs) into a
         record of their own, instead of waiting for a step that may not come."""
         if self._recorder:
-            self._recorder.close_idle(self.metrics.steps, time.time(), self.block_manager)
+            self._recorder.close_idle(self.metrics.steps, time.time(), self.block_manager,
+                                      self.scheduler.batching)
 
     # ---- what a live view reads (call on the thread that steps the engine) -------------------------
     def queue_lengths(self) -> tuple[int, int]:
@@ -150,9 +155,27 @@ class LLMEngine:
         return build_block_map(self.block_manager, self.live_sequences(), time.perf_counter(),
                                self.feed.next_index if self.feed else 0)
 
+    def inspect_request(self, request_id: str) -> RequestInspection | None:
+        """A request's live sequences, their tokens and blocks, as plain data (None if unknown or finished)."""
+        return inspect_request(list(self.scheduler.running) + list(self.scheduler.waiting), self.block_manager,
+                               request_id)
+
     def has_unfinished_requests(self) -> bool:
         """Sequences to run, or tokens whose text has not been handed out yet."""
         return self.scheduler.has_unfinished or bool(self._undetokenized)
+
+    # ---- live controls (demo scenarios) -------------------------------------------------------------
+    @property
+    def controls(self) -> Controls:
+        """The controls last set (step_delay_s is kept for whoever steps the engine: it is not the engine's)."""
+        return self._controls
+
+    def set_controls(self, controls: Controls) -> None:
+        """Apply batching to the scheduler and block_cap to the block manager, from the next step on.
+        A cap below the blocks in use frees nothing: the scheduler preempts when allocations fail."""
+        self.scheduler.batching = controls.batching
+        self.block_manager.set_cap(controls.block_cap)
+        self._controls = controls
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> StepOutput:
@@ -209,7 +232,7 @@ class LLMEngine:
         snapshot = self._snapshot(out, start, num_prefill, num_decode)
         if self._recorder:
             self._recorder.close_step(snapshot.step, wall, snapshot.step_time, num_prefill, num_decode, num_output,
-                                      self.block_manager)
+                                      self.block_manager, self.scheduler.batching)
         return StepOutput(outputs, snapshot)
 
     @staticmethod

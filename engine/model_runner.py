@@ -6,6 +6,7 @@ import torch
 from engine.attention import get_backend
 from engine.config import CacheConfig, EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
+from engine.device_peaks import measure_peaks
 from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
 from engine.model_loader import load_model
 from engine.prefill_graphs import PrefillGraphs
@@ -44,6 +45,7 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         if self.device.type == "cuda":
             self._warm_up(config.scheduler.max_num_batched_tokens)
+        self.peaks = measure_peaks(self.device, self.dtype)  # before the KV pool takes the memory; None on a CPU
         self.num_blocks = self._count_blocks(config.cache, self.model_config)
         # one sequence must always fit the pool, or preemption could never make room for it
         self.max_model_len = min(config.scheduler.max_model_len or self.model_config.max_position_embeddings,

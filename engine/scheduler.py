@@ -6,6 +6,7 @@ prefill). While others share the step, a prefill chunk is capped at `long_prefil
 long prompt delays the others' next tokens by one chunk's time, not by its whole prefill.
 When the KV pool runs dry, the newest running sequence is preempted by recompute (a prefilling one
 before any decoding one): its blocks are freed and it goes back to the front of the waiting queue.
+Static batching (a demo's contrast) admits newcomers only once the running batch has drained.
 """
 from __future__ import annotations
 
@@ -63,11 +64,15 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    """Holds the waiting and running queues and decides each step's batch."""
+    """Holds the waiting and running queues and decides each step's batch.
+
+    `batching`: "continuous" (waiting sequences join at any step) or "static" (only when nothing runs).
+    """
 
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.blocks = block_manager
+        self.batching = "continuous"
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._seq_ids = itertools.count()
@@ -126,6 +131,8 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        if self.batching == "static" and self.running:
+            return  # the running batch drains first
         # an unforked n > 1 request holds room for all its samples
         seats = sum(s.samples_at_prompt_end for s in self.running)
         while self.waiting and budget > 0:

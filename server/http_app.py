@@ -27,15 +27,16 @@ UI_WORKERS = 256
 
 def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None, limits: ServerLimits = ServerLimits(),
                    allowed_hosts: list[str] | None = None, api_key: str | None = None,
-                   routers: list[Any] = ()) -> FastAPI:
+                   routers: list[Any] = (), token_text: str = "all") -> FastAPI:
     """The API routes for `engine`; `ui` (a gr.Blocks) is queued and mounted at / when given.
+    `token_text`: whose token text the block-table view may show (server.feed_api).
 
     Every request passes the access check (Host among `allowed_hosts`, None for any; the API key
     on /v1 if set) and the body limit first. `routers` (the UI's own assets) go in before the UI."""
     app = FastAPI(title="PagedChat", docs_url="/api-docs", redoc_url=None)
     app.include_router(build_openai_router(engine, model_name))
     app.include_router(build_tokenize_router(engine, model_name))
-    app.include_router(build_feed_router(EngineFeed(engine)))
+    app.include_router(build_feed_router(EngineFeed(engine), token_text))
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)

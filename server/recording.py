@@ -1,7 +1,7 @@
 """A run's event feed kept in a file (`python app.py --record FILE`), and read back.
 
 The file is JSON Lines, gzip-compressed when its name ends in .gz:
-  {"type": "header", "schema": 2, "model": ..., "engine": {EngineInfo's fields}, "started": unix time}
+  {"type": "header", "schema": 3, "model": ..., "engine": {EngineInfo's fields}, "started": unix time}
   {"type": "snapshot", ...}          the pool when recording began (see server.feed_api.snapshot_json)
   {"type": "steps", "records": [...]} step records in order (StepRecord.to_json), many lines
 The same shapes as GET /api/feed sends, so a recording can drive the same dashboard.
@@ -91,13 +91,17 @@ class Recording:
     records: list[dict[str, Any]]
 
 
+# schema 3 only added fields, each with a default (engine.event_feed): a schema-2 recording still plays
+READABLE_SCHEMAS = (2, SCHEMA_VERSION)
+
+
 def read_recording(path: str | Path) -> Recording:
     """ValueError for a file that is not a recording of this schema."""
     with _open(Path(path), "r") as f:
         lines = [json.loads(line) for line in f if line.strip()]
     if len(lines) < 2 or lines[0].get("type") != "header" or lines[1].get("type") != "snapshot":
         raise ValueError(f"{path} is not a PagedChat recording")
-    if lines[0].get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has feed schema {lines[0].get('schema')}; this version reads {SCHEMA_VERSION}")
+    if lines[0].get("schema") not in READABLE_SCHEMAS:
+        raise ValueError(f"{path} has feed schema {lines[0].get('schema')}; this version reads {READABLE_SCHEMAS}")
     records = [r for line in lines[2:] if line.get("type") == "steps" for r in line["records"]]
     return Recording(lines[0], lines[1], records)

@@ -39,7 +39,8 @@ class PoolReplica:
                 tokens = e["tokens"] if e["phase"] == "waiting" else 0
                 seq = self.seqs[e["seq_id"]] = {"seq_id": e["seq_id"], "request_id": e["request_id"],
                                                 "sample": e["sample"], "num_tokens": tokens,
-                                                "num_prompt_tokens": tokens, "running": False}
+                                                "num_prompt_tokens": tokens, "limit": e.get("limit", 0),
+                                                "running": False}
             seq["running"] = e["phase"] in _RUNNING
             if e.get("samples"):
                 seq["num_tokens"] += 1
@@ -70,6 +71,7 @@ class ReplaySource:
         self.feed = EventFeed(capacity)
         self._lock = threading.Lock()  # the replica and the feed's index move together
         self._replica = PoolReplica(recording.snapshot)
+        self._engine = recording.header.get("engine")  # the recorded engine's facts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feed-replay", daemon=True)
         self.loops = 0
@@ -92,7 +94,7 @@ class ReplaySource:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return self._replica.to_json(self.feed.next_index)
+            return {"engine": self._engine, **self._replica.to_json(self.feed.next_index)}
 
     def _run(self) -> None:
         records = self.recording.records

@@ -114,6 +114,66 @@ def test_integrity_check_catches_a_leak() -> None:
         bm.check_integrity()
 
 
+def test_a_cap_refuses_blocks_beyond_it_and_raising_it_restores_them() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    bm.set_cap(3)
+    assert bm.num_free_blocks == 3 and bm.stats().cap == 3
+    assert bm.allocate_slots(0, 0, 8)  # 2 blocks
+    assert not bm.allocate_slots(1, 0, 8), "2 more would make 4 in use, over the cap of 3"
+    assert not bm.has_seq(1)
+    assert bm.allocate_slots(1, 0, 4)
+    assert bm.num_free_blocks == 0 and not bm.allocate_slots(0, 8, 1), "a decode needing a block is refused too"
+    bm.set_cap(None)
+    assert bm.num_free_blocks == 5 and bm.stats().cap == 8
+    assert bm.allocate_slots(0, 8, 1)
+    bm.check_integrity()
+
+
+def test_lowering_the_cap_below_use_frees_nothing() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    assert bm.allocate_slots(0, 0, 20)  # 5 blocks
+    bm.set_cap(2)
+    s = bm.stats()
+    assert (s.used, s.free, s.cap) == (5, 3, 2) and s.used + s.free + s.cached_free == s.total
+    assert bm.num_free_blocks == 0 and bm.block_table(0) == [0, 1, 2, 3, 4]
+    assert bm.allocate_slots(0, 20, 0), "what a sequence already holds stays usable"
+    bm.free(0)
+    assert bm.num_free_blocks == 2
+    bm.set_cap(100)
+    assert bm.num_free_blocks == 8 and bm.stats().cap == 8, "a cap above the pool is the pool"
+    with pytest.raises(ValueError, match="at least 1"):
+        bm.set_cap(0)
+    bm.check_integrity()
+
+
+def test_a_cap_never_starves_a_lone_sequence() -> None:
+    """One sequence always fits the pool; a cap below it must not leave it preempted forever."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    bm.set_cap(2)
+    assert bm.allocate_slots(0, 0, 16), "alone, it may go past the cap (4 blocks)"
+    assert bm.allocate_slots(0, 16, 1), "and keep growing"
+    assert not bm.allocate_slots(1, 0, 1), "a second sequence meets the cap"
+    bm.check_integrity()
+
+
+def test_a_cap_counts_reused_cached_blocks_as_use() -> None:
+    """A prefix hit on a cached-free block brings it back into use: it counts against the cap."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    prompt = list(range(9))
+    bm.allocate_slots(0, 0, 9)
+    bm.cache_full_blocks(0, prompt, 9)
+    bm.free(0)  # 2 cached-free blocks
+    assert bm.allocate_slots(9, 0, 1)  # another sequence holds 1 block: the cap binds
+    bm.set_cap(3)
+    prefix = bm.match_prefix(prompt)
+    assert len(prefix) == 2
+    assert not bm.allocate_slots(1, 8, 1, prefix), "1 held + 2 reused + 1 fresh exceeds the cap"
+    bm.set_cap(4)
+    assert bm.allocate_slots(1, 8, 1, prefix)
+    assert bm.stats().used == 4 and bm.num_free_blocks == 0
+    bm.check_integrity()
+
+
 class BlockManagerMachine(RuleBasedStateMachine):
     """Random allocate / append / cache / fork / free sequences keep every invariant."""
 
@@ -134,16 +194,24 @@ class BlockManagerMachine(RuleBasedStateMachine):
         if self.bm.allocate_slots(self.next_id, cached, len(tokens) - cached, prefix):
             self.bm.cache_full_blocks(self.next_id, tokens, len(tokens))
             self.seqs[self.next_id] = (tokens, len(tokens))
+            self.within_cap(before.used)
         else:
             assert self.bm.stats() == before
         self.next_id += 1
+
+    def within_cap(self, used_before: int) -> None:
+        """An allocation brings blocks into use only up to the cap (those already over it stay),
+        unless one sequence alone holds blocks (the cap spares it)."""
+        assert self.bm.stats().used <= max(used_before, self.bm.cap) or len(self.seqs) == 1
 
     @precondition(lambda self: self.seqs)
     @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5))
     def append(self, data: st.DataObject, new: list[int]) -> None:
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
         tokens, done = self.seqs[seq_id]
+        used_before = self.bm.stats().used
         if self.bm.allocate_slots(seq_id, done, len(new)):
+            self.within_cap(used_before)
             tokens = tokens + new
             self.bm.cache_full_blocks(seq_id, tokens, len(tokens))
             self.seqs[seq_id] = (tokens, len(tokens))
@@ -164,6 +232,14 @@ class BlockManagerMachine(RuleBasedStateMachine):
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
         self.bm.free(seq_id, keep_cached=data.draw(st.booleans()))  # False: a failed sequence's
         del self.seqs[seq_id]
+
+    @rule(cap=st.none() | st.integers(1, 26))
+    def set_cap(self, cap: int | None) -> None:
+        before = self.bm.stats()
+        self.bm.set_cap(cap)
+        after = self.bm.stats()
+        assert after.cap == min(cap or before.total, before.total)
+        assert after == type(after)(**{**vars(before), "cap": after.cap}), "a cap change moves no block"
 
     @rule()
     def reset_prefix_cache(self) -> None:
@@ -190,7 +266,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
         for seq_id in list(self.seqs):
             self.bm.free(seq_id)
         self.bm.check_integrity()
-        assert self.bm.num_free_blocks == self.bm.num_blocks, "every block is back after all are freed"
+        assert self.bm.num_free_blocks == self.bm.cap, "every block is back after all are freed"
+        self.bm.set_cap(None)
+        assert self.bm.num_free_blocks == self.bm.num_blocks
 
 
 TestBlockManagerMachine = BlockManagerMachine.TestCase

@@ -118,3 +118,77 @@ def test_a_recording_holds_every_step_of_the_run(live: LiveServer, tmp_path, nam
     assert steps and steps == list(range(steps[0], steps[0] + len(steps)))
     phases = [e["phase"] for r in recording.records for e in r["requests"]]
     assert phases.count("forked") == 1 and phases.count("finished") == 2
+
+
+def test_schema_3_fields_follow_the_engine(tmp_path) -> None:
+    """Each record carries the tokens stored, the tokens attended, the batching mode and the block cap;
+    a waiting event carries its request's limit; an admission's prefill, the prefix-cache hit."""
+    from engine.controls import Controls
+
+    path = make_model_dir(tmp_path / "tiny", SHAPE, dtype=torch.float32, seed=5)
+    llm = LLM(str(path), device="cpu", num_blocks=32, block_size=4, max_num_seqs=4, max_num_batched_tokens=64)
+    engine = llm.engine
+    prompt = list(range(3, 20))  # 17 tokens: 4 full blocks
+    llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
+    engine.set_controls(Controls(batching="static", block_cap=20))
+    llm.generate([prompt + [30]], SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
+    records = engine.feed.since(0)[1]
+    waiting = [e for r in records for e in r.requests if e.phase == "waiting"]
+    assert [(e.tokens, e.limit) for e in waiting] == [(17, 20), (18, 20)]
+    admissions = [e for r in records for e in r.requests if e.phase == "prefill"]
+    assert [e.cached for e in admissions] == [0, 16], "the second prompt found its first 4 blocks cached"
+    first = next(r for r in records if r.num_prefill_tokens)
+    assert first.num_context_tokens == 17 and first.tokens_stored == 17 and first.batching == "continuous"
+    decode = next(r for r in records if r.num_decode_tokens and not r.num_prefill_tokens)
+    assert decode.num_context_tokens == 18 and decode.tokens_stored == 18  # its newest token fed, then stored
+    last = records[-1]
+    assert (last.batching, last.block_cap, last.num_blocks) == ("static", 20, 32)
+    assert round_trips(last)
+
+
+def round_trips(record) -> bool:
+    from engine.event_feed import StepRecord
+    return StepRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_a_live_requests_block_table_and_tokens_are_served(live: LiveServer) -> None:
+    """GET /api/request/ID: the engine's block table, reference counts and token ids of a live
+    request, with each token's text; 404 for one that is not live."""
+    stream = live.engine.submit("Tell me a long story about the sea.",
+                                SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True), request_id="peek-1")
+    try:
+        next(iter(stream))  # it runs
+        got = httpx.get(live.url + "/api/request/peek-1", timeout=10).json()
+        found = live.engine.inspect("peek-1")
+        assert got["text"] and got["request_id"] == "peek-1" and len(got["samples"]) == 1
+        sample, seq = got["samples"][0], found.seqs[0]
+        assert sample["block_table"] == list(seq.block_table)[:len(sample["block_table"])]
+        assert sample["token_ids"] == list(seq.token_ids)[:len(sample["token_ids"])]
+        assert len(sample["token_texts"]) == len(sample["token_ids"]) and sample["num_prompt_tokens"] > 0
+        assert "".join(sample["token_texts"][:sample["num_prompt_tokens"]]).count("sea") == 1
+        assert all(b["ref_count"] >= 1 for b in sample["blocks"])
+    finally:
+        stream.close()
+    missing = httpx.get(live.url + "/api/request/nobody", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_a_public_server_shows_only_the_simulated_users_text() -> None:
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from engine.request_inspection import RequestInspection, SeqInspection
+    from server.feed_api import build_feed_router
+
+    seq = SeqInspection(1, 0, "running", 2, 3, 2, 0, (5, 6, 7), (4,), (1,), (False,), ("a", "b", "c"))
+    source = SimpleNamespace(feed=None, alive=True, inspect=lambda rid: RequestInspection(rid, 16, (seq,)))
+    app = FastAPI()
+    app.include_router(build_feed_router(source, token_text="simulated"))
+    client = TestClient(app)
+    chat = client.get("/api/request/chat-1").json()["samples"][0]
+    assert chat["token_ids"] is None and chat["token_texts"] is None and chat["block_table"] == [4]
+    assert client.get("/api/request/sim-1.0.0").json()["samples"][0]["token_texts"] == ["a", "b", "c"]
+    with pytest.raises(ValueError):
+        build_feed_router(source, token_text="everyone")

@@ -120,6 +120,22 @@ def test_prefix_cache_hit_skips_the_shared_prompt() -> None:
     assert second.num_cached_tokens == 12 and out.scheduled[0].num_new_tokens == 1
 
 
+def test_static_batching_admits_a_new_batch_only_when_the_running_one_drained() -> None:
+    s = make(budget=64)
+    s.batching = "static"
+    first = [add(s, 5, max_tokens=3, first=i) for i in range(2)]
+    assert {i.seq for i in fake_step(s).scheduled} == set(first), "an idle engine admits a whole batch"
+    late = add(s, 5, max_tokens=3, first=7)
+    while any(not q.is_finished for q in first):
+        out = fake_step(s)
+        assert all(i.seq in first for i in out.scheduled), "no one joins a running static batch"
+    assert late.num_computed_tokens == 0
+    assert [i.seq for i in fake_step(s).scheduled] == [late]
+    s.batching = "continuous"
+    joiner = add(s, 5, max_tokens=3, first=8)
+    assert {i.seq for i in fake_step(s).scheduled} == {late, joiner}, "continuous: it joins at once"
+
+
 class SchedulerMachine(RuleBasedStateMachine):
     """Random add / step / abort sequences keep the scheduler's and block manager's invariants."""
 
@@ -135,9 +151,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         seq.request_id = f"req{seq.seq_id}"
         self.requests.append(seq.request_id)
 
+    @rule(static=st.booleans())
+    def set_batching(self, static: bool) -> None:
+        self.s.batching = "static" if static else "continuous"
+
     @rule()
     def step(self) -> None:
+        running = set(self.s.running)
         out = fake_step(self.s)
+        if self.s.batching == "static" and running:
+            assert all(i.seq in running for i in out.scheduled), "static: no newcomer joins a running batch"
         assert out.num_tokens <= self.s.config.max_num_batched_tokens
         assert len(self.s.running) <= self.s.config.max_num_seqs
 

@@ -18,7 +18,9 @@ from fastapi import APIRouter, Response
 from ui.request_colors import palette
 
 LIVE_DIR = Path(__file__).parent / "live"
-SCRIPTS = ("feed_state.js", "charts.js", "live_view.js")  # in this order: each uses the ones before
+# in this order: each uses the ones before
+SCRIPTS = ("feed_state.js", "charts.js", "concepts.js", "timeline.js", "wastes.js", "block_table.js", "kv_memory.js",
+           "step_costs.js", "panels.js", "live_view.js")
 ASSET_PATH = "/live-view"
 
 
@@ -51,7 +53,7 @@ def live_view(presenter: bool = False, replay: str | None = None, elem_id: str |
     """One live view. `presenter`: large headline tiles, the block map and throughput only;
     `replay`: the label of the recording the feed replays (a banner says so)."""
     _, _, version = _bundle()
-    config = {"feedUrl": "api/feed", "traceUrl": "api/feed/trace", "palette": list(palette()),
+    config = {"feedUrl": "api/feed", "traceUrl": "api/feed/trace", "requestUrl": "api/request", "palette": list(palette()),
               "presenter": presenter, "replay": replay, "fps": 5}
     base = ASSET_PATH.lstrip("/")  # relative: works under a proxy's path prefix too
     head = (f'<link rel="stylesheet" href="{base}/live.css?v={version}">'

@@ -1,5 +1,7 @@
 """Simulated users for stage demos: each sends varied prompts, with staggered arrivals and random
-lengths, through the same engine thread as real users, until stopped.
+lengths, through the same engine thread as real users, until stopped. What a user sends is shaped
+by a `LoadConfig` (a demo scenario's: a shared system prompt, n samples, long prompts), built by
+the pure `make_request`.
 
 A load belongs to whoever started it (a browser session): it stops when that session ends or when
 its time limit runs out, and only its owner (or a holder of the presenter key) can stop or replace
@@ -14,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from engine.engine_thread import ChatPrompt, EngineThread
 from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
@@ -33,6 +36,43 @@ class LoadConfig:
     think_s: tuple[float, float] = (0.2, 2.0)  # pause between a user's answer and its next prompt
     temperature: float = 0.8
     top_p: float = 0.95
+    system_prompt: str | None = None  # the system message of every request (a shared prefix)
+    n: int = 1  # samples per request (parallel sampling)
+    long_prompt_tokens: int = 0  # pad each prompt to about this many tokens with other questions
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_tokens[0] <= self.max_tokens[1]:
+            raise ValueError(f"max_tokens must be a range (low, high) with 1 <= low <= high, got {self.max_tokens}")
+        if not 0 <= self.think_s[0] <= self.think_s[1] or self.arrival_spread_s < 0:
+            raise ValueError("think_s must be a range of seconds >= 0, and arrival_spread_s >= 0")
+        if self.n < 1 or self.long_prompt_tokens < 0:
+            raise ValueError("n must be >= 1 and long_prompt_tokens >= 0")
+
+
+CHARS_PER_TOKEN = 3.7  # English text through SmolLM2's BPE: what long_prompt_tokens is estimated with
+
+
+def filler(rng: random.Random, prompts: list[str], tokens: int) -> str:
+    """About `tokens` tokens of earlier questions, drawn (with repeats) in a random order: each
+    request's differs from its first line on, so only the chat template's head hits the prefix cache."""
+    lines = ["Earlier questions in this thread, for context only:"]
+    size = len(lines[0])
+    while size < tokens * CHARS_PER_TOKEN:
+        lines.append(f"{len(lines)}. {rng.choice(prompts)}")
+        size += len(lines[-1]) + 1
+    return "\n".join(lines)
+
+
+def make_request(rng: random.Random, prompts: list[str], config: LoadConfig) -> tuple[ChatPrompt, SamplingParams]:
+    """One simulated user's next request: a random prompt (after a filler when long prompts are
+    asked for), under the shared system prompt if any, with a random max_tokens in the range."""
+    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                            max_tokens=rng.randint(*config.max_tokens))
+    question = rng.choice(prompts)
+    if config.long_prompt_tokens:
+        question = f"{filler(rng, prompts, config.long_prompt_tokens)}\n\nNow answer only this one: {question}"
+    system = ({"role": "system", "content": config.system_prompt},) if config.system_prompt else ()
+    return ChatPrompt(system + ({"role": "user", "content": question},)), params
 
 
 OPERATOR = "operator"  # the owner name of calls from the server itself (shutdown, tests)
@@ -100,14 +140,19 @@ class LoadGenerator:
         self._streams: dict[int, RequestStream] = {}
         self._completed = self._failed = 0
         self._generation = 0
+        self._on_stop: Callable[[], None] | None = None
 
     MAX_USERS = 64
 
-    def start(self, users: int, owner: str = OPERATOR, key: str | None = None) -> None:
-        """Replace whatever runs (if `owner` may) by `users` simulated users for the time limit.
-        Raises LoadRefused when the policy or another owner's running load says no."""
+    def start(self, users: int, owner: str = OPERATOR, key: str | None = None, config: LoadConfig | None = None,
+              on_stop: Callable[[], None] | None = None) -> None:
+        """Replace whatever runs (if `owner` may) by `users` simulated users for the time limit,
+        sending what `config` (default: the generator's) shapes. `on_stop` is called once when this
+        load ends, however it ends (stopped, replaced, expired, its owner gone). Raises LoadRefused
+        when the policy or another owner's running load says no."""
         if not 1 <= users <= self.MAX_USERS:
             raise LoadRefused(f"between 1 and {self.MAX_USERS} simulated users, please")
+        config = config or self.config
         with self._control:
             self._authorize(owner, key, "start")
             self.stop(owner, key)
@@ -115,10 +160,12 @@ class LoadGenerator:
                 stop = self._stop = threading.Event()
                 self._generation += 1
                 self._owner, self._deadline = owner, time.monotonic() + self.policy.time_limit_s
+                self._on_stop = on_stop
                 timer = self._timer = threading.Timer(self.policy.time_limit_s, self._expire, args=(self._generation,))
                 timer.daemon = True
-                threads = self._threads = [threading.Thread(target=self._user, args=(k, stop, self._generation),
-                                                            name=f"sim-user-{k}", daemon=True) for k in range(users)]
+                threads = self._threads = [
+                    threading.Thread(target=self._user, args=(k, stop, self._generation, config),
+                                     name=f"sim-user-{k}", daemon=True) for k in range(users)]
             timer.start()
             for t in threads:
                 t.start()
@@ -132,12 +179,15 @@ class LoadGenerator:
                 streams, self._streams = list(self._streams.values()), {}
                 threads, self._threads = self._threads, []
                 timer, self._timer, self._owner = self._timer, None, None
+                on_stop, self._on_stop = self._on_stop, None
             if timer is not None:
                 timer.cancel()
             for stream in streams:
                 stream.close()
             for t in threads:
                 t.join(timeout=5)
+            if on_stop is not None:
+                on_stop()
 
     def release(self, owner: str) -> None:
         """The session `owner` ended (its browser tab closed): its load, if one runs, stops (with no
@@ -171,15 +221,12 @@ class LoadGenerator:
             return LoadStatus(users, len(self._streams), self._completed, self._failed,
                               self._owner if users else None, left)
 
-    def _user(self, k: int, stop: threading.Event, generation: int) -> None:
+    def _user(self, k: int, stop: threading.Event, generation: int, cfg: LoadConfig) -> None:
         rng = random.Random(None if self._seed is None else self._seed * 1000 + k)
-        cfg = self.config
         stop.wait(rng.uniform(0, cfg.arrival_spread_s))
         turn = 0
         while not stop.is_set():
-            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_tokens=rng.randint(*cfg.max_tokens))
-            prompt = ChatPrompt(({"role": "user", "content": rng.choice(self.prompts)},))
+            prompt, params = make_request(rng, self.prompts, cfg)
             if not self._ask(k, f"sim-{generation}.{k}.{turn}", prompt, params, stop):
                 return
             turn += 1

@@ -79,6 +79,9 @@
       this.window = opts.window || 60; // seconds the charts show
       this.rateWindow = opts.rateWindow || 5; // seconds the headline's rates average over
       this.colors = new RequestColors(palette);
+      // views of single ideas (the timeline, the three wastes...) follow the state through hooks:
+      // {snapshot(st), arrive(q, st), leave(q, st), step(r, end, st), reset()}, each optional
+      this.observers = [];
       this.reset();
     }
 
@@ -89,11 +92,23 @@
       this.tpot = []; // [{t, v}] seconds, one per finished request
       this.itl = []; // [{t, v}] seconds
       this.preemptions = []; // times
+      this.admissions = []; // [{t, prompt, cached}]: prompt tokens found in the prefix cache at admission
       this.devices = []; // [{t, v: utilization 0..1}] from the feed's device events
       this.steps = 0;
       this.recordsSeen = 0;
       this.lastRecord = null;
       this.tokensTotal = 0; // output tokens since the view (re)started, from the records
+      for (const o of this.observers || []) if (o.reset) o.reset(this);
+    }
+
+    observe(o) {
+      this.observers.push(o);
+      if (this.owners && o.snapshot) o.snapshot(this);
+      return o;
+    }
+
+    _tell(hook, ...args) {
+      for (const o of this.observers) if (o[hook]) o[hook](...args, this);
     }
 
     // ---- the pool ----------------------------------------------------------------------------
@@ -102,6 +117,11 @@
       this.blockSize = s.block_size;
       this.numBlocks = s.num_blocks;
       this.feedIndex = s.feed_index;
+      this.engine = s.engine || null; // the model's shape and the pool's facts (engine_info.py)
+      this.maxModelLen = this.engine ? this.engine.max_model_len : 0;
+      this.tokensStored = s.tokens_stored || 0;
+      this.batching = this.batching || "continuous";
+      this.blockCap = s.num_blocks;
       this.owners = s.owners.map((o) => o.slice()); // block -> seq ids
       this.cached = Uint8Array.from(s.cached.map((c) => (c ? 1 : 0)));
       this.flash = new Map(); // block -> {kind, until}
@@ -111,8 +131,9 @@
       for (const q of s.sequences) {
         this.seqs.set(q.seq_id, {
           seq: q.seq_id, req: q.request_id, sample: q.sample, tokens: q.num_tokens,
-          prompt: q.num_prompt_tokens, phase: q.running ? "decode" : "waiting", arrival: NaN,
+          prompt: q.num_prompt_tokens, limit: q.limit || 0, phase: q.running ? "decode" : "waiting", arrival: NaN,
           firstToken: NaN, lastToken: NaN, outputs: Math.max(0, q.num_tokens - q.num_prompt_tokens), pending: false,
+          admitted: q.running,
         });
         this.tables.set(q.seq_id, []);
       }
@@ -124,6 +145,7 @@
         if (holders.length || this.cached[b]) this.span = b + 1;
       });
       for (const q of this.seqs.values()) this.colors.colorOf(q.req);
+      this._tell("snapshot");
     }
 
     // ---- one step record ---------------------------------------------------------------------
@@ -132,6 +154,9 @@
       this.recordsSeen++;
       this.lastRecord = r;
       if (r.duration > 0) this.steps++;
+      if (r.tokens_stored !== undefined) this.tokensStored = r.tokens_stored;
+      if (r.batching) this.batching = r.batching;
+      this.blockCap = r.block_cap || r.num_blocks;
       const B = this.buckets;
       B.add(end, "prefill", r.num_prefill_tokens);
       B.add(end, "decode", r.num_decode_tokens);
@@ -142,9 +167,14 @@
         B.add(end, "steps", 1);
       }
       const finished = [];
-      for (const e of r.requests) this._request(e, r, end, finished);
+      this._preemptedNow = null;
+      for (const e of r.requests) {
+        this._request(e, r, end, finished);
+        if (e.phase === "preempted") (this._preemptedNow ??= new Set()).add(e.seq_id);
+      }
       for (const ev of r.blocks) this._block(ev, now);
       for (const q of finished) this._finish(q);
+      this._tell("step", r, end);
       let running = 0, waiting = 0;
       for (const q of this.seqs.values()) RUNNING.has(q.phase) ? running++ : waiting++;
       this.history.push({t: end, used: r.blocks_used, cachedFree: r.blocks_cached_free, running, waiting,
@@ -155,26 +185,37 @@
       if (drop) this.history.splice(0, drop);
       for (const list of [this.ttft, this.tpot, this.itl]) trim(list, cut);
       while (this.preemptions.length && this.preemptions[0] < cut) this.preemptions.shift();
+      trim(this.admissions, cut);
     }
 
     _request(e, r, end, finished) {
       let q = this.seqs.get(e.seq_id);
       if (!q) {
-        q = {seq: e.seq_id, req: e.request_id, sample: e.sample, tokens: 0, prompt: 0, phase: "waiting",
+        q = {seq: e.seq_id, req: e.request_id, sample: e.sample, tokens: 0, prompt: 0, limit: 0, phase: "waiting",
              arrival: r.wall_time, firstToken: NaN, lastToken: NaN, outputs: 0, pending: false};
         if (e.phase === "forked") { // a sample sharing its parent's tokens; its first token came with theirs
           const parent = [...this.seqs.values()].find((p) => p.req === e.request_id && p.seq !== e.seq_id);
           if (parent) Object.assign(q, {tokens: parent.tokens, prompt: parent.prompt, arrival: parent.arrival,
-                                        firstToken: parent.firstToken, lastToken: parent.lastToken, outputs: 1});
+                                        firstToken: parent.firstToken, lastToken: parent.lastToken, outputs: 1,
+                                        limit: parent.limit});
         }
         this.seqs.set(e.seq_id, q);
         this.tables.set(e.seq_id, []);
         this.colors.colorOf(e.request_id);
+        if (e.phase === "forked") this._tell("arrive", q);
       }
       if (e.phase === "waiting") {
         q.prompt = q.tokens = e.tokens;
+        q.limit = e.limit || 0;
         q.arrival = r.wall_time;
-      } else if (e.phase === "preempted") {
+        this._tell("arrive", q);
+      } else if (e.phase === "prefill" && !q.admitted) {
+        // the first chunk of an admission: how much of its tokens the prefix cache gave
+        this.admissions.push({t: end, prompt: q.tokens, cached: e.cached || 0});
+        q.admitted = true;
+      }
+      if (e.phase === "preempted") {
+        q.admitted = false;
         this.preemptions.push(end);
         this.buckets.add(end, "preempted", 1);
       } else if (e.samples > 0 && (e.phase === "prefill" || e.phase === "decode")) {
@@ -200,6 +241,8 @@
       if (q.reason !== "abort" && q.reason !== "error" && q.outputs > 1 && !isNaN(q.firstToken)) {
         this.tpot.push({t: q.lastToken, v: (q.lastToken - q.firstToken) / (q.outputs - 1)});
       }
+      q.finish = q.lastToken;
+      this._tell("leave", q);
       this.seqs.delete(q.seq);
       this.tables.delete(q.seq);
       if (![...this.seqs.values()].some((p) => p.req === q.req)) this.colors.release(q.req);
@@ -217,6 +260,7 @@
           const k = holders.indexOf(ev.seq_id);
           if (k >= 0) holders.splice(k, 1);
           if (table) { const j = table.indexOf(b); if (j >= 0) table.splice(j, 1); }
+          if (this._preemptedNow && this._preemptedNow.has(ev.seq_id)) this.flash.set(b, {kind: "preempted", until: now + 2});
           break;
         }
         case "copied": // copy on write: the copy's allocation and the original's release came just before
@@ -288,6 +332,13 @@
       const span = tail.length * this.buckets.width;
       return {output: sum("output") / span, prefill: sum("prefill") / span, busy: sum("busy") / span,
               span, tokens: sum("output"), from: tail.length ? tail[0].t : now, to: tail.length ? tail[tail.length - 1].t + this.buckets.width : now};
+    }
+
+    // the share of admitted prompt tokens the prefix cache gave (their prefill saved), last window
+    prefixHits() {
+      let prompt = 0, cached = 0;
+      for (const a of this.admissions) { prompt += a.prompt; cached += a.cached; }
+      return {prompt, cached, rate: prompt ? cached / prompt : NaN};
     }
 
     latency(now, window) {

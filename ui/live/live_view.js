@@ -101,7 +101,8 @@
       this.mapNote = el("span", "pc-note", "");
       const key = el("span", "pc-key");
       key.innerHTML = '<i class="pc-k-free"></i>free <i class="pc-k-cached"></i>free, cached prefix ' +
-        '<i class="pc-k-shared">2</i>shared (ref count) <i class="pc-k-flash"></i>copy-on-write / evicted';
+        '<i class="pc-k-shared">2</i>shared (ref count) <i class="pc-k-flash"></i>copy-on-write ' +
+        '<i class="pc-k-flash pc-k-pre"></i>freed by a preemption <i class="pc-k-flash pc-k-ev"></i>cached prefix evicted';
       this.poolToggle = el("button", "pc-btn", "Show the whole pool");
       this.poolToggle.type = "button";
       this.poolToggle.hidden = true;
@@ -115,6 +116,8 @@
       this.chips = el("div", "pc-chips");
       map.append(head, wrap, this.chips);
       root_.appendChild(map);
+      this.panels = new root.PagedChatPanels.ConceptPanels(this);
+      root_.appendChild(this.panels.root);
 
       const charts = el("div", "pc-charts");
       this.charts = {};
@@ -211,6 +214,7 @@
 
     pin(req) {
       this.pinned = req;
+      this.panels.onPin();
       this.dirty = true;
       this._textAt = 0; // the chips show the pin at once
       this._tick();
@@ -231,6 +235,7 @@
         this._textAt = performance.now();
       }
       this._drawMap(th, now);
+      this.panels.draw();
       // the charts span a minute: once a second moves them enough, at a fifth of the cost
       if (!this._chartsAt || performance.now() - this._chartsAt >= 1000 || this._chartsStale) {
         this._drawCharts(th, now);
@@ -248,7 +253,10 @@
       const set = (k, v, s) => { setText(this.tiles[k].v, v); if (s !== undefined) setText(this.tiles[k].s, s); };
       set("users", `${c.running} · ${c.waiting}`);
       const pct = (100 * c.used) / Math.max(1, c.total);
-      set("kv", `${pct > 0 && pct < 10 ? pct.toFixed(1) : Math.round(pct)}%`, `${c.used.toLocaleString()} / ${c.total.toLocaleString()} blocks · ${c.shared} shared`);
+      const hits = st.prefixHits();
+      const hitText = hits.cached > 0 ? ` · prefix hits ${Math.round(100 * hits.rate)}% of prompt tokens` : "";
+      const cap = st.blockCap < c.total ? ` · capped at ${st.blockCap.toLocaleString()}` : "";
+      set("kv", `${pct > 0 && pct < 10 ? pct.toFixed(1) : Math.round(pct)}%`, `${c.used.toLocaleString()} / ${c.total.toLocaleString()} blocks${cap} · ${c.shared} shared${hitText}`);
       const dev = st.device ? ` · ${st.device.kind === "gpu" ? "GPU" : "CPU"} ${Math.round(st.device.compute_pct)}%` : "";
       set("tps", fmt(Math.round(rates.output)), `prefill ${fmt(Math.round(rates.prefill))} tok/s · engine busy ${Math.round(100 * rates.busy)}%${dev}`);
       set("ttft", ms(lat.ttft50), `p95 ${ms(lat.ttft95)}`);
@@ -359,7 +367,7 @@
           const b = at(i), f = st.flash.get(b);
           if (!f) continue;
           if (f.until < now) { st.flash.delete(b); continue; }
-          ctx.strokeStyle = f.kind === "copied" ? "#f59e0b" : "#ef4444";
+          ctx.strokeStyle = {copied: "#f59e0b", preempted: "#dc2626", evicted: "#64748b"}[f.kind] || "#ef4444";
           ctx.lineWidth = Math.max(2, s / 6);
           ctx.strokeRect(x + 1, y + 1, s - 2, s - 2);
         }
