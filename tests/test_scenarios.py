@@ -17,10 +17,10 @@ from engine.config import CacheConfig, EngineConfig
 from engine.controls import Controls
 from engine.engine_thread import EngineThread
 from engine.llm_engine import LLMEngine
-from engine.request_stream import EngineDeadError
+from engine.request_stream import EngineDeadError, RequestRejected
 from engine.sampling_params import SamplingParams
 from ui.load_generator import LoadConfig, LoadGenerator, LoadPolicy, LoadRefused, load_prompts, make_request
-from ui.scenarios import SCENARIOS, controls_for, reset_scenario, run_scenario, scenario
+from ui.scenarios import SCENARIOS, adjust_controls, controls_for, reset_scenario, run_scenario, scenario
 
 PROMPTS = load_prompts(Path(__file__).resolve().parent.parent / "assets" / "prompts.txt")
 NUM_BLOCKS, BLOCK_SIZE = 256, 16
@@ -316,3 +316,34 @@ def test_run_scenario_applies_controls_until_its_load_ends() -> None:
     assert engine.set[-2:] == [Controls(), Controls(block_cap=32)], "the old load's end reset, then the new"
     reset_scenario(engine, load, owner="visitor", key_="secret")
     assert engine.set[-1] == Controls() and load.status().users == 0
+
+
+class _Refusing(_Thread):
+    """Refuses every request: the simulated users keep trying (and stay alive) until stopped."""
+
+    controls = Controls()
+
+    def set_controls(self, controls: Controls) -> None:
+        super().set_controls(controls)
+        self.controls = controls
+
+    def submit(self, prompt, params, request_id=None):
+        raise RequestRejected("not today")
+
+
+def test_batching_and_slow_motion_change_live_only_during_a_load_its_caller_may_stop() -> None:
+    engine = _Refusing()
+    load = LoadGenerator(engine, PROMPTS, policy=LoadPolicy("open"))
+    with pytest.raises(LoadRefused, match="start a scenario or a load first"):
+        adjust_controls(engine, load, owner="a", batching="static")
+    run_scenario(engine, load, "memory-pressure", owner="a")
+    assert load.status().label == "Memory pressure" and "Memory pressure" in load.status().describe()
+    assert adjust_controls(engine, load, owner="a", batching="static", step_delay_s=0.3) == \
+        Controls(batching="static", block_cap=32, step_delay_s=0.3), "the scenario's cap stays"
+    with pytest.raises(LoadRefused, match="only that session"):
+        adjust_controls(engine, load, owner="b", step_delay_s=0.0)
+    with pytest.raises(ValueError):
+        adjust_controls(engine, load, owner="a", step_delay_s=5.0)
+    assert engine.controls.step_delay_s == 0.3
+    load.release("a")  # the tab closed: the load ends, and the controls with it
+    assert engine.controls == Controls() and load.status().label is None

@@ -7,7 +7,7 @@ import gradio as gr
 from engine.engine_info import EngineInfo
 from engine.engine_thread import EngineThread
 from ui.chat import build_chat
-from ui.dashboard import build_dashboard, load_controls, load_line
+from ui.dashboard import build_dashboard, load_controls, load_line, scenario_controls
 from ui.live_view import live_view
 from ui.load_generator import LoadGenerator
 
@@ -43,8 +43,10 @@ def build_ui(info: EngineInfo, model_name: str, engine: EngineThread | None = No
                     if replay is None:
                         stage_chat = build_chat(engine, prefix="stage-", height=520, api_name=None)
                     reset = gr.Button("Reset: clear the chat and the charts", size="sm", elem_id="stage-reset")
+                    if replay is None:  # beside the chat, so that the view's panels stay on screen
+                        scenario_controls(load, prefix="stage-", compact=True)
                 with gr.Column(scale=3, min_width=360):
-                    stage_line = load_controls(load, prefix="stage-", compact=True) if replay is None else None
+                    stage_line = load_controls(load, prefix="stage-", compact=True, scenarios=False) if replay is None else None
                     live_view(presenter=True, replay=replay, elem_id="stage-live-view")
         # on stage the screen is the audience's: the intro goes, the chat and the view fill it
         presenter.change(lambda on: (gr.Column(visible=not on), gr.Column(visible=on), gr.Markdown(visible=not on)),

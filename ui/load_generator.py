@@ -105,12 +105,14 @@ class LoadStatus:
     failed: int
     owner: str | None = None  # the session that started the running load
     seconds_left: float = 0.0
+    label: str | None = None  # the scenario the load runs, if any
 
     def describe(self) -> str:
         if not self.users:
             return f"load generator stopped · {self.completed} answers completed"
         left = int(self.seconds_left)
-        return (f"{self.users} simulated users (started by {owner_label(self.owner)}, stops in {left // 60}:{left % 60:02d})"
+        what = f"scenario “{self.label}”: " if self.label else ""
+        return (f"{what}{self.users} simulated users (started by {owner_label(self.owner)}, stops in {left // 60}:{left % 60:02d})"
                 f" · {self.in_flight} requests in flight · {self.completed} completed · {self.failed} failed")
 
 
@@ -141,14 +143,16 @@ class LoadGenerator:
         self._completed = self._failed = 0
         self._generation = 0
         self._on_stop: Callable[[], None] | None = None
+        self._label: str | None = None
 
     MAX_USERS = 64
 
     def start(self, users: int, owner: str = OPERATOR, key: str | None = None, config: LoadConfig | None = None,
-              on_stop: Callable[[], None] | None = None) -> None:
+              on_stop: Callable[[], None] | None = None, label: str | None = None) -> None:
         """Replace whatever runs (if `owner` may) by `users` simulated users for the time limit,
         sending what `config` (default: the generator's) shapes. `on_stop` is called once when this
-        load ends, however it ends (stopped, replaced, expired, its owner gone). Raises LoadRefused
+        load ends, however it ends (stopped, replaced, expired, its owner gone); `label` names it (a
+        scenario) in the status. Raises LoadRefused
         when the policy or another owner's running load says no."""
         if not 1 <= users <= self.MAX_USERS:
             raise LoadRefused(f"between 1 and {self.MAX_USERS} simulated users, please")
@@ -160,7 +164,7 @@ class LoadGenerator:
                 stop = self._stop = threading.Event()
                 self._generation += 1
                 self._owner, self._deadline = owner, time.monotonic() + self.policy.time_limit_s
-                self._on_stop = on_stop
+                self._on_stop, self._label = on_stop, label
                 timer = self._timer = threading.Timer(self.policy.time_limit_s, self._expire, args=(self._generation,))
                 timer.daemon = True
                 threads = self._threads = [
@@ -179,7 +183,7 @@ class LoadGenerator:
                 streams, self._streams = list(self._streams.values()), {}
                 threads, self._threads = self._threads, []
                 timer, self._timer, self._owner = self._timer, None, None
-                on_stop, self._on_stop = self._on_stop, None
+                on_stop, self._on_stop, self._label = self._on_stop, None, None
             if timer is not None:
                 timer.cancel()
             for stream in streams:
@@ -188,6 +192,15 @@ class LoadGenerator:
                 t.join(timeout=5)
             if on_stop is not None:
                 on_stop()
+
+    def while_running(self, owner: str, key: str | None, change: Callable[[], None]) -> None:
+        """Make `change` (of the engine's controls) if a load runs and `owner` may stop it: the
+        controls last as long as the load, whose `on_stop` restores them. LoadRefused otherwise."""
+        with self._control:
+            self._authorize(owner, key, "change the engine's controls while")
+            if not self.status().users:
+                raise LoadRefused("start a scenario or a load first: the engine's controls last as long as a load")
+            change()
 
     def release(self, owner: str) -> None:
         """The session `owner` ended (its browser tab closed): its load, if one runs, stops (with no
@@ -219,7 +232,7 @@ class LoadGenerator:
             users = sum(t.is_alive() for t in self._threads)
             left = max(0.0, self._deadline - time.monotonic()) if users else 0.0
             return LoadStatus(users, len(self._streams), self._completed, self._failed,
-                              self._owner if users else None, left)
+                              self._owner if users else None, left, self._label if users else None)
 
     def _user(self, k: int, stop: threading.Event, generation: int, cfg: LoadConfig) -> None:
         rng = random.Random(None if self._seed is None else self._seed * 1000 + k)

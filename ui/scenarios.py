@@ -144,7 +144,7 @@ def run_scenario(engine: EngineThread, load: LoadGenerator, key: str, owner: str
     then apply its controls. The default controls come back when that load ends, however it ends."""
     s = scenario(key)
     users, config = s.workload(engine.info.device == "cpu", engine.info.max_model_len)
-    load.start(users, owner, key_, config=config, on_stop=lambda: engine.set_controls(Controls()))
+    load.start(users, owner, key_, config=config, on_stop=lambda: engine.set_controls(Controls()), label=s.title)
     engine.set_controls(controls_for(s, engine.info.num_blocks, engine.info.block_size))
     return s
 
@@ -153,3 +153,14 @@ def reset_scenario(engine: EngineThread, load: LoadGenerator, owner: str = OPERA
     """Stop the running load (LoadRefused unless `owner` may) and restore the default controls."""
     load.stop(owner, key_)
     engine.set_controls(Controls())
+
+
+def adjust_controls(engine: EngineThread, load: LoadGenerator, owner: str = OPERATOR, key_: str | None = None,
+                    batching: str | None = None, step_delay_s: float | None = None) -> Controls:
+    """Switch batching or slow motion live, during a load that `owner` may stop (LoadRefused otherwise:
+    the controls last as long as a load). Returns the controls now in force."""
+    current = engine.controls
+    new = Controls(batching=current.batching if batching is None else batching, block_cap=current.block_cap,
+                   step_delay_s=current.step_delay_s if step_delay_s is None else step_delay_s)
+    load.while_running(owner, key_, lambda: engine.set_controls(new))
+    return new

@@ -82,7 +82,7 @@
     head.textContent = `${d.req}: ${n > 1 ? `${n} samples, ` : ""}${s0.tokens} tokens (${s0.prompt} prompt) in ` +
       `${s0.table.length} logical blocks of ${d.blockSize}` +
       (n > 1 ? ` each; ${logical} logical blocks map to ${blocks.size} physical ones` : "") +
-      (s0.cachedBlocks ? `; the first ${s0.cachedBlocks} came from the prefix cache` : "") +
+      (s0.cachedBlocks ? `; ${s0.cachedBlocks === 1 ? "the first block" : `the first ${s0.cachedBlocks} blocks`} came from the prefix cache` : "") +
       (d.text ? "" : d.private ? " (the server keeps other people's text private)" : " (token text is not in the feed)");
     head.style.setProperty("--c", colorOf(d.req));
     frag.appendChild(head);

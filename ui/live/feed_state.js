@@ -93,6 +93,7 @@
       this.itl = []; // [{t, v}] seconds
       this.preemptions = []; // times
       this.admissions = []; // [{t, prompt, cached}]: prompt tokens found in the prefix cache at admission
+      this.seen = {copied: 0, preempted: 0, evicted: 0, shared: 0, reused: 0}; // events since the reset
       this.devices = []; // [{t, v: utilization 0..1}] from the feed's device events
       this.steps = 0;
       this.recordsSeen = 0;
@@ -216,6 +217,7 @@
       }
       if (e.phase === "preempted") {
         q.admitted = false;
+        this.seen.preempted++;
         this.preemptions.push(end);
         this.buckets.add(end, "preempted", 1);
       } else if (e.samples > 0 && (e.phase === "prefill" || e.phase === "decode")) {
@@ -250,6 +252,7 @@
 
     _block(ev, now) {
       const b = ev.block_id, holders = this.owners[b];
+      if (ev.kind in this.seen) this.seen[ev.kind]++;
       const table = this.tables.get(ev.seq_id);
       switch (ev.kind) {
         case "allocated": case "reused": case "shared":

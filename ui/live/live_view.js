@@ -212,7 +212,27 @@
       this._tick();
     }
 
-    pin(req) {
+    // a scenario started: its panel, and for the block table a request pinned for it (kept pinned,
+    // and replaced when it ends, until the presenter pins or unpins one by hand)
+    showScenario(key, panel) {
+      this.panels.show(panel);
+      this.autoPin = panel === "table" ? key : null;
+      if (this.autoPin) this._pin(null);
+    }
+
+    _autoPin() {
+      if (!this.autoPin || (this.pinned && this.state.requests().some((r) => r.req === this.pinned))) return;
+      const many = this.autoPin === "parallel-sampling";
+      const reqs = this.state.requests().filter((r) => r.phase === "decode" && (!many || r.seqs.length > 1));
+      if (reqs.length) this._pin(reqs[reqs.length - 1].req); // the newest: it lives longest
+    }
+
+    pin(req) { // by hand
+      this.autoPin = null;
+      this._pin(req);
+    }
+
+    _pin(req) {
       this.pinned = req;
       this.panels.onPin();
       this.dirty = true;
@@ -234,6 +254,7 @@
         this._drawChips();
         this._textAt = performance.now();
       }
+      this._autoPin();
       this._drawMap(th, now);
       this.panels.draw();
       // the charts span a minute: once a second moves them enough, at a fifth of the cost
@@ -509,7 +530,8 @@
       return {updates: this.updates, frames: this.frames || 0, firstDrawAt: this.firstDrawAt, pinned: this.pinned,
               highlighted: [...this.lastHighlighted].sort((a, b) => a - b), rates,
               tokensTotal: this.state.tokensTotal, records: this.state.recordsSeen, connected: this.connected,
-              group: this.mapLayout ? this.mapLayout.group : null, counts: this.state.counts()};
+              group: this.mapLayout ? this.mapLayout.group : null, counts: this.state.counts(), seen: {...this.state.seen},
+              panel: this.panels.current, autoPin: this.autoPin};
     }
   }
 

@@ -196,10 +196,14 @@
         this.cf = cf;
         if (cf) {
           const ratio = isFinite(cf.ratio) ? `${cf.ratio.toFixed(2)}×` : "–";
+          const cols = this.log.columns.filter((c) => c.duration > 0);
+          const staticSteps = cols.filter((c) => c.batching === "static").length;
+          const measured = staticSteps ? ` (measured with static batching on for ${staticSteps} of the last ${cols.length} steps: ` +
+            `switch back to continuous to compare)` : "";
           setText(this.cfLine, `Static batching, computed: the same ${cf.reqs.length} requests (${cf.live} still running) in ` +
                   `batches of ${cf.size} (the peak running batch) in arrival order, each batch running until its longest ` +
                   `member ends, at the measured step times: ${fmtRate(cf.static)} tok/s against ${fmtRate(cf.actual)} tok/s ` +
-                  `measured. Continuous batching: ${ratio} the throughput.`);
+                  `measured${measured}. Continuous batching: ${ratio} the throughput.`);
           this.cfCanvas.hidden = false;
           T.drawCounterfactual(this.cfCanvas, cf, {theme: th, font, colorOf});
         } else {
