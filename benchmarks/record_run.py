@@ -2,6 +2,7 @@
 does, without the web server: how assets/recordings/ are made on the GPU machine.
 
     python benchmarks/record_run.py --users 64 --seconds 15 --out assets/recordings/h100-64-users.jsonl.gz
+    python benchmarks/record_run.py --scenario memory-pressure --seconds 15 --out pressure.jsonl.gz
 
 The engine runs on its thread with the dashboard's load generator at N simulated users (past 64,
 the generator's cap for visitors, with the same behaviour); recording starts once the engine is
@@ -22,6 +23,7 @@ from engine.engine_thread import EngineThread  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from server.recording import FeedRecorder, read_recording  # noqa: E402
 from ui.load_generator import LoadGenerator, LoadPolicy, load_prompts  # noqa: E402
+from ui.scenarios import SCENARIOS, run_scenario  # noqa: E402
 
 PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
 
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--name", default="SmolLM2-135M-Instruct", help="the model's name in the recording")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--users", type=int, default=64)
+    ap.add_argument("--scenario", default=None, choices=[s.key for s in SCENARIOS],
+                    help="run a dashboard scenario (its load and controls) instead of plain users")
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--num-blocks", type=int, default=None, help="KV pool size (default: from memory)")
     ap.add_argument("--max-num-seqs", type=int, default=256)
@@ -48,7 +52,10 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     recorder = FeedRecorder(engine, args.out, args.name).start()
     start = time.monotonic()
-    load.start(args.users)
+    if args.scenario:
+        args.users = run_scenario(engine, load, args.scenario).workload(engine.info.device == "cpu")[0]
+    else:
+        load.start(args.users)
     time.sleep(args.seconds)
     load.stop()
     time.sleep(0.5)  # the aborts' records
@@ -61,7 +68,8 @@ def main() -> None:
     size = Path(args.out).stat().st_size
     print(f"device: {engine.info.device}, model: {args.name}, pool: {engine.info.num_blocks:,} blocks of "
           f"{engine.info.block_size}")
-    print(f"workload: {args.users} simulated users (the dashboard's load generator) for {args.seconds:g} s")
+    what = f"the {args.scenario!r} scenario: " if args.scenario else ""
+    print(f"workload: {what}{args.users} simulated users (the dashboard's load generator) for {args.seconds:g} s")
     print(f"recorded: {len(rec.records):,} records, {len(steps):,} steps ({len(steps) / took:.0f}/s), "
           f"{tokens:,} output tokens ({tokens / took:,.0f} tok/s), {recorder.missed} missed, "
           f"{size / 2**20:.2f} MiB -> {args.out}")

@@ -331,17 +331,28 @@ class EngineThread:
         self._step_end = time.monotonic()
         self._resume_at = self._step_end + self._step_delay_s if self._step_delay_s else 0.0
 
+    # a block map costs O(pool): on a GPU's pool of hundreds of thousands of blocks, tens of ms.
+    # While requests run it is rebuilt at most this share of the engine thread's time.
+    BLOCK_MAP_SHARE = 0.05
+
     def _build_block_map(self) -> BlockMapSnapshot:
         self._block_map_shape = self.engine.queue_lengths()
-        return self.engine.block_map()
+        start = time.perf_counter()
+        bm = self.engine.block_map()
+        self._block_map_cost = time.perf_counter() - start
+        return bm
 
     def _publish_block_map(self, idle: bool) -> None:
         """Rebuild when the set of live sequences changed (admitted, finished, preempted, aborted),
-        on going idle, and otherwise at most every `block_map_interval` seconds."""
+        on going idle, and otherwise at most every `block_map_interval` seconds; but while requests
+        run, never so often that building it takes more than `BLOCK_MAP_SHARE` of the thread."""
         if not self._block_map_dirty:
             return
+        since = time.perf_counter() - self._block_map.timestamp
+        if not idle and since < self._block_map_cost / self.BLOCK_MAP_SHARE:
+            return  # too soon for a pool this large; readers of the feed catch up from its records
         changed = self.engine.queue_lengths() != self._block_map_shape
-        if idle or changed or time.perf_counter() - self._block_map.timestamp >= self.block_map_interval:
+        if idle or changed or since >= self.block_map_interval:
             self._block_map = bm = self._build_block_map()
             self._block_map_dirty = False
             if idle:

@@ -67,7 +67,7 @@ def render_metrics(view: HistoryView, block_map: BlockMapSnapshot, alive: bool) 
         ("", {"state": "used"}, stats.used), ("", {"state": "free"}, stats.free),
         ("", {"state": "cached_free"}, stats.cached_free), ("", {"state": "shared"}, stats.shared)])
     lines += _family("kv_cache_waste_ratio", "gauge",
-                     "Reserved but empty token slots: this paged cache vs a contiguous one at max length.", [
+                     "Reserved but empty token slots: this paged cache vs a contiguous one reserving prompt + max_tokens.", [
                          ("", {"layout": "paged"}, waste.paged_fraction),
                          ("", {"layout": "contiguous"}, waste.contiguous_fraction)])
     for name, (help_text, value) in totals.items():

@@ -41,7 +41,7 @@ class FeedRecorder:
         try:
             self._write({"type": "header", "schema": SCHEMA_VERSION, "model": model_name,
                          "engine": dataclasses.asdict(engine.info), "started": time.time()})
-            self._write({"type": "snapshot", **snapshot_json(bm)})
+            self._write({"type": "snapshot", **snapshot_json(bm, engine.info)})
         except BaseException:
             self._file.close()
             raise

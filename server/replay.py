@@ -94,7 +94,7 @@ class ReplaySource:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"engine": self._engine, **self._replica.to_json(self.feed.next_index)}
+            return {**self._replica.to_json(self.feed.next_index), "engine": self._engine}
 
     def _run(self) -> None:
         records = self.recording.records

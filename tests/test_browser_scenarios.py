@@ -29,6 +29,14 @@ def live(embedded_model_dir: str):
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def no_load_left(live):
+    """Whatever a test leaves running (a failure midway) stops before the next one starts."""
+    yield
+    live.load.stop()
+    live.engine.set_controls(Controls())
+
+
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("PAGEDCHAT_SCREENSHOT_DIR") or tmp_path)
@@ -99,14 +107,15 @@ def test_the_block_table_of_a_pinned_request_is_the_engines(browser, live, shots
         page.wait_for_timeout(300)
     until(page, "v => v.state.prefixHits().cached > 0 && v.panels.root.querySelector('.pc-bt-hit')")
     assert "prefix hits" in page.locator("#live-view [data-tile=kv] .pc-s").inner_text()
-    page.screenshot(path=str(shots / "scenario-shared-prefix.png"))
+    page.locator("#live-view .pc-panels").screenshot(path=str(shots / "scenario-shared-prefix.png"))
     page.locator("#load-stop").click()
     page.close()
 
 
 # the phenomenon each scenario must put on screen, as a predicate on the view (JS)
 PHENOMENA = {
-    "long-prompts": "v => v.panels.current === 'timeline' && v.panels.log.columns.some(c => c.prefill > 0 && c.decode > 0)",
+    "long-prompts": "v => v.panels.current === 'timeline' && v.panels.log.columns.filter(c => c.prefill > 0 && c.decode > 0)"
+                    ".length >= 5",
     "shared-prefix": "v => v.state.prefixHits().cached > 0 && v.panels.root.querySelector('.pc-bt-hit')",
     "parallel-sampling": "v => v.state.seen.copied > 0 && [...v.panels.root.querySelectorAll('.pc-bt-ref')]"
                          ".some(e => Number(e.textContent.replace('ref ', '')) >= 4)",
@@ -129,7 +138,8 @@ def test_each_scenario_button_makes_its_idea_appear(browser, live, shots) -> Non
         expected = "static" if s.key == "static-batching" else "continuous"
         assert page.locator(f"#batching input[value={expected}]").is_checked()
         assert s.explain[:40] in page.locator("#scenario-note").inner_text()
-        page.screenshot(path=str(shots / f"scenario-{s.key}.png"))
+        page.wait_for_timeout(1200)  # the panel redraws once a second
+        page.locator("#live-view .pc-panels").screenshot(path=str(shots / f"scenario-{s.key}.png"))
     # the controls end with the load
     page.locator("#load-stop").click()
     deadline = time.monotonic() + 10
@@ -154,7 +164,7 @@ def test_the_panels_draw_the_three_wastes_the_kv_formula_and_prefill_vs_decode(b
     assert f["pool"] == pool and f["cont"]["held"] == pool // live.engine.info.max_model_len < f["pagedHeld"]
     assert f["cont"]["reserved"] == f["cont"]["held"] * live.engine.info.max_model_len
     assert f"Users that fit now: contiguous {f['cont']['held']}, paged" in page.locator("#live-view .pc-fit").first.inner_text()
-    page.screenshot(path=str(shots / "panel-wastes.png"))
+    page.locator("#live-view .pc-panels").screenshot(path=str(shots / "panel-wastes.png"))
     page.locator("#live-view .pc-tab[data-panel=kv]").click()
     text = page.locator("#live-view .pc-kv").inner_text()
     info = live.engine.info
@@ -162,6 +172,6 @@ def test_the_panels_draw_the_three_wastes_the_kv_formula_and_prefill_vs_decode(b
     assert f"= {info.kv_bytes_per_token:,} B" in text and "in the cache now:" in text
     page.locator("#live-view .pc-tab[data-panel=steps]").click()
     until(page, "v => /median decode-only step [0-9.]+ ms/.test(v.panels.sLine.textContent)")
-    page.screenshot(path=str(shots / "panel-steps.png"))
+    page.locator("#live-view .pc-panels").screenshot(path=str(shots / "panel-steps.png"))
     page.locator("#load-stop").click()
     page.close()

@@ -28,6 +28,8 @@ def test_the_shipped_recording_is_a_gpu_run_of_64_users_under_2_mb(recording) ->
     sims = {e["request_id"].split(".")[1] for r in recording.records for e in r["requests"]}
     assert len(sims) == 64  # one id per simulated user: sim-<load>.<user>.<turn>
     assert recording.snapshot["num_blocks"] >= 10_000  # a GPU-sized pool
+    engine = recording.header["engine"]  # schema 3: the facts the KV formula and the roofline need
+    assert engine["matmul_params"] > 1e8 and engine["peak_bandwidth"] > 1e12 and engine["peak_flops"] > 1e14
 
 
 def test_the_replica_agrees_with_the_engine_in_every_record(recording) -> None:
@@ -45,8 +47,8 @@ def test_the_replica_agrees_with_the_engine_in_every_record(recording) -> None:
 
 
 def test_records_survive_the_json_round_trip(recording) -> None:
-    """The shipped recording is schema 2: read back, a record keeps every value it had and gets the
-    defaults of schema 3's new fields; written again, it reads back the same."""
+    """Read back, a record keeps every value it had (a schema-2 recording's get the defaults of
+    schema 3's new fields); written again, it reads back the same."""
     for data in recording.records[:50]:
         record = StepRecord.from_json(data)
         out = record.to_json()
@@ -107,3 +109,20 @@ def test_python_app_py_replay_serves_the_dashboard_and_the_feed() -> None:
     finally:
         http.server.should_exit = True
         source.stop()
+
+
+def test_a_schema_2_recording_still_plays(tmp_path) -> None:
+    """Schema 3 only added fields with defaults: a recording of schema 2 (no engine facts in its
+    snapshot, no limits or caps in its records) reads back and replays."""
+    import gzip
+
+    lines = gzip.open(SHIPPED, "rt").read().splitlines()[:4]
+    header, snapshot = json.loads(lines[0]), json.loads(lines[1])
+    header["schema"] = 2
+    snapshot.pop("engine", None)
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join([json.dumps(header), json.dumps(snapshot)] + lines[2:]) + "\n")
+    rec = read_recording(old)
+    assert rec.header["schema"] == 2 and rec.records
+    source = ReplaySource(rec)
+    assert source.snapshot()["engine"] == header["engine"], "the header's engine facts reach the view"

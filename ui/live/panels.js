@@ -116,7 +116,8 @@
       this.wTable = el("div", "pc-wtable");
       const wkey = el("div", "pc-key");
       wkey.innerHTML = '<i style="background:#2563eb"></i>tokens <i style="background:#2563eb;opacity:.35"></i>reserved for tokens to come ' +
-        '<i style="background:#2563eb;opacity:.12"></i>beyond the request\'s limit (never used) <i style="background:#fecaca"></i>hole too small (external fragmentation)';
+        '<i style="background:repeating-linear-gradient(135deg,#e5e7eb 0 3px,#9ca3af 3px 5px)"></i>beyond the request\'s limit (never used) ' +
+        '<i style="background:repeating-linear-gradient(135deg,#fff 0 3px,#dc2626 3px 5px)"></i>free, but a hole too small (external fragmentation)';
       wb.append(modes, this.fitLine, wkey, this.wCanvas, this.wTable);
       this.boxes.wastes = wb;
       // the KV formula
@@ -148,7 +149,7 @@
         this.tabs[k].setAttribute("aria-selected", String(k === key));
       }
       setText(this.caption, CAPTIONS[key]);
-      this.stale = true;
+      this.stale = this._cfStale = true;
       this._tableKey = null;
       if (key === "table") this._fetch();
       if (this.view.state.owners) this.draw();
@@ -176,7 +177,7 @@
       const v = this.view, st = v.state;
       if (!st.owners || !v.visible()) return;
       const now = performance.now();
-      const every = this.current === "timeline" ? 400 : 900;
+      const every = this.current === "table" ? 250 : 1000;
       if (!this.stale && this._drawnAt && now - this._drawnAt < every) return;
       this._drawnAt = now;
       this.stale = false;
@@ -191,6 +192,10 @@
         const hidden = this.tlLayout.hidden ? ` · ${this.tlLayout.hidden} earlier requests above the top` : "";
         setText(this.tlNote, `the last ${this.log.columns.length} steps · ${this.tlLayout.rows.length} requests${hidden}` +
                 ` · hover a column for the step`);
+        // the counterfactual moves slowly (requests take seconds): every 2 s is enough
+        if (this._cfAt && now - this._cfAt < 2000 && !this._cfStale) return;
+        this._cfAt = now;
+        this._cfStale = false;
         const last = this.log.columns[this.log.columns.length - 1];
         const cf = T.counterfactual(this.log, this.log.columns, last ? last.t : 0);
         this.cf = cf;
@@ -246,7 +251,13 @@
         this._tableKey = null;
         return;
       }
-      if (!this.view.config.replay && (!this._fetchedAt || performance.now() - this._fetchedAt > 700)) this._fetch();
+      // ask the engine again when the feed says the request moved on (a new token, a block), or
+      // every 0.7 s anyway
+      const moved = this.fetched && this.fetched.samples.some((s) => {
+        const q = st.seqs.get(s.seq_id);
+        return q && q.tokens !== s.num_tokens;
+      });
+      if (!this.view.config.replay && (moved || !this._fetchedAt || performance.now() - this._fetchedAt > 700)) this._fetch();
       const d = BT.tableData(st, v.pinned, this.fetched);
       if (!d.samples.length) { setText(this.tableBox, `${v.pinned} has ended.`); return; }
       const key = BT.tableKey(d);

@@ -149,7 +149,11 @@
       ctx.lineTo(X(Math.pow(10, lx1)), Y(peakF));
       ctx.stroke();
       ctx.fillStyle = "#dc2626";
-      ctx.fillText(`measured peaks: ${(peakB / 1e9).toFixed(0)} GB/s, ${(peakF / 1e12).toFixed(0)} TFLOP/s`, X(knee) + 6, Y(peakF) + 4);
+      ctx.textAlign = "right";
+      ctx.textBaseline = "bottom";
+      ctx.fillText(`roof: measured ${(peakB / 1e9).toFixed(0)} GB/s, ${(peakF / 1e12).toFixed(0)} TFLOP/s`, padL + pw - 4, Y(peakF) - 3);
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
     } else {
       ctx.fillStyle = th.fg;
       ctx.fillText("no measured peaks on this device (a GPU measures them at start)", padL + 6, padT + 4);

@@ -110,7 +110,8 @@
     let rowH = Math.max(2, Math.min(16, Math.floor((maxH - head) / Math.max(1, rows.length))));
     const fitRows = Math.floor((maxH - head) / rowH);
     const shown = rows.length > fitRows ? rows.slice(rows.length - fitRows) : rows;
-    canvas.style.height = `${Math.ceil(head + shown.length * rowH + 2)}px`;
+    const height = `${Math.ceil(head + shown.length * rowH + 2)}px`;
+    if (canvas.style.height !== height) canvas.style.height = height; // a change of height costs a layout
     const {ctx, w} = root.PagedChatCharts.fit(canvas);
     const colW = (w - gutter) / Math.max(1, log.max);
     const x0 = w - cols.length * colW; // newest column at the right edge
@@ -129,7 +130,9 @@
       ctx.textAlign = "right";
       ctx.fillText(`step ${cols[cols.length - 1].step}`, w, font * 0.6);
       ctx.textAlign = "left";
-      ctx.fillText(`step ${cols[0].step}`, Math.max(gutter, x0), font * 0.6);
+      const right = w - ctx.measureText(`step ${cols[cols.length - 1].step}`).width - font;
+      const left = Math.max(gutter, x0);
+      if (left + ctx.measureText(`step ${cols[0].step}`).width < right) ctx.fillText(`step ${cols[0].step}`, left, font * 0.6);
     }
     const index = new Map(shown.map((req, k) => [req, k]));
     for (const req of shown) { // each row's request colour in the gutter

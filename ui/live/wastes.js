@@ -48,6 +48,19 @@
   // Two bars, one pool each: the contiguous cache's regions (tokens, slots reserved for tokens to
   // come, slots beyond the request's own limit) and holes (red: too small to use); the paged
   // cache's tokens and the empty slots of last blocks, packed (its blocks can sit anywhere).
+  // diagonal stripes over a colour: the slots a cache cannot use
+  function hatch(ctx, color, line) {
+    const p = document.createElement("canvas");
+    p.width = p.height = 8;
+    const c = p.getContext("2d");
+    c.fillStyle = color;
+    c.fillRect(0, 0, 8, 8);
+    c.strokeStyle = line;
+    c.lineWidth = 2;
+    c.beginPath(); c.moveTo(0, 8); c.lineTo(8, 0); c.moveTo(-2, 2); c.lineTo(2, -2); c.moveTo(6, 10); c.lineTo(10, 6); c.stroke();
+    return ctx.createPattern(p, "repeat");
+  }
+
   function drawWastes(canvas, f, spec) {
     const {ctx, w, h} = root.PagedChatCharts.fit(canvas);
     if (!f) return;
@@ -66,7 +79,7 @@
     const threshold = f.cont.threshold || Infinity;
     for (const hole of f.layout.holes) { // a hole too small for the next request: external fragmentation
       if (hole.size < threshold && f.cont.external > 0) {
-        ctx.fillStyle = "#fecaca";
+        ctx.fillStyle = hatch(ctx, "#ffffff", "#dc2626");
         ctx.fillRect(X(hole.start), y1, Math.max(1, X(hole.size)), barH);
       }
     }
@@ -80,9 +93,9 @@
       ctx.fillRect(X(r.start), y1, Math.max(1, X(tokens)), barH);
       ctx.globalAlpha = 0.35; // reserved for tokens still to come
       ctx.fillRect(X(r.start + tokens), y1, Math.max(0, X(limit - tokens)), barH);
-      ctx.globalAlpha = 0.12; // beyond its own limit: never used
+      ctx.globalAlpha = 1; // beyond its own limit: never used
+      ctx.fillStyle = hatch(ctx, "#e5e7eb", "#9ca3af");
       ctx.fillRect(X(r.start + limit), y1, Math.max(0, X(r.size - limit)), barH);
-      ctx.globalAlpha = 1;
       ctx.strokeStyle = th.bg;
       ctx.lineWidth = 1;
       ctx.strokeRect(X(r.start) + 0.5, y1 + 0.5, Math.max(1, X(r.size) - 1), barH - 1);
