@@ -27,7 +27,8 @@ class IncrementalDetokenizer:
     """Turn one sequence's output tokens into text deltas, holding back what is not final yet.
 
     Text is held back while it ends in an incomplete character, or while its end could be the
-    start of a stop string. Once a stop string appears the visible text ends just before it,
+    start of a stop string. Once a stop string appears the visible text ends just before it (or
+    just after it, `include_stop`),
     `stopped` is True, and later tokens are ignored. The concatenation of all deltas (and the
     final `flush()`) equals tokenizer.decode(output_ids), truncated before the first stop string.
     """
@@ -38,6 +39,7 @@ class IncrementalDetokenizer:
         prompt_token_ids: list[int],
         stop: tuple[str, ...] = (),
         skip_special_tokens: bool = True,
+        include_stop: bool = False,
     ) -> None:
         if any(not s for s in stop):
             raise ValueError("stop strings must not be empty")
@@ -48,6 +50,7 @@ class IncrementalDetokenizer:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._fast = backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True) else None
         self._stop = tuple(stop)
+        self._include_stop = include_stop  # the text ends after the stop string, not before
         self._max_stop_len = max((len(s) for s in stop), default=0)
         context = self._prompt_context(list(prompt_token_ids))
         self._tokens: list[int] = context  # context prompt tokens, then every output token
@@ -123,8 +126,8 @@ class IncrementalDetokenizer:
         hit = self._find_stop(start)
         if hit is not None:
             index, self.stop_string = hit
-            self._decoded = self._decoded[:index]
-            end = index
+            end = index + len(self.stop_string) if self._include_stop else index
+            self._decoded = self._decoded[:end]
         else:
             end = len(self._decoded) if final else len(self._decoded) - self._held_back()
         delta = self._decoded[self._shown : max(end, self._shown)]

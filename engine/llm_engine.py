@@ -318,9 +318,13 @@ class LLMEngine:
         token = seq.token_ids[-1]
         detok = self._detokenizers.get(seq.seq_id)
         if detok is None:
-            detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], seq.params.stop)
+            params = seq.params
+            detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], params.stop,
+                                           params.skip_special_tokens, params.include_stop_str_in_output)
             self._detokenizers[seq.seq_id] = detok
-        delta = detok.add_tokens([token])
+        # a stop token (EOS, a stop id) ends the text before its own, unless asked for (as vLLM)
+        stopped_on_token = seq.finish_reason is FinishReason.STOP and isinstance(seq.stop_reason, int)
+        delta = "" if stopped_on_token and not seq.params.include_stop_str_in_output else detok.add_tokens([token])
         if detok.stopped:
             seq.stop_reason = detok.stop_string
             if not seq.is_finished:

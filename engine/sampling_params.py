@@ -30,6 +30,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    include_stop_str_in_output: bool = False  # vLLM's: the stop string (or stop token's text) ends the text
+    skip_special_tokens: bool = True  # vLLM's: special tokens' text is left out of the output text
     # any of logit_bias, the penalties: the sampler's batch skips their passes when no row has one
     adjusts_logits: bool = field(init=False, repr=False, compare=False)
 

@@ -39,7 +39,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (False,),
     "top_logprobs": (0,), "echo": (False,), "suffix": ("",), "best_of": (1,),
     "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "functions": ([],),
-    "function_call": ("none",), "skip_special_tokens": (True,), "include_stop_str_in_output": (False,),
+    "function_call": ("none",),
     "modalities": (["text"],), "tool_calls": ([],), "refusal": (), "annotations": ([],), "tool_call_id": (), "prediction": (), "audio": (), "reasoning_effort": (), "web_search_options": (),
 }
 
@@ -72,6 +72,8 @@ class _Common(_Strict):
     stream_options: StreamOptions | None = None
     stop_token_ids: list[int] | None = None  # vLLM extension
     min_tokens: int = Field(0, ge=-INT64, lt=INT64)  # vLLM extension
+    include_stop_str_in_output: bool = False  # vLLM extension
+    skip_special_tokens: bool = True  # vLLM extension
 
     @model_validator(mode="after")
     def _nothing_ignored(self) -> "_Common":
@@ -104,7 +106,9 @@ class _Common(_Strict):
             except ValueError:
                 raise ValueError("logit_bias keys must be token ids") from None
         return SamplingParams(n=self.n, max_tokens=max_tokens, stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
-                              stop_token_ids=tuple(self.stop_token_ids or ()), min_tokens=self.min_tokens, **given)
+                              stop_token_ids=tuple(self.stop_token_ids or ()), min_tokens=self.min_tokens,
+                              include_stop_str_in_output=self.include_stop_str_in_output,
+                              skip_special_tokens=self.skip_special_tokens, **given)
 
     @property
     def include_usage(self) -> bool:

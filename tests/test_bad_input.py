@@ -294,6 +294,34 @@ def test_min_tokens_holds_eos_and_stop_ids_back(live) -> None:
     assert held["usage"]["completion_tokens"] >= 6
 
 
+def test_stop_strings_and_tokens_stay_out_of_the_text_unless_asked_and_special_tokens_show_if_asked(live) -> None:
+    """vLLM's include_stop_str_in_output: the stop string (or a stop token's text) ends the text
+    instead of being cut; skip_special_tokens=False keeps special tokens' text (EOS here)."""
+    base = {"prompt": "one two three four", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    free = httpx.post(live.url + COMPLETIONS, json=base, timeout=60).json()["choices"][0]["text"]
+    words = free.split()
+    assert len(words) >= 3, free
+    stop = " " + words[1]
+    cut = httpx.post(live.url + COMPLETIONS, json={**base, "stop": [stop]}, timeout=60).json()["choices"][0]
+    kept = httpx.post(live.url + COMPLETIONS, json={**base, "stop": [stop], "include_stop_str_in_output": True},
+                      timeout=60).json()["choices"][0]
+    assert cut["finish_reason"] == kept["finish_reason"] == "stop"
+    assert kept["text"] == cut["text"] + stop and free.startswith(kept["text"])
+    stop_id = httpx.post(live.url + "/tokenize", json={"prompt": free}).json()["tokens"][1]
+    by_id = httpx.post(live.url + COMPLETIONS, json={**base, "stop_token_ids": [stop_id]}, timeout=60).json()["choices"][0]
+    with_id = httpx.post(live.url + COMPLETIONS, json={**base, "stop_token_ids": [stop_id],
+                                                      "include_stop_str_in_output": True}, timeout=60).json()["choices"][0]
+    token_text = httpx.post(live.url + "/detokenize", json={"tokens": [stop_id]}).json()["prompt"]
+    assert with_id["text"] == by_id["text"] + token_text and free.startswith(with_id["text"])
+    chat_body = chat("Say hi.", temperature=0, max_tokens=64)
+    plain = httpx.post(live.url + CHAT, json=chat_body, timeout=60).json()["choices"][0]
+    special = httpx.post(live.url + CHAT, json={**chat_body, "skip_special_tokens": False,
+                                                "include_stop_str_in_output": True}, timeout=60).json()["choices"][0]
+    if plain["finish_reason"] == "stop":  # it ended on EOS: its text shows when asked for
+        assert special["message"]["content"] == plain["message"]["content"] + "<|im_end|>"
+    assert httpx.post(live.url + CHAT, json={**chat_body, "skip_special_tokens": "no"}, timeout=60).status_code == 400
+
+
 def test_echo_puts_the_prompt_before_each_completion(live) -> None:
     """Completions' echo: the prompt's text (token ids: their text) starts each choice, streamed
     (in the first chunk) or not."""
