@@ -116,11 +116,13 @@ def test_the_block_table_of_a_pinned_request_is_the_engines(browser, live, shots
 PHENOMENA = {
     "long-prompts": "v => v.panels.current === 'timeline' && v.panels.log.columns.filter(c => c.prefill > 0 && c.decode > 0)"
                     ".length >= 5",
-    "shared-prefix": "v => v.state.prefixHits().cached > 0 && v.panels.root.querySelector('.pc-bt-hit')",
+    "shared-prefix": "v => v.state.prefixHits().cached > 0 && v.panels.tableData && v.panels.tableData.text"
+                     " && v.panels.root.querySelector('.pc-bt-hit')",
     "parallel-sampling": "v => v.state.seen.copied > 0 && [...v.panels.root.querySelectorAll('.pc-bt-ref')]"
-                         ".some(e => Number(e.textContent.replace('ref ', '')) >= 4)",
+                         ".some(e => Number(e.textContent.replace('ref ', '')) >= 4)"
+                         " && v.panels.root.querySelector('.pc-bt-cow')",
     "static-batching": "v => v.panels.log.columns.filter(c => c.batching === 'static' && c.duration > 0).length > 10"
-                       " && /Continuous batching: [0-9.]+×/.test(v.panels.cfLine.textContent)",
+                       " && /the model of static batching .* gives [0-9.,]+ tok.s/.test(v.panels.cfLine.textContent)",
     "memory-pressure": "v => v.state.seen.preempted > 0 && v.panels.log.columns.some(c => [...c.cells.values()]"
                        ".includes('x')) && Number(v.tiles.preempt.v.textContent) > 0",
     "slow-motion": "v => { const c = v.panels.log.columns.filter(c => c.duration > 0).slice(-6);"
@@ -139,6 +141,7 @@ def test_each_scenario_button_makes_its_idea_appear(browser, live, shots) -> Non
         assert page.locator(f"#batching input[value={expected}]").is_checked()
         assert s.explain[:40] in page.locator("#scenario-note").inner_text()
         page.wait_for_timeout(1200)  # the panel redraws once a second
+        until(page, PHENOMENA[s.key], timeout_s=90)  # still (a pinned request may have ended meanwhile)
         page.locator("#live-view .pc-panels").screenshot(path=str(shots / f"scenario-{s.key}.png"))
     # the controls end with the load
     page.locator("#load-stop").click()

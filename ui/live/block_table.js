@@ -27,7 +27,7 @@
         seq: s.seq_id, sample: s.sample, status: s.status, tokens: s.num_tokens, prompt: s.num_prompt_tokens,
         cachedBlocks: Math.floor((s.num_cached_tokens || 0) / bs), table: s.block_table,
         refs: s.blocks.map((b) => b.ref_count), hashed: s.blocks.map((b) => b.cached),
-        ids: s.token_ids, texts: s.token_texts})), private: !fetched.text};
+        ids: s.token_ids, texts: s.token_texts})), private: !fetched.text, copiedFrom: st.copiedFrom};
     }
     const samples = [];
     for (const q of st.seqs.values()) {
@@ -38,7 +38,7 @@
                     ids: null, texts: null});
     }
     samples.sort((a, b) => a.sample - b.sample);
-    return {req, blockSize: bs, text: false, samples};
+    return {req, blockSize: bs, text: false, samples, copiedFrom: st.copiedFrom};
   }
 
   // One logical block's cell.
@@ -51,6 +51,7 @@
     head.append(el("span", "pc-bt-l", `L${i}`), el("span", "pc-bt-arrow", "→"), el("span", "pc-bt-p", `#${b}`));
     const ref = s.refs[i] || 1;
     if (ref > 1) head.append(el("span", "pc-bt-ref", `ref ${ref}`));
+    if (d.copiedFrom && d.copiedFrom.has(b)) head.append(el("span", "pc-bt-cow", `copy of #${d.copiedFrom.get(b)}`));
     if (i < s.cachedBlocks) head.append(el("span", "pc-bt-hit", "prefix hit"));
     else if (s.hashed[i]) head.append(el("span", "pc-bt-cached", "cached"));
     cell.appendChild(head);
@@ -121,7 +122,8 @@
   }
 
   function tableKey(d) {
-    return d.samples.map((s) => `${s.seq}:${s.tokens}:${s.table.join(",")}:${s.refs.join(",")}:${d.text}`).join("|");
+    const cow = d.copiedFrom ? [...d.copiedFrom.keys()].filter((b) => d.samples.some((s) => s.table.includes(b))).join(",") : "";
+    return d.samples.map((s) => `${s.seq}:${s.tokens}:${s.table.join(",")}:${s.refs.join(",")}:${d.text}`).join("|") + "|" + cow;
   }
 
   root.PagedChatBlockTable = {tableData, renderBlockTable, tableKey, showToken};

@@ -126,6 +126,7 @@
       this.owners = s.owners.map((o) => o.slice()); // block -> seq ids
       this.cached = Uint8Array.from(s.cached.map((c) => (c ? 1 : 0)));
       this.flash = new Map(); // block -> {kind, until}
+      this.copiedFrom = new Map(); // block -> the shared block it was copied from (copy-on-write), while held
       this.seqs = new Map();
       this.tables = new Map(); // seq id -> blocks in order
       this.span = 0; // blocks 0..span-1 were ever touched while watched
@@ -213,6 +214,7 @@
       } else if (e.phase === "prefill" && !q.admitted) {
         // the first chunk of an admission: how much of its tokens the prefix cache gave
         this.admissions.push({t: end, prompt: q.tokens, cached: e.cached || 0});
+        q.cached = e.cached || 0;
         q.admitted = true;
       }
       if (e.phase === "preempted") {
@@ -264,9 +266,11 @@
           if (k >= 0) holders.splice(k, 1);
           if (table) { const j = table.indexOf(b); if (j >= 0) table.splice(j, 1); }
           if (this._preemptedNow && this._preemptedNow.has(ev.seq_id)) this.flash.set(b, {kind: "preempted", until: now + 2});
+          if (!holders.length) this.copiedFrom.delete(b);
           break;
         }
         case "copied": // copy on write: the copy's allocation and the original's release came just before
+          this.copiedFrom.set(b, ev.src);
           this.flash.set(b, {kind: "copied", until: now + 1.5});
           this.flash.set(ev.src, {kind: "copied", until: now + 1.5});
           break;

@@ -215,6 +215,7 @@
     // a scenario started: its panel, and for the block table a request pinned for it (kept pinned,
     // and replaced when it ends, until the presenter pins or unpins one by hand)
     showScenario(key, panel) {
+      this.reset(); // a new scenario: its own timeline, counterfactual and latencies
       this.panels.show(panel);
       this.autoPin = panel === "table" ? key : null;
       if (this.autoPin) this._pin(null);
@@ -222,8 +223,9 @@
 
     _autoPin() {
       if (!this.autoPin || (this.pinned && this.state.requests().some((r) => r.req === this.pinned))) return;
-      const many = this.autoPin === "parallel-sampling";
-      const reqs = this.state.requests().filter((r) => r.phase === "decode" && (!many || r.seqs.length > 1));
+      const many = this.autoPin === "parallel-sampling", hit = this.autoPin === "shared-prefix";
+      const reqs = this.state.requests().filter((r) => r.phase === "decode" && (!many || r.seqs.length > 1) &&
+                                                      (!hit || r.seqs.some((q) => q.cached > 0)));
       if (reqs.length) this._pin(reqs[reqs.length - 1].req); // the newest: it lives longest
     }
 
@@ -273,13 +275,15 @@
       const c = st.counts(), rates = st.rates(now), lat = st.latency(now);
       const set = (k, v, s) => { setText(this.tiles[k].v, v); if (s !== undefined) setText(this.tiles[k].s, s); };
       set("users", `${c.running} · ${c.waiting}`);
-      const pct = (100 * c.used) / Math.max(1, c.total);
+      const capped = st.blockCap < c.total; // memory pressure: the share of what the scheduler may use
+      const pct = (100 * c.used) / Math.max(1, capped ? st.blockCap : c.total);
       const hits = st.prefixHits();
       const hitText = hits.cached > 0 ? ` · prefix hits ${Math.round(100 * hits.rate)}% of prompt tokens` : "";
-      const cap = st.blockCap < c.total ? ` · capped at ${st.blockCap.toLocaleString()}` : "";
-      set("kv", `${pct > 0 && pct < 10 ? pct.toFixed(1) : Math.round(pct)}%`, `${c.used.toLocaleString()} / ${c.total.toLocaleString()} blocks${cap} · ${c.shared} shared${hitText}`);
+      const of = capped ? `${st.blockCap.toLocaleString()} usable (memory pressure; pool ${c.total.toLocaleString()})`
+        : `${c.total.toLocaleString()} blocks`;
+      set("kv", `${pct > 0 && pct < 10 ? pct.toFixed(1) : Math.round(pct)}%`, `${c.used.toLocaleString()} / ${of} · ${c.shared} shared${hitText}`);
       const dev = st.device ? ` · ${st.device.kind === "gpu" ? "GPU" : "CPU"} ${Math.round(st.device.compute_pct)}%` : "";
-      set("tps", fmt(Math.round(rates.output)), `prefill ${fmt(Math.round(rates.prefill))} tok/s · engine busy ${Math.round(100 * rates.busy)}%${dev}`);
+      set("tps", fmt(Math.round(rates.output)), `prefill ${fmt(Math.round(rates.prefill))} tok/s · engine busy ${Math.min(100, Math.round(100 * rates.busy))}%${dev}`);
       set("ttft", ms(lat.ttft50), `p95 ${ms(lat.ttft95)}`);
       set("tpot", ms(lat.tpot50), `ITL p50 ${ms(lat.itl50)} · p95 ${ms(lat.itl95)}`);
       set("preempt", String(st.preemptions.length), "last 60 s");

@@ -116,7 +116,7 @@
       this.wTable = el("div", "pc-wtable");
       const wkey = el("div", "pc-key");
       wkey.innerHTML = '<i style="background:#2563eb"></i>tokens <i style="background:#2563eb;opacity:.35"></i>reserved for tokens to come ' +
-        '<i style="background:repeating-linear-gradient(135deg,#e5e7eb 0 3px,#9ca3af 3px 5px)"></i>beyond the request\'s limit (never used) ' +
+        '<i style="background:repeating-linear-gradient(135deg,#e5e7eb 0 3px,#9ca3af 3px 5px)"></i>internal fragmentation: beyond the request\'s limit, never used ' +
         '<i style="background:repeating-linear-gradient(135deg,#fff 0 3px,#dc2626 3px 5px)"></i>free, but a hole too small (external fragmentation)';
       wb.append(modes, this.fitLine, wkey, this.wCanvas, this.wTable);
       this.boxes.wastes = wb;
@@ -190,7 +190,7 @@
         this.tlLayout = T.drawTimeline(this.tlCanvas, this.log, {theme: th, font, colorOf, hoverCol,
                                                                  maxHeight: big ? 320 : 240});
         const hidden = this.tlLayout.hidden ? ` · ${this.tlLayout.hidden} earlier requests above the top` : "";
-        setText(this.tlNote, `the last ${this.log.columns.length} steps · ${this.tlLayout.rows.length} requests${hidden}` +
+        setText(this.tlNote, `the last ${this.log.columns.length} steps · ${this.tlLayout.rows.length} requests in them${hidden}` +
                 ` · hover a column for the step`);
         // the counterfactual moves slowly (requests take seconds): every 2 s is enough
         if (this._cfAt && now - this._cfAt < 2000 && !this._cfStale) return;
@@ -203,12 +203,14 @@
           const ratio = isFinite(cf.ratio) ? `${cf.ratio.toFixed(2)}×` : "–";
           const cols = this.log.columns.filter((c) => c.duration > 0);
           const staticSteps = cols.filter((c) => c.batching === "static").length;
-          const measured = staticSteps ? ` (measured with static batching on for ${staticSteps} of the last ${cols.length} steps: ` +
-            `switch back to continuous to compare)` : "";
-          setText(this.cfLine, `Static batching, computed: the same ${cf.reqs.length} requests (${cf.live} still running) in ` +
-                  `batches of ${cf.size} (the peak running batch) in arrival order, each batch running until its longest ` +
-                  `member ends, at the measured step times: ${fmtRate(cf.static)} tok/s against ${fmtRate(cf.actual)} tok/s ` +
-                  `measured${measured}. Continuous batching: ${ratio} the throughput.`);
+          const what = `the same ${cf.reqs.length} requests (${cf.live} still running) in batches of ${cf.size} (the peak ` +
+            `running batch) in arrival order, each batch running until its longest member ends, at the measured step times`;
+          setText(this.cfLine, staticSteps
+            ? `The engine batched statically for ${staticSteps} of the last ${cols.length} steps: it made ` +
+              `${fmtRate(cf.actual)} tok/s, and the model of static batching (${what}) gives ${fmtRate(cf.static)} tok/s. ` +
+              `Switch back to continuous to compare the two.`
+            : `Static batching, computed: ${what}: ${fmtRate(cf.static)} tok/s against ${fmtRate(cf.actual)} tok/s ` +
+              `measured. Continuous batching: ${ratio} the throughput.`);
           this.cfCanvas.hidden = false;
           T.drawCounterfactual(this.cfCanvas, cf, {theme: th, font, colorOf});
         } else {
@@ -236,9 +238,9 @@
         const ms = (x) => (isFinite(x) ? `${x.toFixed(x < 10 ? 1 : 0)} ms` : "–");
         const gbs = (x) => (isFinite(x) ? `${(x / 1e9).toFixed(1)} GB/s` : "–");
         const tf = (x) => (isFinite(x) ? `${(x / 1e12).toFixed(x < 1e12 ? 2 : 1)} TFLOP/s` : "–");
-        setText(this.sLine, `median decode-only step ${ms(s.decodeMs)} (${s.decode} steps): reads ${gbs(s.decodeBw)}, ` +
+        setText(this.sLine, `median decode-only step ${ms(s.decodeMs)} (${s.decode} steps): moves ${gbs(s.decodeBw)}, ` +
                 `computes ${tf(s.decodeFlops)} · median step with prefill ${ms(s.prefillMs)} (${s.prefill} steps): ` +
-                `${tf(s.prefillFlops)}, ${gbs(s.prefillBw)}`);
+                `moves ${gbs(s.prefillBw)}, computes ${tf(s.prefillFlops)}`);
         S.drawSteps(this.sCanvas, this.log.columns, {theme: th, font});
         S.drawRoofline(this.rCanvas, this.log.columns, st.engine, {theme: th, font});
       }
