@@ -62,7 +62,9 @@ def render_metrics(view: HistoryView, block_map: BlockMapSnapshot, alive: bool) 
     lines += _histogram("inter_token_latency_seconds", "Time between two tokens of a sequence.", view.itl_hist)
     lines += _gauge("num_requests_running", "Sequences holding KV blocks.", running)
     lines += _gauge("num_requests_waiting", "Sequences queued for admission.", len(block_map.seqs) - running)
-    lines += _gauge("kv_cache_usage_ratio", "Share of KV blocks in use.", stats.used / stats.total)
+    # against the usable pool: the whole pool, or the cap a memory-pressure demo sets (as the dashboard)
+    lines += _gauge("kv_cache_usage_ratio", "Share of the usable KV blocks in use.", stats.used / stats.cap)
+    lines += _gauge("kv_cache_usable_blocks", "KV blocks the scheduler may hand out.", stats.cap)
     lines += _family("kv_cache_blocks", "gauge", "KV blocks by state.", [
         ("", {"state": "used"}, stats.used), ("", {"state": "free"}, stats.free),
         ("", {"state": "cached_free"}, stats.cached_free), ("", {"state": "shared"}, stats.shared)])

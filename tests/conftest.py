@@ -58,3 +58,27 @@ def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     cache = os.environ.get("PAGEDCHAT_CACHE") or str(tmp_path_factory.mktemp("pagedchat_cache"))
     return resolve_model("embedded", cache_dir=cache)
+
+
+CHROMIUM = os.environ.get("PAGEDCHAT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (never `playwright install`): skipped where it is
+    missing, a failure on CI, which installs both (there a missing one is a broken install step)."""
+    missing = None
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = "playwright is not installed (pip install playwright; never `playwright install`)"
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
+        missing = f"no chromium at {CHROMIUM} (apt-get install chromium)"
+    if missing:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import engine_config, parse_args
 from engine.config import SchedulerConfig
+from engine.controls import Controls
 from engine.sampling_params import SamplingParams
 from live_server import MODEL_NAME, LiveServer, start_live_server
 
@@ -189,7 +190,15 @@ def test_metrics_show_running_requests_and_kv_usage(live: LiveServer) -> None:
         time.sleep(0.3)
         during = scrape(live)
         assert during["pagedchat_num_requests_running"] == 1 and during["pagedchat_kv_cache_usage_ratio"] > 0
+        # under a block cap (memory pressure) usage is against what may be used, as the KV tile shows it
+        live.engine.set_controls(Controls(block_cap=live.engine.info.num_blocks // 4))
+        time.sleep(0.5)
+        capped = scrape(live)
+        assert capped["pagedchat_kv_cache_usable_blocks"] == live.engine.info.num_blocks // 4
+        assert capped["pagedchat_kv_cache_usage_ratio"] == pytest.approx(
+            capped["pagedchat_kv_cache_blocks{state=used}"] / capped["pagedchat_kv_cache_usable_blocks"])
     finally:
+        live.engine.set_controls(Controls())
         stream.close()
     wait_until_idle(live)
     assert scrape(live)["pagedchat_kv_cache_usage_ratio"] == 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -10,9 +9,6 @@ import pytest
 
 from live_server import LiveServer, start_live_server
 
-CHROMIUM = os.environ.get("PAGEDCHAT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 pytestmark = pytest.mark.slow
 
@@ -22,23 +18,6 @@ def live(embedded_model_dir: str):
     server = start_live_server(embedded_model_dir, num_blocks=128)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = None
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing = "playwright is not installed (pip install playwright; never `playwright install`)"
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-        missing = f"no chromium at {CHROMIUM} (apt-get install chromium)"
-    if missing:  # CI installs both: there a missing one is a broken install step, not a reason to skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def screenshot_path(tmp_path: Path) -> Path:

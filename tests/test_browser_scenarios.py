@@ -13,7 +13,6 @@ import pytest
 
 from engine.controls import Controls
 from live_server import start_live_server
-from test_browser import browser  # noqa: F401  (the chromium fixture)
 from test_browser import wait_for_live_view
 from ui.scenarios import SCENARIOS
 
@@ -44,7 +43,7 @@ def shots(tmp_path: Path) -> Path:
     return folder
 
 
-def dashboard(browser, live, width: int = 1440, height: int = 900):  # noqa: F811
+def dashboard(browser, live, width: int = 1440, height: int = 900):
     page = browser.new_page(viewport={"width": width, "height": height})
     page.set_default_timeout(60_000)
     page.goto(live.url)
@@ -86,7 +85,7 @@ def engine_table(live, request_id: str) -> list[dict] | None:
     return [{"blocks": list(s.block_table), "ids": list(s.token_ids)} for s in found.seqs]
 
 
-def test_the_block_table_of_a_pinned_request_is_the_engines(browser, live, shots) -> None:  # noqa: F811
+def test_the_block_table_of_a_pinned_request_is_the_engines(browser, live, shots) -> None:
     """Shared system prompt: the view pins a request by itself; its drawn block table (physical
     block of each logical block, token ids in the slots) equals the engine's at that moment, and
     its first blocks are marked as prefix-cache hits."""
@@ -130,7 +129,7 @@ PHENOMENA = {
 }
 
 
-def test_each_scenario_button_makes_its_idea_appear(browser, live, shots) -> None:  # noqa: F811
+def test_each_scenario_button_makes_its_idea_appear(browser, live, shots) -> None:
     assert [s.key for s in SCENARIOS] == list(PHENOMENA)
     page = dashboard(browser, live, 1920, 1080)
     for s in SCENARIOS:
@@ -152,7 +151,7 @@ def test_each_scenario_button_makes_its_idea_appear(browser, live, shots) -> Non
     page.close()
 
 
-def test_the_panels_draw_the_three_wastes_the_kv_formula_and_prefill_vs_decode(browser, live, shots) -> None:  # noqa: F811
+def test_the_panels_draw_the_three_wastes_the_kv_formula_and_prefill_vs_decode(browser, live, shots) -> None:
     """Under a plain load: the contiguous cache holds fewer of the live sequences than the paged one
     (each reserves the model's context), the KV formula multiplies the tokens the engine stores, and
     both step charts have decode-only and prefill points."""

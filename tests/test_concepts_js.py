@@ -2,35 +2,17 @@
 static-batching counterfactual, and one step's roofline figures, each on a case worked by hand."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 CONCEPTS_JS = Path(__file__).resolve().parent.parent / "ui" / "live" / "concepts.js"
-CHROMIUM = os.environ.get("PAGEDCHAT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
 @pytest.fixture(scope="module")
-def page():
-    missing = None
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing = "playwright is not installed (pip install playwright; never `playwright install`)"
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-        missing = f"no chromium at {CHROMIUM} (apt-get install chromium)"
-    if missing:  # CI installs both: there a missing one is a broken install step, not a reason to skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.add_script_tag(content=CONCEPTS_JS.read_text(encoding="utf-8"))
-        yield page
-        browser.close()
+def page(browser):
+    page = browser.new_page()
+    page.add_script_tag(content=CONCEPTS_JS.read_text(encoding="utf-8"))
+    yield page
+    page.close()
 
 
 def run(page, body: str):

@@ -164,3 +164,21 @@ def test_a_stream_closed_before_the_engine_took_it_still_ends(engine: LLMEngine)
     thread._add(_Add(stream, [1, 2, 3], GREEDY))
     assert stream._sync.get(timeout=1) is _END  # what a reader blocked before the close receives
     assert not engine.has_unfinished_requests()
+
+
+def test_a_costly_block_map_is_rebuilt_rarely_while_requests_run(engine: LLMEngine) -> None:
+    """The block map is O(pool): on a GPU's pool it costs tens of ms. While requests run it is rebuilt
+    at most BLOCK_MAP_SHARE of the time; going idle rebuilds it at once."""
+    thread = EngineThread(engine)  # not started: its publishing rule is called directly
+    built = thread.block_map
+    thread._block_map_cost = 1.0  # as if a build took a second
+    thread._block_map_dirty = True
+    thread._block_map_shape = (-1, -1)  # the live sequences changed
+    thread._publish_block_map(idle=False)
+    assert thread.block_map is built, "rebuilt within 1 s / BLOCK_MAP_SHARE of the last build"
+    thread._publish_block_map(idle=True)
+    assert thread.block_map is not built
+    thread._block_map_cost, thread._block_map_dirty, thread._block_map_shape = 0.0, True, (-1, -1)
+    again = thread.block_map
+    thread._publish_block_map(idle=False)
+    assert thread.block_map is not again, "a cheap map is rebuilt when the live sequences change"

@@ -19,7 +19,7 @@ from ui.request_colors import palette
 
 LIVE_DIR = Path(__file__).parent / "live"
 # in this order: each uses the ones before
-SCRIPTS = ("feed_state.js", "charts.js", "concepts.js", "timeline.js", "wastes.js", "block_table.js", "kv_memory.js",
+SCRIPTS = ("feed_state.js", "charts.js", "dom.js", "concepts.js", "timeline.js", "wastes.js", "block_table.js", "kv_memory.js",
            "step_costs.js", "panels.js", "live_view.js")
 ASSET_PATH = "/live-view"
 

@@ -4,13 +4,7 @@
 // show. For n > 1 the samples' tables sit side by side, a block all samples share drawn once.
 (function (root) {
   "use strict";
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  const {el} = root.PagedChatDom;
 
   // A printable form of one token's text: spaces and newlines made visible.
   function showToken(text) {

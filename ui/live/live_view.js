@@ -6,6 +6,7 @@
 // config: {feedUrl, palette, presenter, replay (a label, or null), traceUrl}
 (function (root) {
   "use strict";
+  const {el, setText, button} = root.PagedChatDom;
   const {FeedState} = root.PagedChatFeed;
   const {drawChart, fit, fmt} = root.PagedChatCharts;
 
@@ -19,17 +20,6 @@
   ];
   const MIN_CELL = 5; // px: below this, a cell stands for several blocks
   const MIN_READABLE = 12; // px: below this, the map shows the blocks in use unless asked for the whole pool
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-
-  function setText(node, text) { // an unchanged text costs no layout
-    if (node.textContent !== text) node.textContent = text;
-  }
 
   function ms(seconds) {
     if (!isFinite(seconds)) return "–";
@@ -74,9 +64,7 @@
       }
       const bar = el("div", "pc-bar");
       this.status = el("span", "pc-status", "connecting…");
-      const reset = el("button", "pc-btn", "Reset view");
-      reset.type = "button";
-      reset.addEventListener("click", () => this.reset());
+      const reset = button("pc-btn", "Reset view", () => this.reset());
       const trace = el("a", "pc-link", "Perfetto trace");
       trace.href = this.config.traceUrl || "api/feed/trace";
       trace.title = "the recent window as trace-event JSON: open it in ui.perfetto.dev";
@@ -103,10 +91,8 @@
       key.innerHTML = '<i class="pc-k-free"></i>free <i class="pc-k-cached"></i>free, cached prefix ' +
         '<i class="pc-k-shared">2</i>shared (ref count) <i class="pc-k-flash"></i>copy-on-write ' +
         '<i class="pc-k-flash pc-k-pre"></i>freed by a preemption <i class="pc-k-flash pc-k-ev"></i>cached prefix evicted';
-      this.poolToggle = el("button", "pc-btn", "Show the whole pool");
-      this.poolToggle.type = "button";
+      this.poolToggle = button("pc-btn", "Show the whole pool", () => { this.wholePool = !this.wholePool; this.dirty = true; this._tick(); });
       this.poolToggle.hidden = true;
-      this.poolToggle.addEventListener("click", () => { this.wholePool = !this.wholePool; this.dirty = true; this._tick(); });
       head.append(this.mapTitle, this.poolToggle, this.mapNote, key);
       this.canvas = el("canvas", "pc-map");
       this.tip = el("div", "pc-tip");

@@ -4,6 +4,7 @@
 // (ui/live/feed_state.js); the block table also asks the server for the request's tokens.
 (function (root) {
   "use strict";
+  const {el, setText, button} = root.PagedChatDom;
   const T = root.PagedChatTimeline, W = root.PagedChatWastes, BT = root.PagedChatBlockTable;
   const KV = root.PagedChatKv, S = root.PagedChatSteps;
 
@@ -27,19 +28,8 @@
       "(memory-bound). Prefill feeds many tokens through the same weights: its time grows with the tokens (compute-bound).",
   };
 
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-
   function fmtRate(x) {
     return !isFinite(x) ? "–" : x >= 100 ? Math.round(x).toLocaleString() : x.toFixed(1);
-  }
-
-  function setText(node, text) {
-    if (node.textContent !== text) node.textContent = text;
   }
 
   class ConceptPanels {
@@ -60,11 +50,9 @@
       this.tabs = {};
       this.boxes = {};
       for (const [key, label] of PANELS) {
-        const b = el("button", "pc-tab", label);
-        b.type = "button";
+        const b = button("pc-tab", label, () => this.show(key));
         b.dataset.panel = key;
         b.setAttribute("role", "tab");
-        b.addEventListener("click", () => this.show(key));
         tabs.appendChild(b);
         this.tabs[key] = b;
       }
@@ -105,9 +93,7 @@
       const modes = el("div", "pc-modes");
       this.modeButtons = {};
       for (const [mode, label] of [["context", "reserve the model's context"], ["limit", "reserve prompt + max_tokens"]]) {
-        const b = el("button", "pc-btn", label);
-        b.type = "button";
-        b.addEventListener("click", () => { this.waste.setMode(mode, this.view.state); this.stale = true; this.draw(); });
+        const b = button("pc-btn", label, () => { this.waste.setMode(mode, this.view.state); this.stale = true; this.draw(); });
         modes.appendChild(b);
         this.modeButtons[mode] = b;
       }
