@@ -269,10 +269,15 @@ def test_presenter_mode_puts_the_chat_beside_a_large_view(browser, live: LiveSer
         box.press("Enter")
         page.locator("#stage-chatbot [data-testid='bot']").first.wait_for()
         page.screenshot(path=str(shots / f"presenter-{width}.png"), full_page=False)
+        # The users stop first: a first token arriving after the reset would rightly be charted again.
+        page.locator("#stage-load-stop").click()
+        deadline = time.monotonic() + 30
+        while live.load.status().users or len(live.engine.block_map.seqs) > 1:  # the chat's own answer may run on
+            assert time.monotonic() < deadline, "the load did not stop"
+            time.sleep(0.05)
         page.locator("#stage-reset").click()
         page.wait_for_function("() => !document.querySelector('#stage-chatbot [data-testid=\"user\"]')")
         assert page.evaluate("() => window.PagedChatLive.shown().state.ttft.length") == 0
-        page.locator("#stage-load-stop").click()
         page.close()
         live.load.stop()
 
