@@ -55,6 +55,8 @@ class LLM:
                 sample.text = out.text
                 sample.token_ids.extend(out.delta_token_ids)
                 sample.finish_reason = out.finish_reason
+                if out.logprobs is not None:
+                    sample.logprobs = (sample.logprobs or []) + list(out.logprobs)
         for request_id, result in results.items():
             result.num_cached_tokens = seqs[request_id].num_cached_tokens
         return list(results.values())

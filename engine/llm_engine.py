@@ -24,6 +24,7 @@ from engine.sampler import INVALID_TOKEN, SampleRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import FinishReason, Sequence
+from engine.token_strings import TokenStrings
 
 log = logging.getLogger(__name__)
 _GONE = (FinishReason.ABORT, FinishReason.ERROR)  # no more output for these
@@ -68,6 +69,7 @@ class LLMEngine:
         self._live: dict[str, int] = {}  # request id -> its unfinished sequences
         self._undetokenized: list[Sequence] = []  # got a token last step; text still to make
         self._controls = Controls()
+        self._token_strings = TokenStrings(self.tokenizer)  # logprobs' token texts
 
     # ---- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -207,7 +209,9 @@ class LLMEngine:
         if pending is not None:
             try:
                 tokens = pending.result()
-                grew = self.scheduler.update(out, self._split(out, tokens))
+                logprobs = pending.logprobs()  # one None a row unless a request asked
+                grew = self.scheduler.update(out, self._split(out, tokens),
+                                             self._split(out, logprobs) if any(logprobs) else None)
                 num_output = len(tokens)
             except Exception as exc:  # noqa: BLE001
                 fault = exc
@@ -236,8 +240,8 @@ class LLMEngine:
         return StepOutput(outputs, snapshot)
 
     @staticmethod
-    def _split(out: SchedulerOutput, tokens: list[int]) -> list[list[int]]:
-        """The step's sampled tokens, one list per scheduled sequence."""
+    def _split(out: SchedulerOutput, tokens: list[Any]) -> list[list[Any]]:
+        """The step's sampled tokens (or their logprobs), one list per scheduled sequence."""
         sampled, at = [], 0
         for item in out.scheduled:
             sampled.append(tokens[at:at + item.num_samples])
@@ -335,7 +339,12 @@ class LLMEngine:
         if seq.is_finished:
             del self._detokenizers[seq.seq_id]
             self._release(seq.request_id)
-        return self._output(seq, delta, [token], detok.text)
+        output = self._output(seq, delta, [token], detok.text)
+        if seq.params.logprobs is None:
+            return output
+        # one entry per token whose text is in the output: a stop token left out of it has none
+        shown = seq.new_logprobs is not None and (delta or not stopped_on_token)
+        return replace(output, logprobs=(self._token_strings.logprobs(token, seq.new_logprobs),) if shown else ())
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.finish(seq, reason)

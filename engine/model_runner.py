@@ -10,7 +10,8 @@ from engine.device_peaks import measure_peaks
 from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
 from engine.model_loader import load_model
 from engine.prefill_graphs import PrefillGraphs
-from engine.sampler import SampleRow, Sampler
+from engine.outputs import TokenLogprobs
+from engine.sampler import LogprobTensors, SampleRow, Sampler, token_logprobs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -117,7 +118,8 @@ class ModelRunner:
             logits = self._logits_of(meta.input_ids, meta.positions, meta)
         if not rows:
             return PendingTokens(None)
-        return PendingTokens(self.sampler.sample(logits, rows))
+        tokens = self.sampler.sample(logits, rows)
+        return PendingTokens(tokens, token_logprobs(logits, rows, tokens))
 
     def device_usable(self) -> bool:
         """After a failed step: can the device still run work? A device-side assert or a lost CUDA
@@ -142,17 +144,24 @@ class ModelRunner:
 
 
 class PendingTokens:
-    """Sampled token ids on their way to the host: copied without blocking, waited for on result()."""
+    """Sampled token ids (and the logprobs some rows asked for) on their way to the host: copied
+    without blocking, waited for on result()."""
 
-    def __init__(self, tokens: torch.Tensor | None) -> None:
+    def __init__(self, tokens: torch.Tensor | None, logprobs: LogprobTensors | None = None) -> None:
         self._event = None
         if tokens is not None and tokens.is_cuda:
-            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            host.copy_(tokens, non_blocking=True)
+            tokens = self._to_host(tokens)
+            if logprobs is not None:
+                logprobs = LogprobTensors(*(None if t is None else self._to_host(t) for t in
+                                            (logprobs.rows, logprobs.chosen, logprobs.top_ids, logprobs.top_logprobs)))
             self._event = torch.cuda.Event()
             self._event.record()
-            tokens = host
-        self._tokens = tokens
+        self._tokens, self._logprobs = tokens, logprobs
+
+    @staticmethod
+    def _to_host(t: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return host.copy_(t, non_blocking=True)
 
     def result(self) -> list[int]:
         if self._tokens is None:
@@ -160,3 +169,17 @@ class PendingTokens:
         if self._event is not None:
             self._event.synchronize()
         return self._tokens.tolist()
+
+    def logprobs(self) -> list[TokenLogprobs | None]:
+        """Per row (after result()): its TokenLogprobs, or None for a row that did not ask."""
+        if self._tokens is None:
+            return []
+        out: list[TokenLogprobs | None] = [None] * len(self._tokens)
+        lp = self._logprobs
+        if lp is None:
+            return out
+        top_ids = lp.top_ids.tolist() if lp.top_ids is not None else None
+        top_lps = lp.top_logprobs.tolist() if lp.top_logprobs is not None else None
+        for j, (row, chosen) in enumerate(zip(lp.rows.tolist(), lp.chosen.tolist())):
+            out[row] = TokenLogprobs(chosen, tuple(top_ids[j]) if top_ids else (), tuple(top_lps[j]) if top_lps else ())
+        return out

@@ -2,6 +2,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class TokenLogprobs(NamedTuple):
+    """A drawn token's log-probability and its step's most likely alternatives (ids and
+    logprobs, most likely first; as many as the request's `logprobs` asked)."""
+
+    logprob: float
+    top_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChoice:
+    """One token as a logprobs answer names it: id, text, UTF-8 bytes (a token may hold part of a
+    character), log-probability."""
+
+    token_id: int
+    text: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Logprobs:
+    """One output token's logprobs, with text: the token drawn and the most likely alternatives."""
+
+    token: TokenChoice
+    top: tuple[TokenChoice, ...]
 
 
 @dataclass(frozen=True)
@@ -18,6 +47,7 @@ class RequestOutput:
     finish_reason: str | None = None  # stop | length | abort | error
     error: str | None = None  # what went wrong, with finish_reason "error"
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache when it was scheduled
+    logprobs: tuple[Logprobs, ...] | None = None  # one per token of delta_text, when the request asked
 
 
 @dataclass
@@ -26,6 +56,7 @@ class CompletionOutput:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: list[Logprobs] | None = None  # per output token, when the request asked
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.block_manager import BlockManager
 from engine.config import SchedulerConfig
@@ -161,14 +162,16 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def update(self, out: SchedulerOutput, sampled: list[list[int]]) -> list[Sequence]:
+    def update(self, out: SchedulerOutput, sampled: list[list[int]],
+               logprobs: list[list[Any]] | None = None) -> list[Sequence]:
         """Advance each scheduled sequence by its computed tokens and append its sampled tokens.
 
         `sampled[i]` holds scheduled[i].num_samples tokens. A prompt completing with n > 1 forks
         into n sequences, each taking one. Returns the sequences that received a new token.
+        `logprobs`, shaped like `sampled`, is kept opaque as each token's `new_logprobs`.
         """
         grew: list[Sequence] = []
-        for item, tokens in zip(out.scheduled, sampled):
+        for i, (item, tokens) in enumerate(zip(out.scheduled, sampled)):
             seq = item.seq
             if seq.is_finished:  # stopped (or aborted) while its step ran: its token is dropped
                 continue
@@ -180,6 +183,9 @@ class Scheduler:
             grew.append(seq)
             if len(tokens) > 1:
                 grew.extend(self._fork(seq, tokens[1:]))
+            if logprobs is not None:
+                for sample, lp in zip([seq] + (seq.children if len(tokens) > 1 else []), logprobs[i]):
+                    sample.new_logprobs = lp
         return grew
 
     def _fork(self, seq: Sequence, tokens: list[int]) -> list[Sequence]:

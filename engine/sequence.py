@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.sampling_params import SamplingParams
 
@@ -46,6 +47,7 @@ class Sequence:
     first_token_time: float | None = None
     last_token_time: float | None = None
     children: list["Sequence"] = field(default_factory=list, repr=False)
+    new_logprobs: Any = field(default=None, repr=False)  # the newest token's TokenLogprobs, if asked for
 
     @property
     def num_tokens(self) -> int:

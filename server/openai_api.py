@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.engine_thread import ChatPrompt, EngineThread, Prompt
-from engine.outputs import RequestOutput
+from engine.outputs import Logprobs, RequestOutput, TokenChoice
 from engine.prompt_encoder import PromptTooLong, check_prompt_chars
 from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
@@ -209,9 +209,13 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
         events = _event_stream(call, first, chunk, include_usage, watch)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     texts: dict[int, RequestOutput] = {}
+    logprobs: dict[int, list[tuple[int, Logprobs]]] = {}  # per sample: (text offset, token's logprobs)
     try:
         async for out in _outputs(call, first):
             texts[out.index] = out
+            if out.logprobs:
+                start = len(out.text) - len(out.delta_text)
+                logprobs.setdefault(out.index, []).extend((start, lp) for lp in out.logprobs)
     except RequestRejected as exc:  # refused by the engine after a long queue
         return error_response(400, str(exc))
     except EngineDeadError as exc:
@@ -223,26 +227,51 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
     failed = [out.error for out in texts.values() if out.error]
     if failed:
         return error_response(500, f"the request failed: {failed[0]}", "server_error")
+    asked = params.logprobs is not None
     make = _chat_choice if chat else functools.partial(_text_choice, echo=echo)
-    return call.body([make(texts[i]) for i in sorted(texts)], usage=call.usage())
+    return call.body([make(texts[i], logprobs.get(i, []) if asked else None) for i in sorted(texts)],
+                     usage=call.usage())
+
+
+def _chat_logprobs(entries: list[Logprobs]) -> dict[str, Any]:
+    """OpenAI's chat `logprobs`: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": None}."""
+    def one(c: TokenChoice) -> dict[str, Any]:
+        return {"token": c.text, "logprob": c.logprob, "bytes": list(c.bytes)}
+    return {"content": [one(e.token) | {"top_logprobs": [one(c) for c in e.top]} for e in entries], "refusal": None}
+
+
+def _text_logprobs(entries: list[tuple[int, Logprobs]]) -> dict[str, Any]:
+    """The legacy completions `logprobs`: parallel lists of tokens, their logprobs, {text: logprob} of
+    the alternatives (and the drawn token, as vLLM), and where each token's text starts."""
+    return {"tokens": [e.token.text for _, e in entries],
+            "token_logprobs": [e.token.logprob for _, e in entries],
+            "top_logprobs": [{c.text: c.logprob for c in (*e.top, e.token)} for _, e in entries],
+            "text_offset": [offset for offset, _ in entries]}
 
 
 def _text_chunk(out: RequestOutput, first: bool, echo: str = "") -> dict[str, Any]:
     text = echo + out.delta_text if first else out.delta_text
-    return {"index": out.index, "text": text, "logprobs": None, "finish_reason": out.finish_reason}
+    logprobs = None
+    if out.logprobs is not None:
+        start = len(echo) + len(out.text) - len(out.delta_text)
+        logprobs = _text_logprobs([(start, lp) for lp in out.logprobs])
+    return {"index": out.index, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
 
 
 def _chat_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
     delta = {"role": "assistant", "content": out.delta_text} if first else {"content": out.delta_text}
-    return {"index": out.index, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason}
+    logprobs = None if out.logprobs is None else _chat_logprobs(list(out.logprobs))
+    return {"index": out.index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
 
 
-def _text_choice(out: RequestOutput, echo: str = "") -> dict[str, Any]:
-    return {"index": out.index, "text": echo + out.text, "logprobs": None, "finish_reason": out.finish_reason}
+def _text_choice(out: RequestOutput, logprobs: list[tuple[int, Logprobs]] | None, echo: str = "") -> dict[str, Any]:
+    shown = None if logprobs is None else _text_logprobs([(len(echo) + at, lp) for at, lp in logprobs])
+    return {"index": out.index, "text": echo + out.text, "logprobs": shown, "finish_reason": out.finish_reason}
 
 
-def _chat_choice(out: RequestOutput) -> dict[str, Any]:
-    return {"index": out.index, "message": {"role": "assistant", "content": out.text}, "logprobs": None,
+def _chat_choice(out: RequestOutput, logprobs: list[tuple[int, Logprobs]] | None) -> dict[str, Any]:
+    shown = None if logprobs is None else _chat_logprobs([lp for _, lp in logprobs])
+    return {"index": out.index, "message": {"role": "assistant", "content": out.text}, "logprobs": shown,
             "finish_reason": out.finish_reason}
 
 

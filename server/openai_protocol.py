@@ -3,8 +3,8 @@
 Every field is typed strictly, as OpenAI's own API does: no string for a number, no number for a
 boolean, no NaN or infinity, integers within 64 bits. Roles come from OpenAI's set (developer is
 read as system); content parts are text parts. A violation is a ValidationError, which the app
-answers with a 400 naming the field. Unknown fields (logprobs, user, presence_penalty...) are
-accepted and ignored, so that clients written for OpenAI work unchanged.
+answers with a 400 naming the field. OpenAI's advisory fields (user, metadata) are accepted and
+change nothing; any other field this server does not implement is refused with a 400 naming it.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.prompt_encoder import check_text
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import MAX_LOGPROBS, SamplingParams
 
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -36,8 +36,7 @@ ADVISORY = frozenset({"user", "metadata", "store", "service_tier", "parallel_too
 # with their defaults). Any other value is refused with a 400 naming the field; so is any field
 # neither here nor in the request's model: nothing is accepted and silently ignored.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (False,),
-    "top_logprobs": (0,), "echo": (False,), "suffix": ("",), "best_of": (1,),
+    "echo": (False,), "suffix": ("",), "best_of": (1,),
     "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "functions": ([],),
     "function_call": ("none",),
     "modalities": (["text"],), "tool_calls": ([],), "refusal": (), "annotations": ([],), "tool_call_id": (), "prediction": (), "audio": (), "reasoning_effort": (), "web_search_options": (),
@@ -108,7 +107,12 @@ class _Common(_Strict):
         return SamplingParams(n=self.n, max_tokens=max_tokens, stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
                               stop_token_ids=tuple(self.stop_token_ids or ()), min_tokens=self.min_tokens,
                               include_stop_str_in_output=self.include_stop_str_in_output,
-                              skip_special_tokens=self.skip_special_tokens, **given)
+                              skip_special_tokens=self.skip_special_tokens, logprobs=self.num_logprobs, **given)
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """Alternatives asked for each output token (0: only the token's own logprob), None for none."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -119,6 +123,18 @@ class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(16, ge=-INT64, lt=INT64)  # OpenAI's default for completions
     echo: bool = False  # the prompt's text before each completion's
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # legacy completions: alternatives per token
+
+    @model_validator(mode="after")
+    def _echo_logprobs(self) -> "CompletionRequest":
+        if self.echo and self.logprobs is not None:  # that asks for the prompt's logprobs too
+            raise ValueError("'logprobs' with 'echo' is not supported by this server: the prompt's logprobs "
+                             "are not computed (ask without echo)")
+        return self
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
     @property
     def num_chars(self) -> int:
@@ -186,6 +202,18 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=-INT64, lt=INT64)
     max_completion_tokens: int | None = Field(None, ge=-INT64, lt=INT64)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:  # as OpenAI answers it
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+        return self
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def num_chars(self) -> int:

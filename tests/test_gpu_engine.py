@@ -115,3 +115,23 @@ def test_bf16_greedy_tokens_are_hf_argmax_within_tolerance(bf16_dir: Path) -> No
             exact += int((gap == 0).sum())
             total += len(gen)
     assert exact / total >= 0.9, f"only {exact}/{total} tokens are HF's exact argmax"
+
+
+def test_logprobs_on_the_gpu_match_hf(fp32_dir: Path) -> None:
+    """The logprobs copied back from the device (pinned, non-blocking) are HF's log_softmax, for a
+    batch where only some requests ask (CUDA graphs on)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    llm = LLM(str(fp32_dir), dtype="float32", num_blocks=512, max_model_len=1024)
+    asks = [SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=k) for k in (3, None, 0, 5)]
+    results = llm.generate(prompts(), asks)
+    model = hf_model(fp32_dir, torch.float32)
+    for prompt, params, result in zip(prompts(), asks, results):
+        out = result.outputs[0]
+        if params.logprobs is None:
+            assert out.logprobs is None
+            continue
+        with torch.inference_mode():
+            ref = model(torch.tensor([prompt + out.token_ids], device="cuda")).logits[0].float().log_softmax(-1)
+        for i, (token, lp) in enumerate(zip(out.token_ids, out.logprobs)):
+            assert lp.token.token_id == token and len(lp.top) == params.logprobs
+            assert lp.token.logprob == pytest.approx(ref[len(prompt) - 1 + i, token].item(), abs=2e-3)

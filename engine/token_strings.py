@@ -1,0 +1,70 @@
+"""One token's text and bytes, as a logprobs answer names it (OpenAI's `token` and `bytes`).
+
+A byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen) stores each token as the bytes it stands for,
+spelled with GPT-2's printable alphabet; so a token's bytes come straight from its vocabulary
+entry, even when it holds only part of a UTF-8 character (its text then shows U+FFFD, as vLLM's
+does). Other tokenizers (SentencePiece) get the text of the token decoded alone.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from engine.outputs import Logprobs, TokenChoice, TokenLogprobs
+
+
+@lru_cache(maxsize=1)
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: printable character -> the byte it spells."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and "ByteLevel" in type(backend.decoder).__name__ + backend.decoder.__repr__()
+
+
+class TokenStrings:
+    """Text and bytes of token ids under one tokenizer, cached per id."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._byte_level = _is_byte_level(tokenizer)
+        self._special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+        self._cache: dict[int, tuple[str, tuple[int, ...]]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        hit = self._cache.get(token_id)
+        if hit is None:
+            hit = self._cache[token_id] = self._spell(token_id)
+        return hit
+
+    def _spell(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        piece = self._tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:  # an id past the tokenizer's vocabulary (a padded lm head)
+            return "", ()
+        if self._byte_level and token_id not in self._special:
+            table = _byte_of_char()
+            if all(c in table for c in piece):
+                raw = bytes(table[c] for c in piece)
+                return raw.decode("utf-8", errors="replace"), tuple(raw)
+        text = piece if token_id in self._special else self._tokenizer.decode([token_id])
+        return text, tuple(text.encode("utf-8"))
+
+    def choice(self, token_id: int, logprob: float) -> TokenChoice:
+        text, raw = self(token_id)
+        return TokenChoice(token_id, text, raw, logprob)
+
+    def logprobs(self, token_id: int, raw: TokenLogprobs) -> Logprobs:
+        """The API's view of a drawn token's TokenLogprobs: texts attached."""
+        top = tuple(self.choice(t, lp) for t, lp in zip(raw.top_ids, raw.top_logprobs))
+        return Logprobs(self.choice(token_id, raw.logprob), top)

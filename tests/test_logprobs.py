@@ -1,0 +1,98 @@
+"""logprobs and top_logprobs: the model's own log-probabilities (checked against a plain
+transformers forward pass), in OpenAI's chat and legacy-completions shapes, streamed or not, n > 1."""
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import openai
+import pytest
+import torch
+
+from engine.llm import LLM
+from engine.sampling_params import SamplingParams
+from live_server import MODEL_NAME, LiveServer, start_live_server
+
+
+@pytest.fixture(scope="module")
+def live(embedded_model_dir: str):
+    server = start_live_server(embedded_model_dir, num_blocks=128, max_num_seqs=8)
+    yield server
+    server.stop()
+
+
+def test_logprobs_are_the_models_own(embedded_model_dir: str) -> None:
+    """Greedy: each token's logprob and its alternatives equal log_softmax of a transformers forward
+    pass over prompt + output; a sampled run with n = 3 has one entry per token of each sample."""
+    from transformers import AutoModelForCausalLM
+
+    llm = LLM(embedded_model_dir, num_blocks=64)
+    result = llm.chat([{"role": "user", "content": "Name a colour."}], SamplingParams(temperature=0, max_tokens=6,
+                                                                                      logprobs=4))[0]
+    out = result.outputs[0]
+    assert len(out.logprobs) == len(out.token_ids) == 6
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([result.prompt_token_ids + out.token_ids])).logits[0].log_softmax(-1)
+    start = len(result.prompt_token_ids) - 1
+    for i, (token, lp) in enumerate(zip(out.token_ids, out.logprobs)):
+        assert lp.token.token_id == token
+        assert lp.token.logprob == pytest.approx(ref[start + i, token].item(), abs=1e-3)
+        expected = ref[start + i].topk(4)
+        assert [c.token_id for c in lp.top] == expected.indices.tolist()
+        assert [c.logprob for c in lp.top] == pytest.approx(expected.values.tolist(), abs=1e-3)
+        assert lp.top[0].token_id == token  # greedy draws the most likely
+    assert b"".join(bytes(lp.token.bytes) for lp in out.logprobs).decode() == out.text
+
+    sampled = llm.generate(["The capital of France is"], SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=5,
+                                                                          logprobs=0))[0]
+    for sample in sampled.outputs:
+        assert len(sample.logprobs) == len(sample.token_ids) and all(lp.top == () for lp in sample.logprobs)
+        assert all(lp.token.logprob <= 0 for lp in sample.logprobs)
+    plain = llm.generate(["The capital of France is"], SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=5))[0]
+    assert [s.token_ids for s in plain.outputs] == [s.token_ids for s in sampled.outputs]  # asking changes nothing
+    assert all(s.logprobs is None for s in plain.outputs)
+
+
+def test_chat_logprobs_in_openais_shape_streamed_or_not(live: LiveServer) -> None:
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="none")
+    ask = dict(model=MODEL_NAME, messages=[{"role": "user", "content": "Say something nice."}], temperature=0,
+               max_tokens=8, logprobs=True, top_logprobs=3)
+    whole = client.chat.completions.create(**ask)
+    choice = whole.choices[0]
+    content = choice.logprobs.content
+    assert len(content) == whole.usage.completion_tokens - (choice.finish_reason == "stop")  # EOS shows no text
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        values = [t.logprob for t in entry.top_logprobs]
+        assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+    assert bytes(b for e in content for b in e.bytes).decode() == choice.message.content
+    streamed = [c for chunk in client.chat.completions.create(**ask, stream=True) for c in chunk.choices]
+    entries = [e for c in streamed if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in entries] == [(e.token, round(e.logprob, 4)) for e in content]
+    plain = client.chat.completions.create(**{**ask, "logprobs": False, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == choice.message.content
+    n = client.chat.completions.create(**{**ask, "temperature": 1.0, "seed": 3, "n": 3, "top_logprobs": 0})
+    for c in n.choices:
+        assert c.logprobs.content and all(e.top_logprobs == [] for e in c.logprobs.content)
+
+
+def test_completions_logprobs_in_the_legacy_shape(live: LiveServer) -> None:
+    body = {"model": MODEL_NAME, "prompt": "one two three four", "max_tokens": 6, "temperature": 0,
+            "ignore_eos": True, "logprobs": 2}
+    choice = httpx.post(live.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == 6
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+    for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert 2 <= len(top) <= 3 and top[token] == value and max(top.values()) == value  # greedy: the best
+        assert all(math.isfinite(v) and v <= 0 for v in top.values())
+    with httpx.stream("POST", live.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        chunks = [json.loads(line[6:])["choices"][0] for line in r.iter_lines() if line.startswith("data: {")]
+    streamed = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+    assert streamed == lp["tokens"] and offsets == lp["text_offset"]
+    none = httpx.post(live.url + "/v1/completions", json={**body, "logprobs": None}, timeout=60).json()
+    assert none["choices"][0]["logprobs"] is None
