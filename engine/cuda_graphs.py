@@ -91,7 +91,8 @@ class DecodeGraphs:
     def accepts(self, chunks: list[ScheduledChunk]) -> bool:
         """A pure-decode step (one token and one sample per sequence) that a captured size holds."""
         return (0 < len(chunks) <= self.sizes[-1]
-                and all(len(c.token_ids) == 1 and c.num_samples == 1 and len(c.block_table) <= self.max_blocks
+                and all(len(c.token_ids) == 1 and c.num_samples == 1 and not c.prompt_targets
+                        and len(c.block_table) <= self.max_blocks
                         for c in chunks))
 
     def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:

@@ -23,7 +23,8 @@ class ForwardMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32, padded with 0 past each table's end
     context_lens: torch.Tensor  # [B] int32, tokens in the cache after this step
     query_start_loc: torch.Tensor  # [B + 1] int32, cumulative query lengths
-    logits_indices: torch.Tensor  # [S] int64, rows of the hidden states to sample (may repeat, n > 1)
+    logits_indices: torch.Tensor  # [S + R] int64: rows of the hidden states to sample (may repeat,
+    # n > 1), then the R rows whose prompt logprobs are asked (ScheduledChunk.prompt_targets)
     # host copies, so backends can plan without a device sync
     query_lens_cpu: list[int]
     context_lens_cpu: list[int]
@@ -58,6 +59,10 @@ class ScheduledChunk:
     start_pos: int  # tokens of this sequence already in the cache
     block_table: list[int]  # physical blocks covering at least start_pos + len(token_ids) tokens
     num_samples: int  # next tokens to sample from the last token's logits (0 for a non-final chunk)
+    # prompt_logprobs: the prompt tokens that this chunk's first len(...) positions predict, whose
+    # logits are taken too (after all the sampled rows)
+    prompt_targets: tuple[int, ...] = ()
+    prompt_k: int = 0  # and the most likely alternatives to each of them to report
 
 
 def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.device | str) -> ForwardMetadata:
@@ -68,6 +73,7 @@ def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.
     query_lens: list[int] = []
     context_lens: list[int] = []
     logits_indices: list[int] = []
+    prompt_rows: list[int] = []
     width = max((len(c.block_table) for c in chunks), default=0)
     tables = np.zeros((len(chunks), width), dtype=np.int32)
     for i, chunk in enumerate(chunks):
@@ -87,6 +93,9 @@ def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.
         query_lens.append(n)
         context_lens.append(end)
         logits_indices.extend([len(input_ids) - 1] * chunk.num_samples)
+        if chunk.prompt_targets:
+            first = len(input_ids) - n
+            prompt_rows.extend(range(first, first + len(chunk.prompt_targets)))
     starts = [0]
     for n in query_lens:
         starts.append(starts[-1] + n)
@@ -102,7 +111,7 @@ def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.
         block_tables=t(tables, torch.int32),
         context_lens=t(context_lens, torch.int32),
         query_start_loc=t(starts, torch.int32),
-        logits_indices=t(logits_indices, torch.int64),
+        logits_indices=t(logits_indices + prompt_rows, torch.int64),
         query_lens_cpu=query_lens,
         context_lens_cpu=context_lens,
         block_size=block_size,

@@ -55,6 +55,8 @@ class LLM:
                 sample.text = out.text
                 sample.token_ids.extend(out.delta_token_ids)
                 sample.finish_reason = out.finish_reason
+                if out.prompt_logprobs is not None:
+                    sample.prompt_logprobs = out.prompt_logprobs
                 if out.logprobs is not None:
                     sample.logprobs = (sample.logprobs or []) + list(out.logprobs)
         for request_id, result in results.items():

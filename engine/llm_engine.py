@@ -209,7 +209,9 @@ class LLMEngine:
         if pending is not None:
             try:
                 tokens = pending.result()
-                logprobs = pending.logprobs()  # one None a row unless a request asked
+                if any(c.prompt_targets for c in chunks):
+                    self._keep_prompt_logprobs(out, pending.prompt_logprobs())
+                logprobs = pending.logprobs([r.params.logprobs for r in rows])  # all None unless asked
                 grew = self.scheduler.update(out, self._split(out, tokens),
                                              self._split(out, logprobs) if any(logprobs) else None)
                 num_output = len(tokens)
@@ -267,7 +269,12 @@ class LLMEngine:
         for item in out.scheduled:
             seq, samples = item.seq, item.num_samples
             start, ids = seq.num_computed_tokens, seq.token_ids
-            chunks.append(ScheduledChunk(ids[start:start + item.num_new_tokens], start, table(seq.seq_id), samples))
+            targets: tuple[int, ...] = ()
+            if seq.needs_prompt_logprobs:  # positions start.. predict the prompt tokens after them
+                assert start == len(seq.prompt_logprobs), (start, len(seq.prompt_logprobs))
+                targets = tuple(ids[start + 1:min(start + item.num_new_tokens, seq.num_prompt_tokens - 1) + 1])
+            chunks.append(ScheduledChunk(ids[start:start + item.num_new_tokens], start, table(seq.seq_id), samples,
+                                         targets, seq.params.prompt_logprobs or 0))
             step = len(ids) - seq.num_prompt_tokens
             banned = self._enders(seq.params) if step < seq.params.min_tokens else ()
             if samples == 1:
@@ -275,6 +282,18 @@ class LLMEngine:
             elif samples:
                 rows.extend(SampleRow(seq.params, ids, k, step, banned) for k in range(samples))
         return chunks, rows
+
+    @staticmethod
+    def _keep_prompt_logprobs(out: SchedulerOutput, entries: list[Any]) -> None:
+        """Hand each prompt-logprobs row of the step to its sequence, in the order _prepare made them."""
+        at = 0
+        for item in out.scheduled:
+            seq = item.seq
+            if seq.needs_prompt_logprobs:
+                start = seq.num_computed_tokens
+                n = max(0, min(start + item.num_new_tokens, seq.num_prompt_tokens - 1) - start)
+                seq.prompt_logprobs.extend(entries[at:at + n])
+                at += n
 
     def _enders(self, params: SamplingParams) -> tuple[int, ...]:
         """The ids that would end a sequence: its stop ids, and EOS unless it ignores EOS."""
@@ -321,7 +340,8 @@ class LLMEngine:
         """The text of a sequence's newest token; a stop string in it finishes the sequence."""
         token = seq.token_ids[-1]
         detok = self._detokenizers.get(seq.seq_id)
-        if detok is None:
+        first = detok is None
+        if first:
             params = seq.params
             detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], params.stop,
                                            params.skip_special_tokens, params.include_stop_str_in_output)
@@ -340,6 +360,10 @@ class LLMEngine:
             del self._detokenizers[seq.seq_id]
             self._release(seq.request_id)
         output = self._output(seq, delta, [token], detok.text)
+        if first and seq.params.prompt_logprobs is not None:  # once, with the sample's first text
+            prompt = seq.token_ids[:seq.num_prompt_tokens]
+            output = replace(output, prompt_logprobs=(None,) + tuple(
+                self._token_strings.logprobs(t, lp) for t, lp in zip(prompt[1:], seq.prompt_logprobs)))
         if seq.params.logprobs is None:
             return output
         # one entry per token whose text is in the output: a stop token left out of it has none

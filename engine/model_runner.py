@@ -10,8 +10,9 @@ from engine.device_peaks import measure_peaks
 from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
 from engine.model_loader import load_model
 from engine.prefill_graphs import PrefillGraphs
+from engine.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
 from engine.outputs import TokenLogprobs
-from engine.sampler import LogprobTensors, SampleRow, Sampler, token_logprobs
+from engine.sampler import SampleRow, Sampler
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,10 +117,16 @@ class ModelRunner:
         else:
             meta = build_metadata(chunks, self.block_size, self.device)
             logits = self._logits_of(meta.input_ids, meta.positions, meta)
+        prompt = None
+        if any(c.prompt_targets for c in chunks):  # the rows after the sampled ones
+            targets = [t for c in chunks for t in c.prompt_targets]
+            ks = [c.prompt_k for c in chunks for _ in c.prompt_targets]
+            prompt = ks, prompt_logprobs(logits[len(rows):], targets, max(ks))
+            logits = logits[:len(rows)]
         if not rows:
-            return PendingTokens(None)
+            return PendingTokens(None, prompt=prompt)
         tokens = self.sampler.sample(logits, rows)
-        return PendingTokens(tokens, token_logprobs(logits, rows, tokens))
+        return PendingTokens(tokens, sampled_logprobs(logits, [r.params.logprobs for r in rows], tokens), prompt)
 
     def device_usable(self) -> bool:
         """After a failed step: can the device still run work? A device-side assert or a lost CUDA
@@ -144,19 +151,19 @@ class ModelRunner:
 
 
 class PendingTokens:
-    """Sampled token ids (and the logprobs some rows asked for) on their way to the host: copied
-    without blocking, waited for on result()."""
+    """Sampled token ids, and the logprobs some requests asked for, on their way to the host:
+    copied without blocking, waited for on result()."""
 
-    def __init__(self, tokens: torch.Tensor | None, logprobs: LogprobTensors | None = None) -> None:
+    def __init__(self, tokens: torch.Tensor | None, sampled: tuple[list[int], LogprobTensors] | None = None,
+                 prompt: tuple[list[int], LogprobTensors] | None = None) -> None:
         self._event = None
-        if tokens is not None and tokens.is_cuda:
-            tokens = self._to_host(tokens)
-            if logprobs is not None:
-                logprobs = LogprobTensors(*(None if t is None else self._to_host(t) for t in
-                                            (logprobs.rows, logprobs.chosen, logprobs.top_ids, logprobs.top_logprobs)))
+        if tokens is not None and tokens.is_cuda or prompt is not None and prompt[1].chosen.is_cuda:
+            tokens = None if tokens is None else self._to_host(tokens)
+            sampled = None if sampled is None else (sampled[0], sampled[1].map(self._to_host))
+            prompt = None if prompt is None else (prompt[0], prompt[1].map(self._to_host))
             self._event = torch.cuda.Event()
             self._event.record()
-        self._tokens, self._logprobs = tokens, logprobs
+        self._tokens, self._sampled, self._prompt = tokens, sampled, prompt
 
     @staticmethod
     def _to_host(t: torch.Tensor) -> torch.Tensor:
@@ -164,22 +171,19 @@ class PendingTokens:
         return host.copy_(t, non_blocking=True)
 
     def result(self) -> list[int]:
-        if self._tokens is None:
-            return []
         if self._event is not None:
             self._event.synchronize()
-        return self._tokens.tolist()
+        return [] if self._tokens is None else self._tokens.tolist()
 
-    def logprobs(self) -> list[TokenLogprobs | None]:
-        """Per row (after result()): its TokenLogprobs, or None for a row that did not ask."""
-        if self._tokens is None:
-            return []
-        out: list[TokenLogprobs | None] = [None] * len(self._tokens)
-        lp = self._logprobs
-        if lp is None:
-            return out
-        top_ids = lp.top_ids.tolist() if lp.top_ids is not None else None
-        top_lps = lp.top_logprobs.tolist() if lp.top_logprobs is not None else None
-        for j, (row, chosen) in enumerate(zip(lp.rows.tolist(), lp.chosen.tolist())):
-            out[row] = TokenLogprobs(chosen, tuple(top_ids[j]) if top_ids else (), tuple(top_lps[j]) if top_lps else ())
+    def logprobs(self, asks: list[int | None]) -> list[TokenLogprobs | None]:
+        """Per sampled row (after result()): its TokenLogprobs, None for a row that did not ask."""
+        out: list[TokenLogprobs | None] = [None] * len(asks)
+        if self._sampled is not None:
+            rows, tensors = self._sampled
+            for row, lp in zip(rows, tensors.unpack([asks[r] for r in rows])):
+                out[row] = lp
         return out
+
+    def prompt_logprobs(self) -> list[TokenLogprobs]:
+        """The prompt rows' TokenLogprobs (after result()), in the chunks' order."""
+        return [] if self._prompt is None else self._prompt[1].unpack(self._prompt[0])

@@ -12,6 +12,7 @@ class TokenLogprobs(NamedTuple):
     logprob: float
     top_ids: tuple[int, ...]
     top_logprobs: tuple[float, ...]
+    rank: int = 1  # the token's place in its step's vocabulary, 1 = the most likely
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class Logprobs:
 
     token: TokenChoice
     top: tuple[TokenChoice, ...]
+    rank: int = 1  # the token's place among all, 1 = the most likely
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class RequestOutput:
     error: str | None = None  # what went wrong, with finish_reason "error"
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache when it was scheduled
     logprobs: tuple[Logprobs, ...] | None = None  # one per token of delta_text, when the request asked
+    # in a sample's first output, when asked (prompt_logprobs): None for the first prompt token, then one each
+    prompt_logprobs: tuple[Logprobs | None, ...] | None = None
 
 
 @dataclass
@@ -57,6 +61,7 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logprobs: list[Logprobs] | None = None  # per output token, when the request asked
+    prompt_logprobs: tuple[Logprobs | None, ...] | None = None  # when asked: None, then per prompt token
 
 
 @dataclass

@@ -68,7 +68,8 @@ class PrefillGraphs:
         if len(chunks) != 1:
             return False
         c = chunks[0]
-        return 1 < len(c.token_ids) <= self.sizes[-1] and c.num_samples <= 1 and len(c.block_table) <= self.max_blocks
+        return (1 < len(c.token_ids) <= self.sizes[-1] and c.num_samples <= 1 and not c.prompt_targets
+                and len(c.block_table) <= self.max_blocks)
 
     def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Logits [1, vocab] of the chunk's last token."""

@@ -135,36 +135,6 @@ class Sampler:
         return self._seeded[device]
 
 
-def token_logprobs(logits: torch.Tensor, rows: list[SampleRow], tokens: torch.Tensor) -> LogprobTensors | None:
-    """For the rows whose params ask for logprobs: the drawn token's log-probability and the
-    `max(k)` most likely tokens', under the model's own distribution (log_softmax of the raw
-    logits, before penalties, bans and temperature: vLLM's default `raw_logprobs`). None when no
-    row asks; rows that don't ask cost nothing. Stays on the device; the caller copies it over.
-    """
-    idx = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-    if not idx:
-        return None
-    device = logits.device
-    rows_t = torch.tensor(idx, device=device)
-    lsm = logits[rows_t].float().log_softmax(dim=-1)  # [L, V]
-    drawn = tokens[rows_t].clamp(min=0)  # an INVALID_TOKEN row fails anyway; any id does
-    chosen = lsm.gather(1, drawn[:, None])[:, 0]  # [L]
-    k = max(rows[i].params.logprobs for i in idx)
-    top = lsm.topk(k, dim=-1) if k else None
-    return LogprobTensors(rows_t, chosen, top.indices if top else None, top.values if top else None)
-
-
-@dataclass(slots=True)
-class LogprobTensors:
-    """`token_logprobs`' answer: which rows, their drawn token's logprob [L], and the top-k ids and
-    logprobs [L, k] (None for k = 0), most likely first."""
-
-    rows: torch.Tensor
-    chosen: torch.Tensor
-    top_ids: torch.Tensor | None
-    top_logprobs: torch.Tensor | None
-
-
 def row_seed(seed: int, sample_index: int, step: int) -> int:
     """A 64-bit generator seed that depends only on the triple (a hash, so nearby triples differ)."""
     digest = hashlib.blake2b(f"{seed}:{sample_index}:{step}".encode(), digest_size=8).digest()

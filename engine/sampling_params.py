@@ -34,6 +34,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False  # vLLM's: the stop string (or stop token's text) ends the text
     skip_special_tokens: bool = True  # vLLM's: special tokens' text is left out of the output text
     logprobs: int | None = None  # each output token's logprob and this many most likely alternatives'
+    prompt_logprobs: int | None = None  # vLLM's: the same for each prompt token after the first (no prefix cache)
     # any of logit_bias, the penalties: the sampler's batch skips their passes when no row has one
     adjusts_logits: bool = field(init=False, repr=False, compare=False)
 
@@ -68,8 +69,10 @@ class SamplingParams:
         for token, b in self.logit_bias:
             if not (math.isfinite(b) and -100.0 <= b <= 100.0):
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {str(b)[:40]} for {token}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise ValueError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not 0 <= self.min_tokens <= self.max_tokens:

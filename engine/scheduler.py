@@ -140,7 +140,8 @@ class Scheduler:
             seq = self.waiting[0]
             if seats + seq.samples_at_prompt_end > self.config.max_num_seqs:
                 break
-            prefix = self.blocks.match_prefix(seq.token_ids)
+            # a prompt whose logprobs are asked for is computed whole: cached blocks have no logits
+            prefix = [] if seq.needs_prompt_logprobs else self.blocks.match_prefix(seq.token_ids)
             num_cached = len(prefix) * self.blocks.block_size
             num_new = self._chunk(seq.num_tokens - num_cached, budget)
             if not self.blocks.allocate_slots(seq.seq_id, num_cached, num_new, prefix):
@@ -155,6 +156,8 @@ class Scheduler:
             seats += seq.samples_at_prompt_end
 
     def _preempt(self, seq: Sequence) -> None:
+        if seq.needs_prompt_logprobs:  # its recompute starts at token 0 and scores the prompt again
+            seq.prompt_logprobs.clear()
         self.blocks.free(seq.seq_id)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING

@@ -48,10 +48,18 @@ class Sequence:
     last_token_time: float | None = None
     children: list["Sequence"] = field(default_factory=list, repr=False)
     new_logprobs: Any = field(default=None, repr=False)  # the newest token's TokenLogprobs, if asked for
+    # prompt_logprobs, when asked: one TokenLogprobs per prompt token after the first, filled as the
+    # prompt's chunks are computed (a recompute after a preemption adds none twice)
+    prompt_logprobs: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Asked for its prompt's logprobs and not all computed yet (so its prompt skips the cache)."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
 
     @property
     def num_output_tokens(self) -> int:
@@ -81,6 +89,6 @@ class Sequence:
             num_prompt_tokens=self.num_prompt_tokens, params=self.params, arrival_time=self.arrival_time,
             sample_index=sample_index, status=self.status, num_computed_tokens=self.num_computed_tokens,
             num_cached_tokens=self.num_cached_tokens, first_token_time=self.first_token_time,
-            last_token_time=self.last_token_time,
+            last_token_time=self.last_token_time, prompt_logprobs=self.prompt_logprobs,
         )
         return child

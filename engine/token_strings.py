@@ -67,4 +67,4 @@ class TokenStrings:
     def logprobs(self, token_id: int, raw: TokenLogprobs) -> Logprobs:
         """The API's view of a drawn token's TokenLogprobs: texts attached."""
         top = tuple(self.choice(t, lp) for t, lp in zip(raw.top_ids, raw.top_logprobs))
-        return Logprobs(self.choice(token_id, raw.logprob), top)
+        return Logprobs(self.choice(token_id, raw.logprob), top, raw.rank)

@@ -9,7 +9,6 @@ or decoded.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import time
@@ -20,12 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.engine_thread import ChatPrompt, EngineThread, Prompt
-from engine.outputs import Logprobs, RequestOutput, TokenChoice
+from engine.outputs import Logprobs, RequestOutput
 from engine.prompt_encoder import PromptTooLong, check_prompt_chars
 from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
 from server.errors import clip, error_body
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
+from server.openai_shapes import Shape
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer or cache a stream
@@ -176,10 +176,10 @@ async def _event_stream(call: _Call, first: list[RequestOutput] | asyncio.Future
 
 
 async def _respond(request: Request, engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str,
-                   stream: bool, include_usage: bool, chat: bool, echo: str = "") -> Any:
+                   stream: bool, include_usage: bool, shape: Shape) -> Any:
     watch = _Watch(request)
     try:
-        response = await _answer(watch, engine, prompt, params, model, stream, include_usage, chat, echo)
+        response = await _answer(watch, engine, prompt, params, model, stream, include_usage, shape)
     except BaseException:
         watch.stop()
         raise
@@ -189,8 +189,8 @@ async def _respond(request: Request, engine: EngineThread, prompt: Prompt, param
 
 
 async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: SamplingParams, model: str,
-                  stream: bool, include_usage: bool, chat: bool, echo: str = "") -> Any:
-    """`echo`: text before each completion's own (a completion's prompt, asked with echo)."""
+                  stream: bool, include_usage: bool, shape: Shape) -> Any:
+    """`shape`: what the answer shows besides the text (echo, logprobs)."""
     try:
         handle, first = await _open(engine, prompt, params, watch)
     except EngineOverloaded as exc:
@@ -199,20 +199,22 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
         return error_response(400, str(exc))
     except EngineDeadError as exc:
         return error_response(503, str(exc), "server_error")
-    if chat:
+    if shape.chat:
         call = _Call(handle, model, "chatcmpl", "chat.completion.chunk" if stream else "chat.completion",
                      fingerprint(engine))
     else:
         call = _Call(handle, model, "cmpl", "text_completion", fingerprint(engine))
     if stream:
-        chunk = _chat_chunk if chat else functools.partial(_text_chunk, echo=echo)
-        events = _event_stream(call, first, chunk, include_usage, watch)
+        events = _event_stream(call, first, shape.chunk, include_usage, watch)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     texts: dict[int, RequestOutput] = {}
     logprobs: dict[int, list[tuple[int, Logprobs]]] = {}  # per sample: (text offset, token's logprobs)
+    prompts: dict[int, tuple[Logprobs | None, ...]] = {}  # per sample: its prompt's logprobs, if asked
     try:
         async for out in _outputs(call, first):
             texts[out.index] = out
+            if out.prompt_logprobs is not None:
+                prompts[out.index] = out.prompt_logprobs
             if out.logprobs:
                 start = len(out.text) - len(out.delta_text)
                 logprobs.setdefault(out.index, []).extend((start, lp) for lp in out.logprobs)
@@ -227,52 +229,8 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
     failed = [out.error for out in texts.values() if out.error]
     if failed:
         return error_response(500, f"the request failed: {failed[0]}", "server_error")
-    asked = params.logprobs is not None
-    make = _chat_choice if chat else functools.partial(_text_choice, echo=echo)
-    return call.body([make(texts[i], logprobs.get(i, []) if asked else None) for i in sorted(texts)],
-                     usage=call.usage())
-
-
-def _chat_logprobs(entries: list[Logprobs]) -> dict[str, Any]:
-    """OpenAI's chat `logprobs`: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": None}."""
-    def one(c: TokenChoice) -> dict[str, Any]:
-        return {"token": c.text, "logprob": c.logprob, "bytes": list(c.bytes)}
-    return {"content": [one(e.token) | {"top_logprobs": [one(c) for c in e.top]} for e in entries], "refusal": None}
-
-
-def _text_logprobs(entries: list[tuple[int, Logprobs]]) -> dict[str, Any]:
-    """The legacy completions `logprobs`: parallel lists of tokens, their logprobs, {text: logprob} of
-    the alternatives (and the drawn token, as vLLM), and where each token's text starts."""
-    return {"tokens": [e.token.text for _, e in entries],
-            "token_logprobs": [e.token.logprob for _, e in entries],
-            "top_logprobs": [{c.text: c.logprob for c in (*e.top, e.token)} for _, e in entries],
-            "text_offset": [offset for offset, _ in entries]}
-
-
-def _text_chunk(out: RequestOutput, first: bool, echo: str = "") -> dict[str, Any]:
-    text = echo + out.delta_text if first else out.delta_text
-    logprobs = None
-    if out.logprobs is not None:
-        start = len(echo) + len(out.text) - len(out.delta_text)
-        logprobs = _text_logprobs([(start, lp) for lp in out.logprobs])
-    return {"index": out.index, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
-
-
-def _chat_chunk(out: RequestOutput, first: bool) -> dict[str, Any]:
-    delta = {"role": "assistant", "content": out.delta_text} if first else {"content": out.delta_text}
-    logprobs = None if out.logprobs is None else _chat_logprobs(list(out.logprobs))
-    return {"index": out.index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
-
-
-def _text_choice(out: RequestOutput, logprobs: list[tuple[int, Logprobs]] | None, echo: str = "") -> dict[str, Any]:
-    shown = None if logprobs is None else _text_logprobs([(len(echo) + at, lp) for at, lp in logprobs])
-    return {"index": out.index, "text": echo + out.text, "logprobs": shown, "finish_reason": out.finish_reason}
-
-
-def _chat_choice(out: RequestOutput, logprobs: list[tuple[int, Logprobs]] | None) -> dict[str, Any]:
-    shown = None if logprobs is None else _chat_logprobs([lp for _, lp in logprobs])
-    return {"index": out.index, "message": {"role": "assistant", "content": out.text}, "logprobs": shown,
-            "finish_reason": out.finish_reason}
+    choices = [shape.choice(texts[i], logprobs.get(i, []), prompts.get(i)) for i in sorted(texts)]
+    return call.body(choices, usage=call.usage(), **shape.extra(prompts.get(0)))
 
 
 def check_model(asked: str | None, model_name: str) -> JSONResponse | None:
@@ -317,8 +275,9 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
                 await asyncio.to_thread(engine.detokenize, list(prompt))
         except (ValueError, RequestRejected) as exc:
             return error_response(400, str(exc))
-        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, chat=False,
-                              echo=echo)
+        shape = Shape(chat=False, echo=echo, logprobs=body.logprobs, echo_logprobs=body.echo and body.logprobs is not None,
+                      prompt_logprobs=body.prompt_logprobs)
+        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, shape)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -330,7 +289,8 @@ def build_openai_router(engine: EngineThread, model_name: str) -> APIRouter:
         except ValueError as exc:
             return error_response(400, str(exc))
         prompt = ChatPrompt(messages)
-        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, chat=True)
+        shape = Shape(chat=True, logprobs=params.logprobs, prompt_logprobs=body.prompt_logprobs)
+        return await _respond(request, engine, prompt, params, model_name, body.stream, body.include_usage, shape)
 
     routes = {route.path: sorted(route.methods) for route in router.routes}
 

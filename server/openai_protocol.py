@@ -73,10 +73,13 @@ class _Common(_Strict):
     min_tokens: int = Field(0, ge=-INT64, lt=INT64)  # vLLM extension
     include_stop_str_in_output: bool = False  # vLLM extension
     skip_special_tokens: bool = True  # vLLM extension
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # vLLM extension (not streamed)
 
     @model_validator(mode="after")
     def _nothing_ignored(self) -> "_Common":
         refuse_unimplemented(self.model_extra)
+        if self.prompt_logprobs is not None and self.stream:  # as vLLM
+            raise ValueError("'prompt_logprobs' is not available when streaming")
         return self
 
     @field_validator("stop")
@@ -107,12 +110,18 @@ class _Common(_Strict):
         return SamplingParams(n=self.n, max_tokens=max_tokens, stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
                               stop_token_ids=tuple(self.stop_token_ids or ()), min_tokens=self.min_tokens,
                               include_stop_str_in_output=self.include_stop_str_in_output,
-                              skip_special_tokens=self.skip_special_tokens, logprobs=self.num_logprobs, **given)
+                              skip_special_tokens=self.skip_special_tokens, logprobs=self.num_logprobs,
+                              prompt_logprobs=self.num_prompt_logprobs, **given)
 
     @property
     def num_logprobs(self) -> int | None:
         """Alternatives asked for each output token (0: only the token's own logprob), None for none."""
         return None
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        """The same for each prompt token (which then skips the prefix cache)."""
+        return self.prompt_logprobs
 
     @property
     def include_usage(self) -> bool:
@@ -125,16 +134,15 @@ class CompletionRequest(_Common):
     echo: bool = False  # the prompt's text before each completion's
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # legacy completions: alternatives per token
 
-    @model_validator(mode="after")
-    def _echo_logprobs(self) -> "CompletionRequest":
-        if self.echo and self.logprobs is not None:  # that asks for the prompt's logprobs too
-            raise ValueError("'logprobs' with 'echo' is not supported by this server: the prompt's logprobs "
-                             "are not computed (ask without echo)")
-        return self
-
     @property
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        """echo with logprobs shows the prompt's tokens' logprobs too (OpenAI's legacy completions)."""
+        asked = [k for k in (self.prompt_logprobs, self.logprobs if self.echo else None) if k is not None]
+        return max(asked) if asked else None
 
     @property
     def num_chars(self) -> int:

@@ -96,3 +96,84 @@ def test_completions_logprobs_in_the_legacy_shape(live: LiveServer) -> None:
     assert streamed == lp["tokens"] and offsets == lp["text_offset"]
     none = httpx.post(live.url + "/v1/completions", json={**body, "logprobs": None}, timeout=60).json()
     assert none["choices"][0]["logprobs"] is None
+
+
+def test_prompt_logprobs_are_the_models_own_through_chunks_cache_and_preemption(embedded_model_dir: str) -> None:
+    """vLLM's prompt_logprobs: each prompt token after the first scored by transformers' forward
+    pass, with its rank and top k; the prompt is computed whole although its blocks are cached, in
+    chunks of a small token budget, and a preemption mid-prompt scores nothing twice."""
+    from transformers import AutoModelForCausalLM
+
+    prompt = "The quick brown fox jumps over the lazy dog. " * 10
+    llm = LLM(embedded_model_dir, num_blocks=12, max_num_batched_tokens=16, check_integrity=True)
+    llm.generate([prompt], SamplingParams(temperature=0, max_tokens=2))  # its blocks now in the prefix cache
+    engine = llm.engine
+    crowd = SamplingParams(temperature=0, max_tokens=150, ignore_eos=True)
+    engine.add_request("c1", "Tell me a story.", crowd)
+    engine.add_request("c2", "Count to ten.", crowd)
+    for _ in range(40):  # the crowd holds 6 of 12 blocks and grows while the 7-block prompt is prefilled
+        engine.step()
+    preempted_mid_prompt = []
+    preempt = engine.scheduler._preempt
+
+    def spy(seq):
+        preempted_mid_prompt.append(seq.request_id == "asked" and 0 < len(seq.prompt_logprobs))
+        preempt(seq)
+    engine.scheduler._preempt = spy
+    seq = engine.add_request("asked", prompt, SamplingParams(temperature=0.8, seed=5, max_tokens=4, n=2,
+                                                             prompt_logprobs=2, ignore_eos=True))
+    scored_by_sample = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step().outputs:
+            if out.prompt_logprobs is not None:
+                assert out.request_id == "asked"
+                scored_by_sample[out.index] = out.prompt_logprobs
+    assert any(preempted_mid_prompt) and seq.num_cached_tokens == 0
+    ids = seq.token_ids[:seq.num_prompt_tokens]
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    assert sorted(scored_by_sample) == [0, 1]
+    for scored in scored_by_sample.values():
+        assert scored[0] is None and len(scored) == len(ids)
+        for i in range(1, len(ids)):
+            lp, row = scored[i], ref[i - 1]
+            assert lp.token.token_id == ids[i] and lp.token.logprob == pytest.approx(row[ids[i]].item(), abs=1e-3)
+            assert lp.rank == int((row > row[ids[i]]).sum()) + 1
+            assert [c.token_id for c in lp.top] == row.topk(2).indices.tolist()
+
+
+def test_echo_with_logprobs_and_vllms_prompt_logprobs_through_the_api(live: LiveServer) -> None:
+    """OpenAI's legacy echo + logprobs: the prompt's tokens lead the lists (the first with None),
+    then the completion's; streamed, the first chunk carries them. vLLM's prompt_logprobs field
+    on completions (per choice) and chat (beside the choices)."""
+    body = {"model": MODEL_NAME, "prompt": "Paris is the capital of", "max_tokens": 3, "temperature": 0,
+            "ignore_eos": True, "logprobs": 1, "echo": True}
+    choice = httpx.post(live.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]
+    lp = choice["logprobs"]
+    prompt_ids = httpx.post(live.url + "/tokenize", json={"prompt": body["prompt"]}).json()["tokens"]
+    n = len(prompt_ids)
+    assert len(lp["tokens"]) == n + 3 and "".join(lp["tokens"]) == choice["text"]
+    assert choice["text"].startswith(body["prompt"])
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(v is not None and v <= 0 for v in lp["token_logprobs"][1:])
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(n + 3)]
+    with httpx.stream("POST", live.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        chunks = [json.loads(line[6:])["choices"][0] for line in r.iter_lines() if line.startswith("data: {")]
+    assert [t for c in chunks for t in c["logprobs"]["tokens"]] == lp["tokens"]
+    assert [v for c in chunks for v in c["logprobs"]["token_logprobs"]] == pytest.approx(lp["token_logprobs"])
+
+    vllm = httpx.post(live.url + "/v1/completions", json={**body, "echo": False, "logprobs": None,
+                                                          "prompt_logprobs": 3}, timeout=60).json()["choices"][0]
+    scored = vllm["prompt_logprobs"]
+    assert scored[0] is None and len(scored) == n
+    for token, entry in zip(prompt_ids[1:], scored[1:]):
+        assert str(token) in entry and 3 <= len(entry) <= 4
+        assert sorted(e["rank"] for e in entry.values())[:3] == [1, 2, 3]
+        assert entry[str(token)]["logprob"] == pytest.approx(lp["token_logprobs"][prompt_ids.index(token)], abs=1e-4) \
+            if prompt_ids.count(token) == 1 else True
+    chat = httpx.post(live.url + "/v1/chat/completions", json={
+        "model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+        "prompt_logprobs": 0}, timeout=60).json()
+    assert chat["prompt_logprobs"][0] is None and chat["usage"]["prompt_tokens"] == len(chat["prompt_logprobs"])
+    assert all(len(e) == 1 for e in chat["prompt_logprobs"][1:])
