@@ -139,11 +139,14 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs (decode steps, lone prefills)
     parse_special_in_chat: bool = False  # special-token text in chat messages becomes special tokens (unsafe)
     event_feed_capacity: int = 4096  # step records the event feed keeps (0: no feed)
+    quantization: str | None = None  # weight-only: int8 | int4 (None: the model's dtype)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"unknown device {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"unknown quantization {self.quantization!r} (int8 or int4)")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown attention backend {self.attention_backend!r}")

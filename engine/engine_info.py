@@ -27,6 +27,8 @@ class EngineInfo:
     matmul_params: int = 0  # weights a token meets in a product: 2 FLOPs each
     peak_bandwidth: float = 0.0  # the device's measured bytes/s (0: not measured, a CPU)
     peak_flops: float = 0.0  # its measured FLOP/s in the serving dtype
+    quantization: str = ""  # weight-only int8 | int4, "" for the model's dtype
+    weight_bytes: int = 0  # weights one decode step reads, as stored (0: not recorded)
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -51,4 +53,5 @@ def engine_info(engine: Any) -> EngineInfo:
         max_prompt_chars=engine.prompts.max_chars, hidden_size=mc.hidden_size, num_params=mc.num_params(),
         matmul_params=mc.matmul_params(),
         peak_bandwidth=peaks.bandwidth if peaks else 0.0, peak_flops=peaks.flops if peaks else 0.0,
+        quantization=runner.quantization or "", weight_bytes=runner.model.weight_bytes_per_token(),
     )

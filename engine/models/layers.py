@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.blocked_matmul import block_weight, linear
+from engine.models.quantized_linear import QuantizedWeight, fits, quantize, quantized_matmul
 
 
 class Linear(nn.Module):
     """y = x @ weight.T (+ bias), weight [out_features, in_features] as in nn.Linear and HF checkpoints.
 
     After pack() (the CPU path), products of a few rows go through a blocked copy of the
-    weight (engine.models.blocked_matmul): the same values, faster.
+    weight (engine.models.blocked_matmul): the same values, faster. After quantize(), through an
+    int8 or int4 copy (engine.models.quantized_linear), and the full-precision weight is dropped.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
@@ -28,12 +30,27 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.blocked: torch.Tensor | None = None
+        self.quantized: QuantizedWeight | None = None
 
     @torch.no_grad()
     def pack(self) -> None:
-        self.blocked = block_weight(self.weight)
+        if self.quantized is None:
+            self.blocked = block_weight(self.weight)
+
+    @torch.no_grad()
+    def quantize(self, mode: str) -> bool:
+        """Weight-only `mode` quantization (int8 | int4); False if the kernel cannot take this shape."""
+        if not fits(mode, self.weight.shape[1], self.weight.device):
+            return False
+        self.quantized = quantize(self.weight, mode)
+        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)  # its memory goes back
+        self.blocked = None
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            y = quantized_matmul(x.reshape(-1, x.shape[-1]), self.quantized).view(*x.shape[:-1], -1)
+            return y if self.bias is None else y.add_(self.bias)
         return linear(x, self.weight, self.bias, self.blocked)
 
 

@@ -23,7 +23,8 @@
             dtypeBytes: e.dtype_bytes, stored, inUse: stored * perToken, slots, slotBytes: slots * perToken,
             pool: st.numBlocks * bs * perToken, poolBlocks: st.numBlocks, blockSize: bs, usedBlocks: counts.used,
             live: st.seqs.size, context: st.maxModelLen, contiguous: reserveAll * perToken,
-            capBlocks: st.blockCap || st.numBlocks};
+            capBlocks: st.blockCap || st.numBlocks, weightBytes: e.weight_bytes || 0, quantization: e.quantization || "",
+            fullWeightBytes: (e.num_params || 0) * (e.dtype_bytes || 0)};
   }
 
   function render(box, f, font) {
@@ -52,6 +53,14 @@
       bar.appendChild(cap);
     }
     box.appendChild(bar);
+    if (f.weightBytes) {  // what each decode step reads besides the KV cache: why quantized decode is faster
+      const q = f.quantization;
+      line("pc-kv-weights", `weights each decode step reads: <b>${bytes(f.weightBytes)}</b>` +
+           (q ? ` (${q} weights; at ${f.dtype} they would be ${bytes(f.fullWeightBytes)}: ` +
+                `${(f.fullWeightBytes / f.weightBytes).toFixed(1)}× fewer bytes a step)`
+              : ` (${f.dtype}; <code>--quantization int8</code> would read about ${f.dtypeBytes}× fewer bytes, ` +
+                `<code>int4</code> about ${2 * f.dtypeBytes}×)`));
+    }
     if (f.live && f.context) {
       line("pc-kv-contig", `a contiguous cache reserving the full context (${n(f.context)} tokens) for these ${f.live} sequences ` +
            `would need ${f.live} × ${n(f.context)} × ${bytes(f.perToken)} = <b>${bytes(f.contiguous)}</b>` +

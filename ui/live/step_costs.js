@@ -8,7 +8,8 @@
 
   function modelOf(engine) {
     if (!engine || !engine.matmul_params) return null;
-    return {params: engine.matmul_params, paramBytes: engine.num_params * engine.dtype_bytes,
+    // the weights a step reads as stored (quantized or not); older recordings: parameters x dtype
+    return {params: engine.matmul_params, paramBytes: engine.weight_bytes || engine.num_params * engine.dtype_bytes,
             kvBytesPerToken: engine.kv_bytes_per_token, numLayers: engine.num_layers, hidden: engine.hidden_size};
   }
 

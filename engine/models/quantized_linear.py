@@ -1,0 +1,100 @@
+"""Weight-only quantized projections: int8 per output channel, or int4 in groups of 32 along the
+input (asymmetric: a scale and a zero per group), through the matmul kernels PyTorch ships.
+
+Decode reads every weight once per step, so its time is the weights' bytes over memory bandwidth:
+int8 reads a quarter of fp32's bytes, int4 an eighth (plus a scale and zero per 32 weights). The
+embedded model's projections are Q4_1 in its GGUF (groups of 32, w = d * q + m, q in 0..15): their
+min/max requantization below finds the same grid again, so int4 keeps the weights it ships with.
+
+Kernels (activations go in and come out as bf16; the layer casts back to the model's dtype):
+- int8: aten._weight_int8pack_mm (CPU and CUDA), weight [N, K] int8, scales [N].
+- int4: aten._weight_int4pack_mm_for_cpu on the CPU, aten._weight_int4pack_mm (tinygemm, CUDA
+  sm80+) on the GPU; both want w = (q - 8) * scale + zero, scales and zeros as [K / G, N, 2].
+`dequantize` is the torch reference that the tests hold the kernels to.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GROUP = 32  # int4 weights per scale and zero (Q4_1's block)
+MODES = ("int8", "int4")
+
+
+@dataclass
+class QuantizedWeight:
+    """One projection's weight [N, K], quantized: what the kernels read, and the grid for tests."""
+
+    mode: str
+    out_features: int
+    in_features: int
+    q: torch.Tensor  # int8 [N, K] (int8), or the integer grid 0..15 as uint8 [N, K] (int4, before packing)
+    scales: torch.Tensor  # [N] fp32 (int8), or [N, K / GROUP] fp32 (int4)
+    zeros: torch.Tensor | None = None  # int4: [N, K / GROUP] fp32, the weight value at q = 0
+    packed: torch.Tensor | None = None  # int4: the kernel's layout
+    scales_and_zeros: torch.Tensor | None = None  # int4: [K / GROUP, N, 2] bf16 (tinygemm's zero: q = 8)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a matmul reads: the weights and their scales (and zeros)."""
+        if self.mode == "int8":
+            return self.q.numel() + self.scales.numel() * 2
+        return self.q.numel() // 2 + self.scales_and_zeros.numel() * 2
+
+
+def fits(mode: str, in_features: int, device: torch.device) -> bool:
+    """Whether a projection with this many inputs can use the kernel (else it stays unquantized)."""
+    return mode == "int8" or in_features % GROUP == 0
+
+
+def inner_k_tiles(in_features: int) -> int:
+    """tinygemm's tiling of K for the CUDA int4 layout: 8, 4 or 2, K a multiple of 16 x it."""
+    return next(t for t in (8, 4, 2) if in_features % (16 * t) == 0)
+
+
+def quantize(weight: torch.Tensor, mode: str) -> QuantizedWeight:
+    """Quantize an [N, K] weight (any float dtype, any device) for `mode`, packed for its device."""
+    if mode not in MODES:
+        raise ValueError(f"quantization must be one of {', '.join(MODES)}, got {mode!r}")
+    w = weight.detach().float()
+    n, k = w.shape
+    if mode == "int8":
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+        return QuantizedWeight(mode, n, k, q, scales)
+    groups = w.view(n, k // GROUP, GROUP)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scales = ((high - low) / 15).clamp(min=1e-12)
+    q = ((groups - low[..., None]) / scales[..., None]).round().clamp(0, 15).to(torch.uint8).view(n, k)
+    # tinygemm reads w = (q - 8) * scale + zero, so its zero is the value at q = 8
+    sz = torch.stack([scales, low + 8 * scales], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    if w.device.type == "cuda":
+        nibbles = (q[:, ::2] << 4 | q[:, 1::2]).contiguous()  # [N, K / 2], the even index in the high nibble
+        packed = torch.ops.aten._convert_weight_to_int4pack(nibbles, inner_k_tiles(k))
+    else:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    return QuantizedWeight(mode, n, k, q, scales, low, packed, sz)
+
+
+def dequantize(qw: QuantizedWeight) -> torch.Tensor:
+    """The [N, K] fp32 weight the quantized one stands for (as the kernels see it: int4's scales and
+    zeros rounded to bf16)."""
+    if qw.mode == "int8":
+        return qw.q.float() * qw.scales[:, None]
+    sz = qw.scales_and_zeros.float()  # [K / G, N, 2]
+    scales, zeros = sz[..., 0].t(), sz[..., 1].t()  # [N, K / G]
+    grid = qw.q.float().view(qw.out_features, -1, GROUP) - 8
+    return (grid * scales[..., None] + zeros[..., None]).view(qw.out_features, qw.in_features)
+
+
+def quantized_matmul(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
+    """x [M, K] @ W.T -> [M, N] in x's dtype, through the device's kernel."""
+    xb = x.to(torch.bfloat16).contiguous()
+    if qw.mode == "int8":
+        y = torch.ops.aten._weight_int8pack_mm(xb, qw.q, qw.scales.to(torch.bfloat16))
+    elif x.device.type == "cuda":
+        y = torch.ops.aten._weight_int4pack_mm(xb, qw.packed, GROUP, qw.scales_and_zeros)
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, qw.packed, GROUP, qw.scales_and_zeros)
+    return y.to(x.dtype)

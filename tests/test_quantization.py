@@ -1,0 +1,68 @@
+"""Weight-only int8 / int4 quantization: the kernels against their torch reference, the embedded
+model's Q4_1 grid found again, and the quality of the whole model on a text in assets/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.llm import LLM
+from engine.models.quantized_linear import GROUP, dequantize, quantize, quantized_matmul
+from engine.sampling_params import SamplingParams
+
+TEXT = (Path(__file__).resolve().parent.parent / "assets" / "text" / "lighthouse.txt").read_text()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("shape", [(96, 64), (1536, 576), (576, 1536)])
+def test_the_kernels_compute_the_reference_product(mode: str, shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(shape) * 0.05
+    qw = quantize(w, mode)
+    x = torch.randn(5, shape[1])
+    ref = x @ dequantize(qw).t()
+    got = quantized_matmul(x, qw)
+    assert got.dtype == x.dtype and got.shape == (5, shape[0])
+    assert (got - ref).abs().max() <= 0.01 * ref.abs().max()  # bf16 activations
+    step = 1 / 127 if mode == "int8" else 1 / 15  # one grid step of the group's range, at most half of it lost
+    span = w.abs().amax(1, keepdim=True) if mode == "int8" else 2 * w.abs().amax(1, keepdim=True)
+    assert ((dequantize(qw) - w).abs() <= span * step * 0.51 + 1e-3).all()
+    assert qw.nbytes < w.numel() * (1.04 if mode == "int8" else 0.63)  # a quarter (an eighth) of fp32, plus scales
+
+
+def test_a_q4_1_grid_requantizes_to_itself() -> None:
+    """Weights dequantized from Q4_1 (w = d * q + m over groups of 32, q in 0..15 with both ends
+    used, as llama.cpp's quantizer makes them) come back on the same grid: int4 keeps the shipped
+    weights, up to the bf16 rounding of each group's scale and zero."""
+    torch.manual_seed(1)
+    n, k = 64, 128
+    q = torch.randint(0, 16, (n, k // GROUP, GROUP))
+    q[..., 0], q[..., 1] = 0, 15
+    d = torch.rand(n, k // GROUP, 1) * 0.01 + 1e-3
+    m = -torch.rand(n, k // GROUP, 1) * 0.05
+    w = (q * d + m).view(n, k)
+    qw = quantize(w, "int4")
+    assert torch.equal(qw.q.view(n, k // GROUP, GROUP).long(), q)
+    # bf16 keeps 8 bits of each scale and zero: at most 2^-8 of |zero| + 8 scales off
+    assert (dequantize(qw) - w).abs().max() <= 2**-8 * float(m.abs().max() + 16 * d.max())
+
+
+def perplexity(llm: LLM) -> tuple[float, list[int]]:
+    """exp(mean negative log-likelihood) of TEXT's tokens, and 32 greedy tokens after its start."""
+    result = llm.generate([TEXT], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    nll = [-lp.token.logprob for lp in result.outputs[0].prompt_logprobs[1:]]
+    greedy = llm.generate([TEXT[:400]], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))[0]
+    return float(torch.tensor(nll).mean().exp()), greedy.outputs[0].token_ids
+
+
+def test_the_embedded_models_perplexity_holds(embedded_model_dir: str) -> None:
+    """On a text in assets/: int8 within 2% and int4 within 5% of full precision (the issue's bar);
+    the greedy continuations agree for a while (the figures are in BENCHMARKS.md)."""
+    full, full_tokens = perplexity(LLM(embedded_model_dir, num_blocks=192))
+    for mode, bound in (("int8", 0.02), ("int4", 0.05)):
+        llm = LLM(embedded_model_dir, num_blocks=192, quantization=mode)
+        assert llm.engine.runner.model.weight_bytes_per_token() < (0.26 if mode == "int8" else 0.18) * 537_919_488  # of fp32
+        ppl, tokens = perplexity(llm)
+        assert abs(ppl / full - 1) <= bound, (mode, ppl, full)
+        assert tokens[:4] == full_tokens[:4], mode
