@@ -73,6 +73,15 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     results = llm.generate(prompts, greedy)
     w256 = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
     out = {"w256": w256}
+    # sampled as a chat would: one SamplingParams per request (seeded ones each their own seed)
+    for name, make in (("w256_top_p_seeded", lambda i: SamplingParams(temperature=0.7, top_p=0.9, seed=i,
+                                                                       max_tokens=new, ignore_eos=True)),
+                       ("w256_top_k", lambda i: SamplingParams(temperature=0.7, top_k=50, max_tokens=new,
+                                                               ignore_eos=True))):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        results = llm.generate(prompts, [make(i) for i in range(len(prompts))])
+        out[name] = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
     engine.add_request("single", prompts[0][:128], SamplingParams(temperature=0.0, max_tokens=256, ignore_eos=True))
     stamps = []
     while engine.has_unfinished_requests():
@@ -182,6 +191,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     print(f"| memory roofline | {ceiling:,.0f} | | |")
     print(f"| PagedChat | {mine['w256']:,.0f} | {mine['single']:,.0f} | {mine['ttft_ms']:.1f} ms |")
+    print(f"| PagedChat, temperature 0.7, top-p 0.9, seeded | {mine['w256_top_p_seeded']:,.0f} | | |")
+    print(f"| PagedChat, temperature 0.7, top-k 50 | {mine['w256_top_k']:,.0f} | | |")
     for k, (off, on) in enumerate(feed_ab, start=1):
         print(f"| PagedChat, event feed off / on, round {k} | {off:,.0f} / {on:,.0f} ({on / off - 1:+.1%}) | | |")
     if theirs:

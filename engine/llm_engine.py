@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.block_manager import BlockManager
 from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
@@ -25,6 +25,9 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import FinishReason, Sequence
 from engine.token_strings import TokenStrings
+
+if TYPE_CHECKING:
+    from engine.structured_output import GrammarCompiler, Guide
 
 log = logging.getLogger(__name__)
 _GONE = (FinishReason.ABORT, FinishReason.ERROR)  # no more output for these
@@ -70,6 +73,7 @@ class LLMEngine:
         self._undetokenized: list[Sequence] = []  # got a token last step; text still to make
         self._controls = Controls()
         self._token_strings = TokenStrings(self.tokenizer)  # logprobs' token texts
+        self._grammars: GrammarCompiler | None = None  # structured output's, made at its first request
 
     # ---- requests ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -101,6 +105,8 @@ class LLMEngine:
             raise ValueError("the prompt is empty")
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
         check_token_ids([t for t, _ in params.logit_bias], self.vocab_size, "logit_bias")
+        if params.guided is not None:  # an invalid grammar: ValueError naming its request field
+            self._grammar_compiler().grammar(params.guided)
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(token_ids)} tokens; at most {self.max_model_len - 1} fit")
         if params.n > self.config.scheduler.max_num_seqs:
@@ -277,10 +283,11 @@ class LLMEngine:
                                          targets, seq.params.prompt_logprobs or 0))
             step = len(ids) - seq.num_prompt_tokens
             banned = self._enders(seq.params) if step < seq.params.min_tokens else ()
+            guide = self._guide(seq) if samples and seq.params.guided else None  # n rows share one before the fork
             if samples == 1:
-                rows.append(SampleRow(seq.params, ids, seq.sample_index, step, banned))
+                rows.append(SampleRow(seq.params, ids, seq.sample_index, step, banned, guide=guide))
             elif samples:
-                rows.extend(SampleRow(seq.params, ids, k, step, banned) for k in range(samples))
+                rows.extend(SampleRow(seq.params, ids, k, step, banned, guide=guide) for k in range(samples))
         return chunks, rows
 
     @staticmethod
@@ -294,6 +301,18 @@ class LLMEngine:
                 n = max(0, min(start + item.num_new_tokens, seq.num_prompt_tokens - 1) - start)
                 seq.prompt_logprobs.extend(entries[at:at + n])
                 at += n
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self._grammars is None:  # 0.3 s, once: llguidance's view of the tokenizer
+            from engine.structured_output import GrammarCompiler  # llguidance only where a grammar is used
+            self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
+        return self._grammars
+
+    def _guide(self, seq: Sequence) -> Guide:
+        """The sequence's place in its grammar, made at its first use (a fork's replays its output)."""
+        if seq.guide is None:
+            seq.guide = self._grammar_compiler().start(seq.params.guided)
+        return seq.guide
 
     def _enders(self, params: SamplingParams) -> tuple[int, ...]:
         """The ids that would end a sequence: its stop ids, and EOS unless it ignores EOS."""
@@ -326,12 +345,15 @@ class LLMEngine:
         if seq.token_ids[-1] == INVALID_TOKEN:  # not a token: dropped, and the sequence fails
             seq.token_ids.pop()
             raise FloatingPointError("the model's logits for this request were NaN or infinite")
+        grammar_done = seq.params.guided is not None and self._guide(seq).advance(seq.token_ids, seq.num_prompt_tokens)
         self.metrics.token(now, seq.arrival_time, seq.last_token_time)
         seq.first_token_time = seq.first_token_time or now
         seq.last_token_time = now
         token, params = seq.token_ids[-1], seq.params
         if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
             seq.stop_reason = token
+            self._finish(seq, FinishReason.STOP)
+        elif grammar_done:  # nothing more can follow: it ends as if on EOS
             self._finish(seq, FinishReason.STOP)
         elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             self._finish(seq, FinishReason.LENGTH)

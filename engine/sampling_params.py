@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from engine.guided_decoding import GuidedDecoding
+
 MAX_N = 16
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs and vLLM's default max_logprobs
 
@@ -35,6 +37,7 @@ class SamplingParams:
     skip_special_tokens: bool = True  # vLLM's: special tokens' text is left out of the output text
     logprobs: int | None = None  # each output token's logprob and this many most likely alternatives'
     prompt_logprobs: int | None = None  # vLLM's: the same for each prompt token after the first (no prefix cache)
+    guided: GuidedDecoding | None = None  # structured output: a grammar every sample follows
     # any of logit_bias, the penalties: the sampler's batch skips their passes when no row has one
     adjusts_logits: bool = field(init=False, repr=False, compare=False)
 
@@ -79,6 +82,8 @@ class SamplingParams:
             raise ValueError(f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
         object.__setattr__(self, "adjusts_logits", bool(
             self.logit_bias or self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0))
+        if self.guided is not None and not isinstance(self.guided, GuidedDecoding):
+            raise ValueError("guided must be a GuidedDecoding")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
 

@@ -48,6 +48,9 @@ class Sequence:
     last_token_time: float | None = None
     children: list["Sequence"] = field(default_factory=list, repr=False)
     new_logprobs: Any = field(default=None, repr=False)  # the newest token's TokenLogprobs, if asked for
+    # structured output: its Guide (engine/structured_output.py), made at its first sampling; a fork
+    # gets none and replays its own output into a fresh one; a preemption keeps it (outputs are kept)
+    guide: Any = field(default=None, repr=False)
     # prompt_logprobs, when asked: one TokenLogprobs per prompt token after the first, filled as the
     # prompt's chunks are computed (a recompute after a preemption adds none twice)
     prompt_logprobs: list[Any] = field(default_factory=list, repr=False)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.prompt_encoder import check_text
 from engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from server.structured_output_request import StructuredOutputFields
 
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -37,7 +38,7 @@ ADVISORY = frozenset({"user", "metadata", "store", "service_tier", "parallel_too
 # neither here nor in the request's model: nothing is accepted and silently ignored.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "echo": (False,), "suffix": ("",), "best_of": (1,),
-    "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "functions": ([],),
+    "tools": ([],), "tool_choice": ("none",), "functions": ([],),
     "function_call": ("none",),
     "modalities": (["text"],), "tool_calls": ([],), "refusal": (), "annotations": ([],), "tool_call_id": (), "prediction": (), "audio": (), "reasoning_effort": (), "web_search_options": (),
 }
@@ -53,7 +54,7 @@ def refuse_unimplemented(extra: dict[str, Any] | None) -> None:
         raise ValueError(f"'{name}' {what} (got {shown})")
 
 
-class _Common(_Strict):
+class _Common(_Strict, StructuredOutputFields):  # response_format and vLLM's guided_*
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -111,7 +112,7 @@ class _Common(_Strict):
                               stop_token_ids=tuple(self.stop_token_ids or ()), min_tokens=self.min_tokens,
                               include_stop_str_in_output=self.include_stop_str_in_output,
                               skip_special_tokens=self.skip_special_tokens, logprobs=self.num_logprobs,
-                              prompt_logprobs=self.num_prompt_logprobs, **given)
+                              prompt_logprobs=self.num_prompt_logprobs, guided=self.guided_decoding(), **given)
 
     @property
     def num_logprobs(self) -> int | None:

@@ -35,7 +35,7 @@ CASES = [
      "'prompt_logprobs' is not available when streaming"),
     ("prompt_logprobs over 20", CHAT, chat("hi", prompt_logprobs=21), 400, "prompt_logprobs"),
     ("echo on a chat", CHAT, chat("hi", echo=True), 400, "'echo'"),
-    ("json mode", CHAT, chat("hi", response_format={"type": "json_object"}), 400, "'response_format'"),
+    ("structural_tag format", CHAT, chat("hi", response_format={"type": "structural_tag"}), 400, "'response_format'"),
     ("tools", CHAT, chat("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "'tools'"),
     ("tool_choice", CHAT, chat("hi", tool_choice="auto"), 400, "'tool_choice'"),
     ("min_tokens over max_tokens", CHAT, chat("hi", min_tokens=5, max_tokens=4), 400, "min_tokens must be"),

@@ -1,0 +1,67 @@
+"""The sampler never waits for the GPU: a mixed batch (greedy, temperature, top-k, top-p, min-p,
+penalties, logit bias, bans, seeds, logprobs) samples under torch.cuda.set_sync_debug_mode("error"),
+which raises on any synchronising call. Skipped where there is no CUDA device."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from engine.logprobs import sampled_logprobs  # noqa: E402
+from engine.sampler import SampleRow, Sampler, hashed_uniform  # noqa: E402
+from engine.sampling_params import SamplingParams  # noqa: E402
+
+VOCAB = 49152
+MIXED = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=0.7, top_k=50),
+    SamplingParams(temperature=0.7, top_p=0.9, seed=1),
+    SamplingParams(temperature=1.0, min_p=0.05, seed=2),
+    SamplingParams(temperature=0.8, repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=0.3),
+    SamplingParams(temperature=0.9, logit_bias={5: 10.0, 7: -100.0}, logprobs=5),
+    SamplingParams(temperature=0.0, logprobs=0),
+]
+
+
+def rows() -> list[SampleRow]:
+    out = []
+    for i, p in enumerate(MIXED * 32):  # 256 rows
+        out.append(SampleRow(p, list(range(i, i + 40)), sample_index=i % 3, step=i % 7,
+                             banned=(2, 3) if i % 5 == 0 else ()))
+    return out
+
+
+def test_a_mixed_batch_samples_without_a_sync() -> None:
+    sampler = Sampler(0)
+    batch = rows()
+    logits = torch.randn(len(batch), VOCAB, device="cuda")
+    sampler.sample(logits, batch)  # warm: kernels loaded, pinned blocks cached
+    torch.cuda.synchronize()
+    busy = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(20):  # queue work the host would otherwise wait for
+            busy = busy @ busy / 64
+        tokens = sampler.sample(logits, batch)
+        sampled_logprobs(logits, [r.params.logprobs for r in batch], tokens)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    tokens = tokens.tolist()
+    assert all(0 <= t < VOCAB for t in tokens)
+    assert tokens[0] == int(logits[0].argmax())
+    assert all(t != 7 for t in tokens[6::len(MIXED)])  # -100 bias
+
+
+def test_seeded_rows_are_batch_independent_on_the_gpu() -> None:
+    sampler = Sampler(0)
+    logits = torch.randn(16, VOCAB, device="cuda")
+    seeded = [SampleRow(SamplingParams(temperature=1.0, seed=11), [1, 2], step=s) for s in range(16)]
+    together = sampler.sample(logits, seeded).tolist()
+    alone = [sampler.sample(logits[i:i + 1], [seeded[i]]).item() for i in range(16)]
+    assert together == alone
+    u = hashed_uniform(torch.tensor([3, -5], device="cuda"), VOCAB)
+    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
