@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from engine.outputs import TokenLogprobs
+from engine.sampler import on_device
 
 
 @dataclass(slots=True)
@@ -52,10 +53,10 @@ def sampled_logprobs(logits: torch.Tensor, asks: list[int | None],
     rows = [i for i, k in enumerate(asks) if k is not None]
     if not rows:
         return None
-    idx = torch.tensor(rows, device=logits.device)
+    idx = on_device(rows, torch.int64, logits.device)
     return rows, score(logits[idx], tokens[idx], max(asks[i] for i in rows))
 
 
 def prompt_logprobs(logits: torch.Tensor, targets: list[int], k: int) -> LogprobTensors:
     """Each prompt position's logits [R, V] scoring the prompt token that follows it."""
-    return score(logits, torch.tensor(targets, device=logits.device), k)
+    return score(logits, on_device(targets, torch.int64, logits.device), k)

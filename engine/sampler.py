@@ -1,6 +1,6 @@
 """Turn a batch of logits into next tokens, each row under its own SamplingParams.
 
-Order of operations (the HF / vLLM convention): logit bias, presence and frequency penalties (over
+Order of operations (the HF / vLLM convention): a grammar's mask (structured output), logit bias, presence and frequency penalties (over
 the output), repetition penalty (over prompt and output), bans (min_tokens), temperature, top-k, top-p, min-p, then a
 draw. The draw is an exponential race, argmax(probs / q) with q ~ Exponential(1)
 per vocabulary entry, which picks token i with probability probs[i] and needs no cumulative sum.
@@ -12,6 +12,13 @@ any order, and after a preemption recompute. Unseeded rows share one engine gene
 A row with a NaN or +inf logit, or with every logit -inf (a fault in that request alone), yields
 INVALID_TOKEN instead of a token; every other row is sampled as if it were not there. Single -inf
 entries are masks, and fine.
+
+On a GPU nothing here waits for the device: per-row parameters and index lists go over from pinned
+host memory without blocking (`on_device`), sizes come from the host-side parameters, never from
+a device value, and seeded rows draw their noise from a counter-based hash of (seed, sample, step,
+token id) computed on the device (`hashed_uniform`) rather than from one generator each. A decode
+step's sampling is queued behind its forward pass and the host goes on; tests run a mixed batch
+under torch.cuda.set_sync_debug_mode("error").
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import torch
 
@@ -42,6 +50,7 @@ class SampleRow:
     sample_index: int = 0  # which of the request's n samples
     step: int = 0  # tokens this sample has generated so far
     banned: tuple[int, ...] = ()  # ids it may not draw now (EOS and stop ids before min_tokens)
+    guide: Any = None  # structured output: its sequence's Guide (engine/structured_output.py)
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +72,9 @@ class Sampler:
         The caller's logits are never modified. The check costs one reduction and no host sync.
         """
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
+        if any(r.guide is not None for r in rows):  # before the check: a grammar allowing nothing fails its row
+            from engine.structured_output import apply_guides  # llguidance only where a grammar is used
+            logits = apply_guides(logits, rows)
         # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
         sane = logits.amax(dim=-1).isfinite()
         if any(r.banned or r.params.adjusts_logits for r in rows):  # one pass over the batch, not four
@@ -79,15 +91,17 @@ class Sampler:
             return self._sample_random(logits, rows)
         out = logits.argmax(dim=-1)  # [S]; sampled rows overwritten below
         idx = [i for i, g in enumerate(greedy) if not g]
-        idx_t = torch.tensor(idx, device=logits.device)
+        idx_t = on_device(idx, torch.int64, logits.device)
         out[idx_t] = self._sample_random(logits[idx_t], [rows[i] for i in idx])
         return out
 
     def _sample_random(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
         """Temperature, filters and the exponential race for rows that all sample."""
         device = logits.device
-        temps = torch.tensor([r.params.temperature for r in rows], device=device)
-        logits = logits.div(temps[:, None])  # [S, V], a fresh tensor the filters may edit in place
+        # the rows' float parameters in one pinned buffer, one copy: temperature, top_p, min_p
+        floats = on_device([[r.params.temperature, r.params.top_p, r.params.min_p] for r in rows],
+                           logits.dtype, device)
+        logits = logits.div(floats[:, :1])  # [S, V], a fresh tensor the filters may edit in place
         top_k = [r.params.top_k for r in rows]
         if any(k > 0 for k in top_k):
             apply_top_k(logits, top_k)
@@ -96,7 +110,7 @@ class Sampler:
             apply_top_p(logits, top_p)
         min_p = [r.params.min_p for r in rows]
         if any(p > 0.0 for p in min_p):
-            apply_min_p(logits, min_p)
+            apply_min_p(logits, min_p, floats[:, 2])
         probs = logits.softmax(dim=-1)  # [S, V]; filtered entries are exactly 0
         q = self._exponential_noise(probs, rows)
         return probs.div_(q).argmax(dim=-1)
@@ -112,12 +126,18 @@ class Sampler:
             if unseeded:
                 noise = torch.empty(len(unseeded), like.shape[1], device=like.device, dtype=like.dtype)
                 noise.uniform_(generator=self._engine_generator(like.device))
-                q[torch.tensor(unseeded, device=like.device)] = noise
-            gen = self._seeded_generator(like.device)
-            for i in seeded:  # one generator per row is the price of batch-independence
-                r = rows[i]
-                gen.manual_seed(row_seed(r.params.seed, r.sample_index, r.step))
-                q[i].uniform_(generator=gen)  # q[i] is a contiguous [V] view, as if alone
+                q[on_device(unseeded, torch.int64, like.device)] = noise
+            if like.is_cuda:  # one hash over all seeded rows: no generator to reseed per row
+                seeds = [row_seed(rows[i].params.seed, rows[i].sample_index, rows[i].step) for i in seeded]
+                q[on_device(seeded, torch.int64, like.device)] = hashed_uniform(
+                    on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, like.device),
+                    like.shape[1]).to(like.dtype)
+            else:
+                gen = self._seeded_generator(like.device)
+                for i in seeded:  # one generator per row is the price of batch-independence
+                    r = rows[i]
+                    gen.manual_seed(row_seed(r.params.seed, r.sample_index, r.step))
+                    q[i].uniform_(generator=gen)  # q[i] is a contiguous [V] view, as if alone
         # -log U is Exponential(1), and on the CPU 5x faster than exponential_. U in [0, 1): U = 0
         # gives q = inf, a score of 0 (never NaN); U < 1 keeps q > 0, so no division by zero.
         return q.log_().neg_()
@@ -135,6 +155,30 @@ class Sampler:
         return self._seeded[device]
 
 
+def on_device(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on `device`; on a GPU through pinned memory and a non-blocking copy,
+    so that the host does not wait for the work queued before it (a pageable copy would)."""
+    host = torch.tensor(data, dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+_MASK_31 = (1 << 31) - 1
+
+
+def hashed_uniform(seeds: torch.Tensor, width: int) -> torch.Tensor:
+    """[R, width] float32 uniforms in [0, 1), element (r, j) a hash of (seeds[r], j) alone:
+    splitmix64's finaliser over seed + (j + 1) x golden ratio, in int64 arithmetic (wrapping), with
+    logical shifts written as arithmetic shifts and masks. Reproducible on any device, any batch."""
+    j = torch.arange(1, width + 1, device=seeds.device, dtype=torch.int64)
+    x = seeds[:, None] + j[None, :] * -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * -7723592293110705685  # 0x94D049BB133111EB
+    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    return ((x >> 8) & ((1 << 24) - 1)).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in fp32
+
+
 def row_seed(seed: int, sample_index: int, step: int) -> int:
     """A 64-bit generator seed that depends only on the triple (a hash, so nearby triples differ)."""
     digest = hashlib.blake2b(f"{seed}:{sample_index}:{step}".encode(), digest_size=8).digest()
@@ -149,9 +193,9 @@ def apply_logit_bias(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tenso
         return logits
     pairs = [(i, t, b) for i in idx for t, b in rows[i].params.logit_bias]
     device = logits.device
-    row_of = torch.tensor([p[0] for p in pairs], device=device)
-    cols = torch.tensor([p[1] for p in pairs], device=device)
-    bias = torch.tensor([p[2] for p in pairs], device=device, dtype=logits.dtype)
+    row_of = on_device([p[0] for p in pairs], torch.int64, device)
+    cols = on_device([p[1] for p in pairs], torch.int64, device)
+    bias = on_device([p[2] for p in pairs], logits.dtype, device)
     out = logits.clone()
     out[row_of, cols] += bias  # (row, token) pairs are unique: a dict's keys
     return out
@@ -164,8 +208,8 @@ def apply_bans(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     if not pairs:
         return logits
     out = logits.clone()
-    out[torch.tensor([p[0] for p in pairs], device=logits.device),
-        torch.tensor([p[1] for p in pairs], device=logits.device)] = float("-inf")
+    out[on_device([p[0] for p in pairs], torch.int64, logits.device),
+        on_device([p[1] for p in pairs], torch.int64, logits.device)] = float("-inf")
     return out
 
 
@@ -181,9 +225,9 @@ def apply_output_penalties(logits: torch.Tensor, rows: list[SampleRow]) -> torch
         for token, count in Counter(rows[i].token_ids[-rows[i].step:]).items():
             entries.append((i, token, p.frequency_penalty * count + p.presence_penalty))
     device = logits.device
-    row_of = torch.tensor([e[0] for e in entries], device=device)
-    cols = torch.tensor([e[1] for e in entries], device=device)
-    penalty = torch.tensor([e[2] for e in entries], device=device, dtype=logits.dtype)
+    row_of = on_device([e[0] for e in entries], torch.int64, device)
+    cols = on_device([e[1] for e in entries], torch.int64, device)
+    penalty = on_device([e[2] for e in entries], logits.dtype, device)
     out = logits.clone()
     out[row_of, cols] -= penalty
     return out
@@ -200,11 +244,12 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: list[SampleRow]) -> tor
     if not idx:
         return logits
     device = logits.device
-    counts = torch.tensor([len(rows[i].token_ids) for i in idx], device=device)
-    row_of = torch.tensor(idx, device=device).repeat_interleave(counts)  # [T], a row per token
-    cols = torch.tensor(list(chain.from_iterable(rows[i].token_ids for i in idx)), device=device)
-    penalty = torch.tensor([rows[i].params.repetition_penalty for i in idx], device=device)
-    penalty = penalty.to(logits.dtype).repeat_interleave(counts)  # [T]
+    # [T] each: a row, a token and its penalty per seen token, built on the host (a repeat_interleave
+    # on the device would have to read its counts back)
+    row_of = on_device([i for i in idx for _ in rows[i].token_ids], torch.int64, device)
+    cols = on_device(list(chain.from_iterable(rows[i].token_ids for i in idx)), torch.int64, device)
+    penalty = on_device([rows[i].params.repetition_penalty for i in idx for _ in rows[i].token_ids],
+                        logits.dtype, device)
     seen = logits[row_of, cols]  # [T]; only the seen entries, never a dense [S, V] pass
     out = logits.clone()
     # A token seen twice is written twice with the same value, so the repeat is harmless.
@@ -215,10 +260,11 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: list[SampleRow]) -> tor
 def apply_top_k(logits: torch.Tensor, top_k: list[int]) -> None:
     """Keep each row's k largest logits (k 0 keeps all), in place, without a full sort."""
     vocab = logits.shape[1]
-    ks = torch.tensor([min(k, vocab) if k > 0 else vocab for k in top_k], device=logits.device)
-    top_values = logits.topk(int(ks.max()), dim=-1).values  # [S, k_max], descending
+    host_ks = [min(k, vocab) if k > 0 else vocab for k in top_k]
+    ks = on_device(host_ks, torch.int64, logits.device)
+    top_values = logits.topk(max(host_ks), dim=-1).values  # [S, k_max], descending
     threshold = top_values.gather(1, (ks - 1)[:, None])  # [S, 1], the k-th largest logit
-    threshold[ks == vocab] = -math.inf  # a disabled row keeps everything
+    threshold = threshold.masked_fill((ks == vocab)[:, None], -math.inf)  # a disabled row keeps everything
     logits.masked_fill_(logits < threshold, -math.inf)  # ties with the k-th value are kept
 
 
@@ -231,9 +277,12 @@ def apply_top_p(logits: torch.Tensor, top_p: list[float]) -> None:
     of the mass is sorted in full. Which path a row takes depends on its own logits alone.
     """
     device, vocab = logits.device, logits.shape[1]
-    idx = torch.tensor([i for i, p in enumerate(top_p) if p < 1.0], device=device)
-    ps = torch.tensor([p for p in top_p if p < 1.0], device=device, dtype=logits.dtype)[:, None]
+    idx = on_device([i for i, p in enumerate(top_p) if p < 1.0], torch.int64, device)
+    ps = on_device([p for p in top_p if p < 1.0], logits.dtype, device)[:, None]
     sub = logits[idx]  # [P, V], the rows that filter
+    if logits.is_cuda:  # a full sort is cheap there, and choosing per row would read a device value
+        logits[idx] = _nucleus(sub, ps, vocab)[0]
+        return
     filtered, covered = _nucleus(sub, ps, min(TOP_P_CANDIDATES, vocab))
     if not covered.all():
         rest = (~covered).nonzero().squeeze(1)
@@ -254,11 +303,12 @@ def _nucleus(logits: torch.Tensor, ps: torch.Tensor, k: int) -> tuple[torch.Tens
     return filtered, mass[:, -1] >= ps[:, 0]
 
 
-def apply_min_p(logits: torch.Tensor, min_p: list[float]) -> None:
+def apply_min_p(logits: torch.Tensor, min_p: list[float], ps: torch.Tensor | None = None) -> None:
     """Drop tokens whose probability is below min_p times the row's top probability, in place.
 
     p_i / p_max = exp(l_i - l_max), so this needs no softmax and ignores earlier filters.
     """
-    ps = torch.tensor(min_p, device=logits.device, dtype=logits.dtype)
+    if ps is None:
+        ps = on_device(min_p, logits.dtype, logits.device)
     threshold = logits.amax(dim=-1, keepdim=True) + ps.log()[:, None]  # log 0 = -inf keeps all
     logits.masked_fill_(logits < threshold, -math.inf)
