@@ -208,8 +208,9 @@ def apply_bans(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     if not pairs:
         return logits
     out = logits.clone()
-    out[on_device([p[0] for p in pairs], torch.int64, logits.device),
-        on_device([p[1] for p in pairs], torch.int64, logits.device)] = float("-inf")
+    index = (on_device([p[0] for p in pairs], torch.int64, logits.device),
+             on_device([p[1] for p in pairs], torch.int64, logits.device))
+    out.index_put_(index, logits.new_full((len(pairs),), float("-inf")))  # a Python scalar would be copied over
     return out
 
 
