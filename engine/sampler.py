@@ -128,10 +128,14 @@ class Sampler:
                 noise.uniform_(generator=self._engine_generator(like.device))
                 q[on_device(unseeded, torch.int64, like.device)] = noise
             if like.is_cuda:  # one hash over all seeded rows: no generator to reseed per row
+                from engine.triton_hashed_uniform import hashed_uniform as hashed  # the same bits, one kernel
                 seeds = [row_seed(rows[i].params.seed, rows[i].sample_index, rows[i].step) for i in seeded]
-                q[on_device(seeded, torch.int64, like.device)] = hashed_uniform(
-                    on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, like.device),
-                    like.shape[1]).to(like.dtype)
+                noise = hashed(on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, like.device),
+                               like.shape[1]).to(like.dtype)
+                if unseeded:
+                    q[on_device(seeded, torch.int64, like.device)] = noise
+                else:
+                    q = noise
             else:
                 gen = self._seeded_generator(like.device)
                 for i in seeded:  # one generator per row is the price of batch-independence

@@ -291,3 +291,13 @@ def test_get_backend_triton(monkeypatch: pytest.MonkeyPatch) -> None:
         get_backend("triton", "cuda")
     with pytest.warns(UserWarning, match="triton does not import"):
         assert isinstance(get_backend("auto", "cuda"), TorchAttentionBackend)
+
+
+def test_hashed_uniform_kernel_equals_its_torch_reference() -> None:
+    """The seeded rows' noise: the kernel's uint64 arithmetic and the reference's int64 spelling
+    give the same bits, for seeds across the whole int64 range and a width that is not a block."""
+    from engine.triton_hashed_uniform import hashed_uniform, ref_hashed_uniform
+
+    seeds = torch.tensor([0, 1, -1, 12345, 2**63 - 1, -(2**63), 987654321987], dtype=torch.int64, device=DEVICE)
+    got = hashed_uniform(seeds, 3000)
+    assert torch.equal(got.cpu(), ref_hashed_uniform(seeds.cpu(), 3000))
