@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.sampler import SampleRow, Sampler, _nucleus, apply_top_k, hashed_uniform  # noqa: E402
+from engine.sampler import SampleRow, Sampler, _nucleus, apply_top_k  # noqa: E402
+from engine.triton_sample import sample as sort_free_sample  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 
 
@@ -43,7 +44,8 @@ def main() -> None:
         "argmax (greedy)": lambda: logits.argmax(-1),
         "softmax": lambda: logits.softmax(-1),
         "uniform noise, one generator": lambda: torch.empty_like(logits).uniform_(),
-        "hashed noise (seeded rows)": lambda: hashed_uniform(seeds, v),
+        "sort-free top-p 0.9 draw, the kernel (flat logits)": lambda: sort_free_sample(logits, ps[:, 0], ps[:, 0] * 0, seeds),
+        "sort-free top-p 0.9 draw, the kernel (peaked logits)": lambda: sort_free_sample(peaked, ps[:, 0], ps[:, 0] * 0, seeds),
         "top-k 50 filter": lambda: apply_top_k(logits.clone(), [50] * s),
         "top-p 0.9, full sort (flat logits)": lambda: _nucleus(logits, ps, v),
         "top-p 0.9, full sort (peaked logits)": lambda: _nucleus(peaked, ps, v),

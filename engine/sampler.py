@@ -2,7 +2,7 @@
 
 Order of operations (the HF / vLLM convention): a grammar's mask (structured output), logit bias, presence and frequency penalties (over
 the output), repetition penalty (over prompt and output), bans (min_tokens), temperature, top-k, top-p, min-p, then a
-draw. The draw is an exponential race, argmax(probs / q) with q ~ Exponential(1)
+draw (on a CPU; a GPU's is below). The draw is an exponential race, argmax(probs / q) with q ~ Exponential(1)
 per vocabulary entry, which picks token i with probability probs[i] and needs no cumulative sum.
 
 A seeded row draws its noise from a generator seeded by (seed, sample_index, step) alone, so its
@@ -13,16 +13,18 @@ A row with a NaN or +inf logit, or with every logit -inf (a fault in that reques
 INVALID_TOKEN instead of a token; every other row is sampled as if it were not there. Single -inf
 entries are masks, and fine.
 
-On a GPU nothing here waits for the device: per-row parameters and index lists go over from pinned
-host memory without blocking (`on_device`), sizes come from the host-side parameters, never from
-a device value, and seeded rows draw their noise from a counter-based hash of (seed, sample, step,
-token id) computed on the device (`hashed_uniform`) rather than from one generator each. A decode
-step's sampling is queued behind its forward pass and the host goes on; tests run a mixed batch
-under torch.cuda.set_sync_debug_mode("error").
+On a GPU, after temperature and top-k, the draw is one Triton program per row
+(engine/triton_sample.py): top-p and min-p by rejection, with no sort and no softmax, its noise a
+hash of the row's seed (row_seed for a seeded row, so still batch-independent; the host's own
+generator for the others). Nothing here waits for the device: per-row parameters and index lists
+go over from pinned host memory without blocking (`on_device`), and sizes come from the host-side
+parameters, never from a device value. A decode step's sampling is queued behind its forward pass
+and the host goes on; tests run a mixed batch under torch.cuda.set_sync_debug_mode("error").
 """
 from __future__ import annotations
 
 import hashlib
+import random
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ class Sampler:
         self._generator_seed = generator_seed
         self._generators: dict[torch.device, torch.Generator] = {}  # engine stream per device
         self._seeded: dict[torch.device, torch.Generator] = {}  # reseeded for each seeded row
+        self._host_rng = random.Random(generator_seed)  # unseeded rows' seeds for the GPU kernel
 
     def sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
         """Return the next token of each row, [S] int64, from logits [S, V] float32; INVALID_TOKEN
@@ -105,6 +108,12 @@ class Sampler:
         top_k = [r.params.top_k for r in rows]
         if any(k > 0 for k in top_k):
             apply_top_k(logits, top_k)
+        if logits.is_cuda:  # top-p and min-p by rejection in one kernel per row: no sort, no softmax
+            from engine.triton_sample import sample as sort_free_sample
+            seeds = [row_seed(r.params.seed, r.sample_index, r.step) if r.params.seed is not None
+                     else self._host_rng.getrandbits(64) for r in rows]
+            seeds_t = on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, device)
+            return sort_free_sample(logits.float(), floats[:, 1].float(), floats[:, 2].float(), seeds_t)
         top_p = [r.params.top_p for r in rows]
         if any(p < 1.0 for p in top_p):
             apply_top_p(logits, top_p)
@@ -127,21 +136,11 @@ class Sampler:
                 noise = torch.empty(len(unseeded), like.shape[1], device=like.device, dtype=like.dtype)
                 noise.uniform_(generator=self._engine_generator(like.device))
                 q[on_device(unseeded, torch.int64, like.device)] = noise
-            if like.is_cuda:  # one hash over all seeded rows: no generator to reseed per row
-                from engine.triton_hashed_uniform import hashed_uniform as hashed  # the same bits, one kernel
-                seeds = [row_seed(rows[i].params.seed, rows[i].sample_index, rows[i].step) for i in seeded]
-                noise = hashed(on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, like.device),
-                               like.shape[1]).to(like.dtype)
-                if unseeded:
-                    q[on_device(seeded, torch.int64, like.device)] = noise
-                else:
-                    q = noise
-            else:
-                gen = self._seeded_generator(like.device)
-                for i in seeded:  # one generator per row is the price of batch-independence
-                    r = rows[i]
-                    gen.manual_seed(row_seed(r.params.seed, r.sample_index, r.step))
-                    q[i].uniform_(generator=gen)  # q[i] is a contiguous [V] view, as if alone
+            gen = self._seeded_generator(like.device)
+            for i in seeded:  # one generator per row is the price of batch-independence
+                r = rows[i]
+                gen.manual_seed(row_seed(r.params.seed, r.sample_index, r.step))
+                q[i].uniform_(generator=gen)  # q[i] is a contiguous [V] view, as if alone
         # -log U is Exponential(1), and on the CPU 5x faster than exponential_. U in [0, 1): U = 0
         # gives q = inf, a score of 0 (never NaN); U < 1 keeps q > 0, so no division by zero.
         return q.log_().neg_()
@@ -166,21 +165,6 @@ def on_device(data: list, dtype: torch.dtype, device: torch.device) -> torch.Ten
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
-
-
-_MASK_31 = (1 << 31) - 1
-
-
-def hashed_uniform(seeds: torch.Tensor, width: int) -> torch.Tensor:
-    """[R, width] float32 uniforms in [0, 1), element (r, j) a hash of (seeds[r], j) alone:
-    splitmix64's finaliser over seed + (j + 1) x golden ratio, in int64 arithmetic (wrapping), with
-    logical shifts written as arithmetic shifts and masks. Reproducible on any device, any batch."""
-    j = torch.arange(1, width + 1, device=seeds.device, dtype=torch.int64)
-    x = seeds[:, None] + j[None, :] * -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
-    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
-    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * -7723592293110705685  # 0x94D049BB133111EB
-    x = x ^ ((x >> 31) & ((1 << 33) - 1))
-    return ((x >> 8) & ((1 << 24) - 1)).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in fp32
 
 
 def row_seed(seed: int, sample_index: int, step: int) -> int:
@@ -285,9 +269,6 @@ def apply_top_p(logits: torch.Tensor, top_p: list[float]) -> None:
     idx = on_device([i for i, p in enumerate(top_p) if p < 1.0], torch.int64, device)
     ps = on_device([p for p in top_p if p < 1.0], logits.dtype, device)[:, None]
     sub = logits[idx]  # [P, V], the rows that filter
-    if logits.is_cuda:  # a full sort is cheap there, and choosing per row would read a device value
-        logits[idx] = _nucleus(sub, ps, vocab)[0]
-        return
     filtered, covered = _nucleus(sub, ps, min(TOP_P_CANDIDATES, vocab))
     if not covered.all():
         rest = (~covered).nonzero().squeeze(1)

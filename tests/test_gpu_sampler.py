@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from engine.logprobs import sampled_logprobs  # noqa: E402
-from engine.sampler import SampleRow, Sampler, hashed_uniform  # noqa: E402
+from engine.sampler import SampleRow, Sampler  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 
 VOCAB = 49152
@@ -63,5 +63,23 @@ def test_seeded_rows_are_batch_independent_on_the_gpu() -> None:
     together = sampler.sample(logits, seeded).tolist()
     alone = [sampler.sample(logits[i:i + 1], [seeded[i]]).item() for i in range(16)]
     assert together == alone
-    u = hashed_uniform(torch.tensor([3, -5], device="cuda"), VOCAB)
-    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
+
+
+def test_the_gpu_draws_follow_top_p_and_min_p() -> None:
+    """The sort-free kernel against the nucleus: many seeded rows of one distribution."""
+    sampler = Sampler(0)
+    row = torch.randn(VOCAB, device="cuda") * 3
+    n = 4096
+    params = [SamplingParams(temperature=1.0, top_p=0.8, min_p=0.02, seed=s) for s in range(n)]
+    draws = sampler.sample(row.expand(n, -1).contiguous(), [SampleRow(p, [1]) for p in params])
+    probs = row.softmax(-1)
+    order = probs.argsort(descending=True)
+    before = probs[order].cumsum(0) - probs[order]
+    nucleus = order[before < 0.8]
+    allowed = torch.zeros(VOCAB, dtype=torch.bool, device="cuda")
+    allowed[nucleus[probs[nucleus] >= 0.02 * probs.max()]] = True
+    assert bool(allowed[draws].all())
+    top = int(order[0])
+    share = float((draws == top).float().mean())
+    expected = float(probs[top] / probs[allowed].sum())
+    assert abs(share - expected) < 0.03

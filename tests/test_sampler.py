@@ -306,17 +306,3 @@ def test_a_banned_id_is_never_drawn() -> None:
         assert got[0] == 2 and got[1] in (0, 3)
     with pytest.raises(ValueError, match="min_tokens"):
         SamplingParams(max_tokens=4, min_tokens=5)
-
-
-def test_hashed_uniform_is_uniform_and_depends_on_its_seed_alone() -> None:
-    """The seeded rows' noise on a GPU (computed here on the CPU: the same int64 arithmetic)."""
-    from engine.sampler import hashed_uniform
-
-    seeds = torch.tensor([0, 1, -7, 2**62, -(2**63)])
-    u = hashed_uniform(seeds, 4096)
-    assert u.shape == (5, 4096) and float(u.min()) >= 0 and float(u.max()) < 1
-    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
-    assert torch.equal(hashed_uniform(seeds[2:3], 4096)[0], u[2])  # a row alone = the row in a batch
-    assert not torch.equal(u[0], u[1])
-    hist = torch.histc(u[:, :2048].flatten(), bins=16, min=0, max=1)
-    assert float(hist.min()) > 0.8 * float(hist.mean())

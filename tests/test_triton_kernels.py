@@ -293,11 +293,33 @@ def test_get_backend_triton(monkeypatch: pytest.MonkeyPatch) -> None:
         assert isinstance(get_backend("auto", "cuda"), TorchAttentionBackend)
 
 
-def test_hashed_uniform_kernel_equals_its_torch_reference() -> None:
-    """The seeded rows' noise: the kernel's uint64 arithmetic and the reference's int64 spelling
-    give the same bits, for seeds across the whole int64 range and a width that is not a block."""
-    from engine.triton_hashed_uniform import hashed_uniform, ref_hashed_uniform
+def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> None:
+    """The GPU's sampling kernel (top-p and min-p by rejection, no sort): the same tokens as its
+    torch reference; over many seeds the reference's draws follow the nucleus renormalised, and
+    nothing outside it is ever drawn."""
+    from engine.triton_sample import ref_sample, sample
 
-    seeds = torch.tensor([0, 1, -1, 12345, 2**63 - 1, -(2**63), 987654321987], dtype=torch.int64, device=DEVICE)
-    got = hashed_uniform(seeds, 3000)
-    assert torch.equal(got.cpu(), ref_hashed_uniform(seeds.cpu(), 3000))
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(48, 300, generator=gen) * 2
+    logits[:, 250:] = float("-inf")  # a top-k filter's work
+    top_p = torch.rand(48, generator=gen) * 0.9 + 0.1
+    min_p = torch.where(torch.rand(48, generator=gen) < 0.3, torch.rand(48, generator=gen) * 0.2, torch.zeros(48))
+    seeds = torch.randint(-2**62, 2**62, (48,), generator=gen)
+    got = sample(logits.to(DEVICE), top_p.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu()
+    assert torch.equal(got, ref_sample(logits, top_p, min_p, seeds))
+
+    row = torch.randn(24, generator=gen) * 1.5
+    n = 20000
+    p, mp = 0.7, 0.05
+    draws = ref_sample(row.expand(n, -1).contiguous(), torch.full((n,), p), torch.full((n,), mp),
+                       torch.arange(n, dtype=torch.int64) * 7919)
+    probs = row.softmax(-1)
+    order = probs.argsort(descending=True)
+    before = probs[order].cumsum(0) - probs[order]
+    nucleus = order[before < p]
+    nucleus = nucleus[probs[nucleus] >= mp * probs.max()]
+    expected = torch.zeros(24)
+    expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+    seen = torch.bincount(draws, minlength=24).float() / n
+    assert seen[expected == 0].sum() == 0
+    assert (seen - expected).abs().max() < 0.015
