@@ -17,6 +17,7 @@ from engine.llm_engine import LLMEngine
 from server.access import LOOPBACK, default_allowed_hosts
 from server.foreground import serve
 from server.http_app import build_http_app, build_replay_app
+from server.kv_event_publisher import KVEventPublisher, engine_sink
 from server.limits import ServerLimits
 from server.recording import FeedRecorder, read_recording
 from server.replay import ReplaySource
@@ -58,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replay", default=None, metavar="FILE",
                    help="serve the dashboard from a recording (made with --record) played in a loop, with no "
                         "engine and no chat: shows a GPU run where there is no GPU")
+    kv = p.add_argument_group("KV-cache events, in vLLM's format over ZeroMQ")
+    kv.add_argument("--kv-events-endpoint", default=None, metavar="ADDR",
+                    help="publish the prefix cache's blocks stored and removed on this PUB address "
+                         "(tcp://*:5557)")
+    kv.add_argument("--kv-events-replay-endpoint", default=None, metavar="ADDR",
+                    help="answer replay requests of late subscribers on this ROUTER address (tcp://*:5558)")
+    kv.add_argument("--kv-events-topic", default="", help="the topic frame of every message (default: none)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     safety = p.add_argument_group("safety on a public server")
@@ -137,9 +145,11 @@ def served_name(args: argparse.Namespace) -> str:
 
 def build_app(config: EngineConfig, name: str, load_seed: int | None = None, policy: LoadPolicy = LoadPolicy(),
               limits: ServerLimits = ServerLimits(), hosts: list[str] | None = None,
-              api_key: str | None = None, token_text: str = "all") -> tuple[Any, EngineThread, LoadGenerator]:
+              api_key: str | None = None, token_text: str = "all",
+              kv_events: KVEventPublisher | None = None) -> tuple[Any, EngineThread, LoadGenerator]:
     """The engine on its thread, the load generator, and the HTTP app carrying API and UI."""
-    engine = EngineThread(LLMEngine(config)).start()
+    sink = engine_sink(kv_events, config.cache.block_size) if kv_events is not None else None
+    engine = EngineThread(LLMEngine(config), kv_events=sink).start()
     load = LoadGenerator(engine, load_prompts(PROMPTS), seed=load_seed, policy=policy)
     ui = build_ui(engine.info, name, engine, load)
     app = build_http_app(engine, name, ui, limits, hosts, api_key, routers=[live_view_router()], token_text=token_text)
@@ -177,15 +187,22 @@ def main(argv: list[str] | None = None) -> None:
         logging.info("PagedChat replaying %s on http://%s:%d", args.replay, args.host, args.port)
         serve(app, args.host, args.port, on_shutdown=source.stop, limits=server_limits(args))
         return
+    kv_events = None
+    if args.kv_events_endpoint:
+        kv_events = KVEventPublisher(args.kv_events_endpoint, args.kv_events_replay_endpoint,
+                                     args.kv_events_topic).start()
+        logging.info("KV events on %s (replay: %s)", kv_events.endpoint, kv_events.replay_endpoint or "none")
     app, engine, load = build_app(engine_config(args), served_name(args), policy=load_policy(args),
                                   limits=server_limits(args), hosts=allowed_hosts(args), api_key=args.api_key,
-                                  token_text=token_text_policy(args))
+                                  token_text=token_text_policy(args), kv_events=kv_events)
     logging.info("PagedChat on http://%s:%d (API under /v1, /health, /metrics)", args.host, args.port)
     recorder = FeedRecorder(engine, args.record, served_name(args)).start() if args.record else None
 
     def stop() -> None:
         load.stop()
         engine.stop()
+        if kv_events is not None:
+            kv_events.stop()
         if recorder is not None:
             recorder.stop()
             logging.info("the event feed is recorded in %s", args.record)

@@ -20,6 +20,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
+from engine.kv_cache_events import CacheChangeLog, KVCacheChange
+
 # Chained hash of a full block: depends on every token before it, so equal hashes mean equal prefixes.
 ROOT_HASH = 0
 
@@ -102,6 +104,7 @@ class BlockManager:
         self._tokens_stored = 0
         self._num_shared = 0
         self._events: list[BlockEvent] | None = None
+        self._cache_log: CacheChangeLog | None = None  # prefix-cache changes, for KV events
         self.record_events(record_events)
         self._cap: int | None = None
 
@@ -120,6 +123,14 @@ class BlockManager:
     def record_events(self, on: bool) -> None:
         """Start or stop recording block events (stopping drops those not taken)."""
         self._events = [] if on else None
+
+    def record_cache_changes(self, on: bool) -> None:
+        """Start or stop logging prefix-cache changes (hashes cached, evicted, all cleared)."""
+        self._cache_log = CacheChangeLog() if on else None
+
+    def take_cache_changes(self) -> list[KVCacheChange]:
+        """The prefix-cache changes since the last call, oldest first (none unless logging)."""
+        return self._cache_log.take() if self._cache_log is not None else []
 
     def take_events(self) -> list[BlockEvent]:
         """The block events since the last call, oldest first (none unless record_events)."""
@@ -284,6 +295,8 @@ class BlockManager:
     def _uncache(self, block: Block, seq_id: int = -1) -> None:
         """Take a block out of the prefix cache: its contents no longer match any prompt."""
         del self._by_hash[block.hash]
+        if self._cache_log is not None:
+            self._cache_log.evicted(block.hash)
         block.hash, block.token_ids = None, ()
         self._note("evicted", block.block_id, seq_id)
 
@@ -304,6 +317,8 @@ class BlockManager:
                 block.hash, block.token_ids = h, tokens
                 self._by_hash[h] = block.block_id
                 self._note("cached", block.block_id, seq_id)
+                if self._cache_log is not None:
+                    self._cache_log.cached(h, None if parent == ROOT_HASH else parent, tokens)
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (copy-on-write for the partly filled one)."""
@@ -330,10 +345,13 @@ class BlockManager:
         Blocks in use keep their hashes: their contents stay valid for the sequences holding them.
         """
         dropped = list(self._evictable)
+        everything = len(dropped) == len(self._by_hash)  # no block in use keeps a hash
         for block_id in dropped:
             self._uncache(self.blocks[block_id])
         self._evictable.clear()
         self._free.extend(dropped)
+        if everything and self._cache_log is not None:
+            self._cache_log.cleared()
         return len(dropped)
 
     # ---- introspection -------------------------------------------------------------------------

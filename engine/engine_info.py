@@ -29,6 +29,7 @@ class EngineInfo:
     peak_flops: float = 0.0  # its measured FLOP/s in the serving dtype
     quantization: str = ""  # weight-only int8 | int4, "" for the model's dtype
     weight_bytes: int = 0  # weights one decode step reads, as stored (0: not recorded)
+    prefix_caching: bool = True
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -54,4 +55,5 @@ def engine_info(engine: Any) -> EngineInfo:
         matmul_params=mc.matmul_params(),
         peak_bandwidth=peaks.bandwidth if peaks else 0.0, peak_flops=peaks.flops if peaks else 0.0,
         quantization=runner.quantization or "", weight_bytes=runner.model.weight_bytes_per_token(),
+        prefix_caching=engine.config.cache.enable_prefix_caching,
     )

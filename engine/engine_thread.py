@@ -74,10 +74,11 @@ class EngineThread:
     """Owns an `LLMEngine` (any object with its add_request / step / abort API) on a daemon thread."""
 
     def __init__(self, engine: Any, block_map_interval: float = 0.25, history: MetricsHistory | None = None,
-                 on_death: Callable[[BaseException], None] | None = None) -> None:
+                 on_death: Callable[[BaseException], None] | None = None,
+                 kv_events: Callable[[list[Any]], None] | None = None) -> None:
         self.engine = engine  # touched by the engine thread only, once started
         self.info: EngineInfo = engine_info(engine)
-        self.history = history or MetricsHistory()
+        self.history = history or MetricsHistory(max_model_len=self.info.max_model_len)
         self.block_map_interval = block_map_interval
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[RequestStream, int]] = {}  # request id -> (stream, samples left)
@@ -85,6 +86,11 @@ class EngineThread:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._error: BaseException | None = None
         self.on_death = on_death  # called on the engine thread with what killed it
+        # given the prefix cache's changes (engine.kv_cache_events) after each step, on the engine
+        # thread: it must not block (the KV-event publisher queues them)
+        self._kv_events = kv_events
+        if kv_events is not None:
+            engine.record_kv_cache_events(True)
         self._stopping = False
         self._lock = threading.Lock()  # orders submits against the thread's death
         self._block_map_shape = (0, 0)  # (running, waiting) when the block map was built
@@ -225,6 +231,7 @@ class EngineThread:
                     self._step()
                 else:
                     self.engine.flush_events()  # an abort of the last request reaches the feed now
+                self._hand_out_kv_events()
                 self._publish_block_map(idle=not self.engine.has_unfinished_requests())
         except BaseException as exc:  # noqa: BLE001 - whatever it was, every reader must hear of it
             log.exception("the engine thread died")
@@ -357,6 +364,16 @@ class EngineThread:
             self._block_map_dirty = False
             if idle:
                 self.history.record_idle(bm.timestamp, bm.stats, kv_waste(bm.stats, bm.seqs))
+
+    def _hand_out_kv_events(self) -> None:
+        if self._kv_events is None:
+            return
+        changes = self.engine.take_kv_cache_events()
+        if changes:
+            try:
+                self._kv_events(changes)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the engine
+                log.exception("handing out KV-cache events failed")
 
     def _fail_all(self, exc: EngineDeadError) -> None:
         for stream, _ in self._streams.values():

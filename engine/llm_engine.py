@@ -12,6 +12,7 @@ from engine.config import EngineConfig
 from engine.controls import Controls
 from engine.detokenizer import IncrementalDetokenizer
 from engine.event_feed import EventFeed, StepRecorder
+from engine.kv_cache_events import KVCacheChange
 from engine.forward_metadata import ScheduledChunk
 from engine.metrics import MetricsRecorder, MetricsSnapshot
 from engine.model_loader import load_tokenizer, resolve_model
@@ -130,6 +131,7 @@ class LLMEngine:
             detok = self._detokenizers.pop(seq.seq_id, None)
             outputs.append(self._output(seq, "", [], detok.text if detok else ""))
         self._live.pop(request_id, None)
+        self.metrics.forget(request_id)
         return outputs
 
     def reset_prefix_cache(self) -> int:
@@ -141,6 +143,15 @@ class LLMEngine:
         """Start or pause the event feed's recording (an engine built without a feed has none)."""
         self._recorder = StepRecorder(self.feed) if on and self.feed else None
         self.block_manager.record_events(self._recorder is not None)
+
+    def record_kv_cache_events(self, on: bool) -> None:
+        """Start or stop logging the prefix cache's changes (what vLLM publishes as KV events)."""
+        self.block_manager.record_cache_changes(on)
+
+    def take_kv_cache_events(self) -> list[KVCacheChange]:
+        """Blocks cached, blocks evicted, cache cleared since the last call, as plain data (see
+        engine.kv_cache_events); none unless `record_kv_cache_events(True)`."""
+        return self.block_manager.take_cache_changes()
 
     def flush_events(self) -> None:
         """Put events that happened since the last step (an abort while nothing else runs) into a
@@ -239,6 +250,7 @@ class LLMEngine:
             outputs += self._fail_step(out, fault)
         self.metrics.total_prompt_tokens += num_prefill
         self.metrics.total_cached_tokens += out.num_cached_tokens
+        self.metrics.total_queried_tokens += out.num_queried_tokens
         if self.config.check_integrity:
             self.block_manager.check_integrity()
         snapshot = self._snapshot(out, start, num_prefill, num_decode)
@@ -337,7 +349,7 @@ class LLMEngine:
         failed = replace(self._output(seq, "", [], detok.text if detok else ""), error=error)
         outputs = [failed] + [replace(failed, index=k) for k in range(1, seq.samples_at_prompt_end)]
         for _ in outputs:
-            self._release(seq.request_id)
+            self._release(seq)
         return outputs
 
     def _account(self, seq: Sequence, now: float) -> None:
@@ -380,7 +392,7 @@ class LLMEngine:
             delta += detok.flush()
         if seq.is_finished:
             del self._detokenizers[seq.seq_id]
-            self._release(seq.request_id)
+            self._release(seq)
         output = self._output(seq, delta, [token], detok.text)
         if first and seq.params.prompt_logprobs is not None:  # once, with the sample's first text
             prompt = seq.token_ids[:seq.num_prompt_tokens]
@@ -397,13 +409,15 @@ class LLMEngine:
         if self._recorder:
             self._recorder.note(seq, "finished", reason=reason.value)
 
-    def _release(self, request_id: str) -> None:
-        left = self._live.get(request_id, 1) - 1
+    def _release(self, seq: Sequence) -> None:
+        """A finished sample's output is out: count it, and forget its request after its last."""
+        left = self._live.get(seq.request_id, 1) - 1
         if left > 0:
-            self._live[request_id] = left
+            self._live[seq.request_id] = left
         else:
-            self._live.pop(request_id, None)
+            self._live.pop(seq.request_id, None)
         self.metrics.total_finished += 1
+        self.metrics.finish(seq, time.perf_counter(), request_done=left <= 0)
 
     @staticmethod
     def _output(seq: Sequence, delta: str, tokens: list[int], text: str) -> RequestOutput:
@@ -423,5 +437,5 @@ class LLMEngine:
             num_preempted=len(out.preempted), blocks=self.block_manager.stats(), ttft=ttft, itl=itl,
             total_generated_tokens=m.total_generated_tokens, total_prompt_tokens=m.total_prompt_tokens,
             total_cached_tokens=m.total_cached_tokens, total_preemptions=self.scheduler.num_preemptions,
-            total_finished=m.total_finished,
+            total_finished=m.total_finished, total_queried_tokens=m.total_queried_tokens, finished=m.take_finished(),
         )

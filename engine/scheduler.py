@@ -11,6 +11,7 @@ Static batching (a demo's contrast) admits newcomers only once the running batch
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class SchedulerOutput:
     preempted: list[Sequence] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst) blocks
     num_cached_tokens: int = 0  # tokens that newly admitted sequences found in the prefix cache
+    num_queried_tokens: int = 0  # tokens of newly admitted sequences looked up in the prefix cache
 
     @property
     def is_empty(self) -> bool:
@@ -149,6 +151,8 @@ class Scheduler:
             self.waiting.popleft()
             seq.num_computed_tokens = seq.num_cached_tokens = num_cached
             out.num_cached_tokens += num_cached
+            out.num_queried_tokens += 0 if seq.needs_prompt_logprobs else seq.num_tokens
+            seq.scheduled_time = seq.scheduled_time or time.perf_counter()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new))

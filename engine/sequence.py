@@ -44,6 +44,7 @@ class Sequence:
     forked: bool = False  # the n - 1 siblings have been made (only ever True for sample 0)
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
+    scheduled_time: float | None = None  # time.perf_counter() at its first admission (a preemption keeps it)
     first_token_time: float | None = None
     last_token_time: float | None = None
     children: list["Sequence"] = field(default_factory=list, repr=False)
@@ -91,7 +92,8 @@ class Sequence:
             seq_id=seq_id, request_id=self.request_id, token_ids=self.token_ids[:-1] + [first_token],
             num_prompt_tokens=self.num_prompt_tokens, params=self.params, arrival_time=self.arrival_time,
             sample_index=sample_index, status=self.status, num_computed_tokens=self.num_computed_tokens,
-            num_cached_tokens=self.num_cached_tokens, first_token_time=self.first_token_time,
+            num_cached_tokens=self.num_cached_tokens, scheduled_time=self.scheduled_time,
+            first_token_time=self.first_token_time,
             last_token_time=self.last_token_time, prompt_logprobs=self.prompt_logprobs,
         )
         return child

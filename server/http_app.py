@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 
 from engine.engine_thread import EngineThread
 from server.access import AccessControl
@@ -16,7 +16,7 @@ from server.limits import ServerLimits
 from server.openai_api import build_openai_router, error_response
 from server.replay import ReplaySource
 from server.tokenize_api import build_tokenize_router
-from server.prometheus import CONTENT_TYPE, render_metrics
+from server.prometheus import CONTENT_TYPE, metrics_registry, render_metrics
 
 # Gradio's defaults run one event at a time per listener and 40 events in all: far below what
 # continuous batching serves. Each listener may run UI_CONCURRENCY events; all of them together
@@ -64,10 +64,11 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None,
             return JSONResponse({"status": "ok", "model": model_name})
         return JSONResponse({"status": "dead", "error": str(engine.error or "stopped")}, 503)
 
+    registry = metrics_registry(engine, model_name)
+
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        text = render_metrics(engine.history.view(), engine.block_map, engine.alive)
-        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+    async def metrics() -> Response:
+        return Response(render_metrics(registry), media_type=CONTENT_TYPE)
 
     return _mount_ui(app, ui) if ui is not None else app
 
