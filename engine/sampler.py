@@ -108,8 +108,8 @@ class Sampler:
         top_k = [r.params.top_k for r in rows]
         if any(k > 0 for k in top_k):
             apply_top_k(logits, top_k)
-        if logits.is_cuda:  # top-p and min-p by rejection in one kernel per row: no sort, no softmax
-            from engine.triton_sample import sample as sort_free_sample
+        sort_free_sample = _sort_free_sampler() if logits.is_cuda else None
+        if sort_free_sample is not None:  # top-p and min-p by rejection in one kernel per row: no sort, no softmax
             seeds = [row_seed(r.params.seed, r.sample_index, r.step) if r.params.seed is not None
                      else self._host_rng.getrandbits(64) for r in rows]
             seeds_t = on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, device)
@@ -156,6 +156,21 @@ class Sampler:
         if device not in self._seeded:
             self._seeded[device] = torch.Generator(device=device)
         return self._seeded[device]
+
+
+def _sort_free_sampler():
+    """engine.triton_sample.sample, or None where Triton does not import (the torch path serves)."""
+    global _SORT_FREE
+    if _SORT_FREE is None:
+        try:
+            from engine.triton_sample import sample
+            _SORT_FREE = sample
+        except ImportError:
+            _SORT_FREE = False
+    return _SORT_FREE or None
+
+
+_SORT_FREE = None
 
 
 def on_device(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -24,7 +24,6 @@ closing brace of a schema's object) stops its sequence at once: finish_reason "s
 from __future__ import annotations
 
 import json
-from itertools import islice
 from typing import Any
 
 import llguidance
@@ -103,7 +102,7 @@ class Guide:
     def advance(self, token_ids: list[int], num_prompt_tokens: int) -> bool:
         """Feed the output tokens not yet seen (of the prompt + output `token_ids`); True when the
         grammar can take no more. ValueError for a token the grammar refuses."""
-        for token in islice(token_ids, num_prompt_tokens + self.consumed, None):
+        for token in token_ids[num_prompt_tokens + self.consumed:]:
             if not self.matcher.consume_token(token):
                 raise ValueError(f"the grammar refused token {token}: {self.matcher.get_error()[:200]}")
             self.consumed += 1

@@ -78,7 +78,7 @@ def _sample_kernel(logits_ptr, stride, vocab, top_p_ptr, min_p_ptr, seed_ptr, ou
             x = tl.load(base + start + offs, mask=start + offs < vocab, other=float("-inf"))
             above += tl.sum(tl.where(x > chosen, tl.exp(x - m), 0.0), axis=0)
         token = best_i
-        done = (above < top_p * z).to(tl.int32)
+        done = ((above < top_p * z) | (chosen >= m)).to(tl.int32)  # the likeliest is always in
         pivot = chosen
         rounds += 1
     tl.store(out_ptr + row, token.to(tl.int64))
@@ -124,7 +124,7 @@ def ref_sample(logits: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, s
         g = g.masked_fill((logits <= pivot) | (logits < floor), float("-inf"))
         best = g.argmax(dim=-1)
         chosen = logits.gather(1, best[:, None])
-        accept = (e * (logits > chosen)).sum(dim=-1) < top_p * z
+        accept = ((e * (logits > chosen)).sum(dim=-1) < top_p * z) | (chosen[:, 0] >= m[:, 0])
         token = torch.where(done, token, best)
         pivot = torch.where(done[:, None], pivot, chosen)
         done = done | accept

@@ -208,7 +208,7 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
         events = _event_stream(call, first, shape.chunk, include_usage, watch)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     texts: dict[int, RequestOutput] = {}
-    logprobs: dict[int, list[tuple[int, Logprobs]]] = {}  # per sample: (text offset, token's logprobs)
+    logprobs: dict[int, list[Logprobs]] = {}  # per sample: its tokens' logprobs
     prompts: dict[int, tuple[Logprobs | None, ...]] = {}  # per sample: its prompt's logprobs, if asked
     try:
         async for out in _outputs(call, first):
@@ -216,8 +216,7 @@ async def _answer(watch: _Watch, engine: EngineThread, prompt: Prompt, params: S
             if out.prompt_logprobs is not None:
                 prompts[out.index] = out.prompt_logprobs
             if out.logprobs:
-                start = len(out.text) - len(out.delta_text)
-                logprobs.setdefault(out.index, []).extend((start, lp) for lp in out.logprobs)
+                logprobs.setdefault(out.index, []).extend(out.logprobs)
     except RequestRejected as exc:  # refused by the engine after a long queue
         return error_response(400, str(exc))
     except EngineDeadError as exc:

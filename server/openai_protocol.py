@@ -135,6 +135,11 @@ class CompletionRequest(_Common):
     echo: bool = False  # the prompt's text before each completion's
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # legacy completions: alternatives per token
 
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _false_is_none(cls, value: Any) -> Any:
+        return None if value is False else value  # clients send the chat API's `false` here too
+
     @property
     def num_logprobs(self) -> int | None:
         return self.logprobs

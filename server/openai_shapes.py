@@ -2,7 +2,7 @@
 chunk, and their logprobs, for chat and for legacy completions. Pure functions of the outputs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.outputs import Logprobs, RequestOutput, TokenChoice
@@ -19,6 +19,8 @@ class Shape:
     logprobs: int | None = None  # the output tokens' logprobs, with this many alternatives
     echo_logprobs: bool = False  # completions with echo and logprobs: the prompt's tokens lead the lists
     prompt_logprobs: int | None = None  # vLLM's prompt_logprobs field, with this many alternatives
+    # streaming: where each sample's next token's text starts (one Shape per request)
+    _next_offset: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
 
     def chunk(self, out: RequestOutput, first: bool) -> dict[str, Any]:
         """A stream chunk's choice for one output (`first`: the sample's first)."""
@@ -27,21 +29,23 @@ class Shape:
             logprobs = None if self.logprobs is None else chat_logprobs([lp for lp in out.logprobs or ()])
             return {"index": out.index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
         entries: Entries = self._echoed(out.prompt_logprobs) if first else []
-        start = len(self.echo) + len(out.text) - len(out.delta_text)
-        entries += [(start, lp.token.text, lp) for lp in out.logprobs or ()]
+        at = self._next_offset.get(out.index, len(self.echo))
+        entries += self._running(out.logprobs or (), at)
+        if entries:
+            self._next_offset[out.index] = entries[-1][0] + len(entries[-1][1])
         return {"index": out.index, "text": self.echo + out.delta_text if first else out.delta_text,
                 "logprobs": None if self.logprobs is None else text_logprobs(entries, self.logprobs),
                 "finish_reason": out.finish_reason}
 
-    def choice(self, out: RequestOutput, logprobs: list[tuple[int, Logprobs]],
+    def choice(self, out: RequestOutput, logprobs: list[Logprobs],
                prompt: tuple[Logprobs | None, ...] | None) -> dict[str, Any]:
-        """A whole answer's choice: its last output, its tokens' logprobs (offsets within its own
-        text), and its prompt's logprobs if asked."""
+        """A whole answer's choice: its last output, its tokens' logprobs, and its prompt's
+        logprobs if asked."""
         if self.chat:
-            shown = None if self.logprobs is None else chat_logprobs([lp for _, lp in logprobs])
+            shown = None if self.logprobs is None else chat_logprobs(logprobs)
             return {"index": out.index, "message": {"role": "assistant", "content": out.text}, "logprobs": shown,
                     "finish_reason": out.finish_reason}
-        entries = self._echoed(prompt) + [(len(self.echo) + at, lp.token.text, lp) for at, lp in logprobs]
+        entries = self._echoed(prompt) + self._running(logprobs, len(self.echo))
         body = {"index": out.index, "text": self.echo + out.text,
                 "logprobs": None if self.logprobs is None else text_logprobs(entries, self.logprobs),
                 "finish_reason": out.finish_reason}
@@ -54,6 +58,16 @@ class Shape:
         if not self.chat or self.prompt_logprobs is None:
             return {}
         return {"prompt_logprobs": vllm_prompt_logprobs(prompt, self.prompt_logprobs)}
+
+    @staticmethod
+    def _running(logprobs: Any, at: int) -> Entries:
+        """Output tokens' entries, each token's text starting where the one before it ends (vLLM's
+        text_offset: text held back for a possible stop string does not shift it)."""
+        entries: Entries = []
+        for lp in logprobs:
+            entries.append((at, lp.token.text, lp))
+            at += len(lp.token.text)
+        return entries
 
     def _echoed(self, prompt: tuple[Logprobs | None, ...] | None) -> Entries:
         """The prompt's tokens, leading an echoed completion's logprobs (the first has none)."""

@@ -29,7 +29,7 @@ CASES = [
     ("logit_bias value out of range", CHAT, chat("hi", logit_bias={"42": 1000}), 400, "between -100 and 100"),
     ("top_logprobs without logprobs", CHAT, chat("hi", top_logprobs=3), 400, "'top_logprobs' needs 'logprobs'"),
     ("top_logprobs over 20", CHAT, chat("hi", logprobs=True, top_logprobs=21), 400, "top_logprobs"),
-    ("logprobs a boolean on completions", COMPLETIONS, {"prompt": "hi", "logprobs": True}, 400, "logprobs"),
+    ("logprobs true on completions", COMPLETIONS, {"prompt": "hi", "logprobs": True}, 400, "logprobs"),
     ("logprobs negative", COMPLETIONS, {"prompt": "hi", "logprobs": -1}, 400, "logprobs"),
     ("prompt_logprobs streamed", COMPLETIONS, {"prompt": "hi", "prompt_logprobs": 1, "stream": True}, 400,
      "'prompt_logprobs' is not available when streaming"),

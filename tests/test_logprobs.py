@@ -177,3 +177,19 @@ def test_echo_with_logprobs_and_vllms_prompt_logprobs_through_the_api(live: Live
         "prompt_logprobs": 0}, timeout=60).json()
     assert chat["prompt_logprobs"][0] is None and chat["usage"]["prompt_tokens"] == len(chat["prompt_logprobs"])
     assert all(len(e) == 1 for e in chat["prompt_logprobs"][1:])
+
+
+def test_text_offsets_follow_the_tokens_while_a_stop_string_holds_text_back(live: LiveServer) -> None:
+    """A stop string of several characters makes the detokenizer hold text back; each token's
+    text_offset still starts where the token before it ends (vLLM's rule), streamed or not; and
+    completions take the chat API's `logprobs: false` as no logprobs."""
+    body = {"model": MODEL_NAME, "prompt": "Count: 1, 2, 3,", "max_tokens": 12, "logprobs": 0, "temperature": 0,
+            "stop": [", 9"]}
+    lp = httpx.post(live.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+    expected = [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    assert len(lp["tokens"]) > 3 and lp["text_offset"] == expected
+    with httpx.stream("POST", live.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        chunks = [json.loads(line[6:])["choices"][0] for line in r.iter_lines() if line.startswith("data: {")]
+    assert [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]] == expected
+    plain = httpx.post(live.url + "/v1/completions", json={**body, "logprobs": False}, timeout=60)
+    assert plain.status_code == 200 and plain.json()["choices"][0]["logprobs"] is None

@@ -19,7 +19,7 @@ TEXT = (Path(__file__).resolve().parent.parent / "assets" / "text" / "lighthouse
 def test_the_kernels_compute_the_reference_product(mode: str, shape: tuple[int, int]) -> None:
     torch.manual_seed(0)
     w = torch.randn(shape) * 0.05
-    qw = quantize(w, mode)
+    qw = quantize(w, mode, keep_grid=True)
     x = torch.randn(5, shape[1])
     ref = x @ dequantize(qw).t()
     got = quantized_matmul(x, qw)
@@ -42,7 +42,7 @@ def test_a_q4_1_grid_requantizes_to_itself() -> None:
     d = torch.rand(n, k // GROUP, 1) * 0.01 + 1e-3
     m = -torch.rand(n, k // GROUP, 1) * 0.05
     w = (q * d + m).view(n, k)
-    qw = quantize(w, "int4")
+    qw = quantize(w, "int4", keep_grid=True)
     assert torch.equal(qw.q.view(n, k // GROUP, GROUP).long(), q)
     # bf16 keeps 8 bits of each scale and zero: at most 2^-8 of |zero| + 8 scales off
     assert (dequantize(qw) - w).abs().max() <= 2**-8 * float(m.abs().max() + 16 * d.max())

@@ -307,6 +307,9 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     seeds = torch.randint(-2**62, 2**62, (48,), generator=gen)
     got = sample(logits.to(DEVICE), top_p.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu()
     assert torch.equal(got, ref_sample(logits, top_p, min_p, seeds))
+    tiny = torch.full((48,), 1e-46)  # 0 in float32: only the most likely token is left
+    assert torch.equal(sample(logits.to(DEVICE), tiny.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu(),
+                       logits.argmax(dim=-1))
 
     row = torch.randn(24, generator=gen) * 1.5
     n = 20000

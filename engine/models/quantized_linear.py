@@ -30,7 +30,7 @@ class QuantizedWeight:
     out_features: int
     in_features: int
     q: torch.Tensor  # int8 [N, K] (int8), or the integer grid 0..15 as uint8 [N, K] (int4, before packing)
-    scales: torch.Tensor  # [N] fp32 (int8), or [N, K / GROUP] fp32 (int4)
+    scales: torch.Tensor  # [N] bf16 (int8), or [N, K / GROUP] fp32 (int4, kept only with keep_grid)
     zeros: torch.Tensor | None = None  # int4: [N, K / GROUP] fp32, the weight value at q = 0
     packed: torch.Tensor | None = None  # int4: the kernel's layout
     scales_and_zeros: torch.Tensor | None = None  # int4: [K / GROUP, N, 2] bf16 (tinygemm's zero: q = 8)
@@ -40,7 +40,7 @@ class QuantizedWeight:
         """Bytes a matmul reads: the weights and their scales (and zeros)."""
         if self.mode == "int8":
             return self.q.numel() + self.scales.numel() * 2
-        return self.q.numel() // 2 + self.scales_and_zeros.numel() * 2
+        return self.out_features * self.in_features // 2 + self.scales_and_zeros.numel() * 2
 
 
 def fits(mode: str, in_features: int, device: torch.device) -> bool:
@@ -53,8 +53,9 @@ def inner_k_tiles(in_features: int) -> int:
     return next(t for t in (8, 4, 2) if in_features % (16 * t) == 0)
 
 
-def quantize(weight: torch.Tensor, mode: str) -> QuantizedWeight:
-    """Quantize an [N, K] weight (any float dtype, any device) for `mode`, packed for its device."""
+def quantize(weight: torch.Tensor, mode: str, keep_grid: bool = False) -> QuantizedWeight:
+    """Quantize an [N, K] weight (any float dtype, any device) for `mode`, packed for its device.
+    int4 keeps only what its kernel reads, unless `keep_grid` (tests: `dequantize` needs the grid)."""
     if mode not in MODES:
         raise ValueError(f"quantization must be one of {', '.join(MODES)}, got {mode!r}")
     w = weight.detach().float()
@@ -62,7 +63,7 @@ def quantize(weight: torch.Tensor, mode: str) -> QuantizedWeight:
     if mode == "int8":
         scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
-        return QuantizedWeight(mode, n, k, q, scales)
+        return QuantizedWeight(mode, n, k, q, scales.to(torch.bfloat16))  # bf16: what the kernel takes
     groups = w.view(n, k // GROUP, GROUP)
     low, high = groups.amin(dim=-1), groups.amax(dim=-1)
     scales = ((high - low) / 15).clamp(min=1e-12)
@@ -74,6 +75,8 @@ def quantize(weight: torch.Tensor, mode: str) -> QuantizedWeight:
         packed = torch.ops.aten._convert_weight_to_int4pack(nibbles, inner_k_tiles(k))
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    if not keep_grid:  # 1.25 bytes a weight that nothing reads
+        q, scales, low = q.new_empty(0), scales.new_empty(0), None
     return QuantizedWeight(mode, n, k, q, scales, low, packed, sz)
 
 
@@ -81,7 +84,8 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     """The [N, K] fp32 weight the quantized one stands for (as the kernels see it: int4's scales and
     zeros rounded to bf16)."""
     if qw.mode == "int8":
-        return qw.q.float() * qw.scales[:, None]
+        return qw.q.float() * qw.scales.float()[:, None]
+    assert qw.q.numel(), "quantize(..., keep_grid=True) keeps the int4 grid that dequantize needs"
     sz = qw.scales_and_zeros.float()  # [K / G, N, 2]
     scales, zeros = sz[..., 0].t(), sz[..., 1].t()  # [N, K / G]
     grid = qw.q.float().view(qw.out_features, -1, GROUP) - 8
@@ -92,7 +96,7 @@ def quantized_matmul(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     """x [M, K] @ W.T -> [M, N] in x's dtype, through the device's kernel."""
     xb = x.to(torch.bfloat16).contiguous()
     if qw.mode == "int8":
-        y = torch.ops.aten._weight_int8pack_mm(xb, qw.q, qw.scales.to(torch.bfloat16))
+        y = torch.ops.aten._weight_int8pack_mm(xb, qw.q, qw.scales)
     elif x.device.type == "cuda":
         y = torch.ops.aten._weight_int4pack_mm(xb, qw.packed, GROUP, qw.scales_and_zeros)
     else:
