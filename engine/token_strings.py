@@ -3,7 +3,8 @@
 A byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen) stores each token as the bytes it stands for,
 spelled with GPT-2's printable alphabet; so a token's bytes come straight from its vocabulary
 entry, even when it holds only part of a UTF-8 character (its text then shows U+FFFD, as vLLM's
-does). Other tokenizers (SentencePiece) get the text of the token decoded alone.
+does). SentencePiece vocabularies (Llama 2, Mistral) spell a space as U+2581 and a raw byte as
+<0xNN>: both are read back, so that tokens' texts still join into the text.
 """
 from __future__ import annotations
 
@@ -57,7 +58,12 @@ class TokenStrings:
             if all(c in table for c in piece):
                 raw = bytes(table[c] for c in piece)
                 return raw.decode("utf-8", errors="replace"), tuple(raw)
-        text = piece if token_id in self._special else self._tokenizer.decode([token_id])
+        if token_id in self._special:
+            return piece, tuple(piece.encode("utf-8"))
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece's byte fallback
+            raw = bytes([int(piece[3:5], 16)])
+            return raw.decode("utf-8", errors="replace"), tuple(raw)
+        text = piece.replace("\u2581", " ")  # SentencePiece spells a space as U+2581; decode() would drop a leading one
         return text, tuple(text.encode("utf-8"))
 
     def choice(self, token_id: int, logprob: float) -> TokenChoice:

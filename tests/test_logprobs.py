@@ -193,3 +193,21 @@ def test_text_offsets_follow_the_tokens_while_a_stop_string_holds_text_back(live
     assert [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]] == expected
     plain = httpx.post(live.url + "/v1/completions", json={**body, "logprobs": False}, timeout=60)
     assert plain.status_code == 200 and plain.json()["choices"][0]["logprobs"] is None
+
+
+def test_token_strings_read_sentencepiece_spaces_and_byte_fallback() -> None:
+    """Llama 2 / Mistral vocabularies: U+2581 is a space and <0xNN> a raw byte, so logprobs' token
+    texts join into the text (decode() of a token alone would drop its leading space)."""
+    from engine.token_strings import TokenStrings
+
+    class SentencePieceLike:
+        backend_tokenizer = None
+        all_special_ids = [1]
+        vocab = {1: "<s>", 5: "\u2581hello", 6: "<0xE2>", 7: "world"}
+
+        def convert_ids_to_tokens(self, token_id: int) -> str | None:
+            return self.vocab.get(token_id)
+
+    spell = TokenStrings(SentencePieceLike())
+    assert spell(5) == (" hello", tuple(b" hello")) and spell(7)[0] == "world"
+    assert spell(6)[1] == (0xE2,) and spell(1)[0] == "<s>" and spell(99) == ("", ())
