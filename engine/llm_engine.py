@@ -226,11 +226,11 @@ class LLMEngine:
         if pending is not None:
             try:
                 tokens = pending.result()
-                if any(c.prompt_targets for c in chunks):
-                    self._keep_prompt_logprobs(out, pending.prompt_logprobs())
-                logprobs = pending.logprobs([r.params.logprobs for r in rows])  # all None unless asked
+                if (prompt := pending.prompt_logprobs()) is not None:
+                    self._keep_prompt_logprobs(out, prompt)
+                logprobs = pending.logprobs()  # None unless a row asked
                 grew = self.scheduler.update(out, self._split(out, tokens),
-                                             self._split(out, logprobs) if any(logprobs) else None)
+                                             None if logprobs is None else self._split(out, logprobs))
                 num_output = len(tokens)
             except Exception as exc:  # noqa: BLE001
                 fault = exc

@@ -47,14 +47,15 @@ def score(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> LogprobTensors:
 
 
 def sampled_logprobs(logits: torch.Tensor, asks: list[int | None],
-                     tokens: torch.Tensor) -> tuple[list[int], LogprobTensors] | None:
+                     tokens: torch.Tensor) -> tuple[list[int], list[int], LogprobTensors] | None:
     """For the sampled rows whose request asks (asks[i] = its k, None for no): (which rows, their
-    logprobs), or None when no row asks."""
+    ks, their logprobs), or None when no row asks."""
     rows = [i for i, k in enumerate(asks) if k is not None]
     if not rows:
         return None
+    ks = [asks[i] for i in rows]
     idx = on_device(rows, torch.int64, logits.device)
-    return rows, score(logits[idx], tokens[idx], max(asks[i] for i in rows))
+    return rows, ks, score(logits[idx], tokens[idx], max(ks))
 
 
 def prompt_logprobs(logits: torch.Tensor, targets: list[int], k: int) -> LogprobTensors:

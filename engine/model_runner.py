@@ -162,12 +162,13 @@ class PendingTokens:
     """Sampled token ids, and the logprobs some requests asked for, on their way to the host:
     copied without blocking, waited for on result()."""
 
-    def __init__(self, tokens: torch.Tensor | None, sampled: tuple[list[int], LogprobTensors] | None = None,
+    def __init__(self, tokens: torch.Tensor | None,
+                 sampled: tuple[list[int], list[int], LogprobTensors] | None = None,
                  prompt: tuple[list[int], LogprobTensors] | None = None) -> None:
         self._event = None
         if tokens is not None and tokens.is_cuda or prompt is not None and prompt[1].chosen.is_cuda:
             tokens = None if tokens is None else self._to_host(tokens)
-            sampled = None if sampled is None else (sampled[0], sampled[1].map(self._to_host))
+            sampled = None if sampled is None else (sampled[0], sampled[1], sampled[2].map(self._to_host))
             prompt = None if prompt is None else (prompt[0], prompt[1].map(self._to_host))
             self._event = torch.cuda.Event()
             self._event.record()
@@ -183,15 +184,17 @@ class PendingTokens:
             self._event.synchronize()
         return [] if self._tokens is None else self._tokens.tolist()
 
-    def logprobs(self, asks: list[int | None]) -> list[TokenLogprobs | None]:
-        """Per sampled row (after result()): its TokenLogprobs, None for a row that did not ask."""
-        out: list[TokenLogprobs | None] = [None] * len(asks)
-        if self._sampled is not None:
-            rows, tensors = self._sampled
-            for row, lp in zip(rows, tensors.unpack([asks[r] for r in rows])):
-                out[row] = lp
+    def logprobs(self) -> list[TokenLogprobs | None] | None:
+        """Per sampled row (after result()): its TokenLogprobs, None for a row that did not ask;
+        None when no row asked (the common step: nothing to build)."""
+        if self._sampled is None:
+            return None
+        rows, ks, tensors = self._sampled
+        out: list[TokenLogprobs | None] = [None] * len(self._tokens)
+        for row, lp in zip(rows, tensors.unpack(ks)):
+            out[row] = lp
         return out
 
-    def prompt_logprobs(self) -> list[TokenLogprobs]:
-        """The prompt rows' TokenLogprobs (after result()), in the chunks' order."""
-        return [] if self._prompt is None else self._prompt[1].unpack(self._prompt[0])
+    def prompt_logprobs(self) -> list[TokenLogprobs] | None:
+        """The prompt rows' TokenLogprobs (after result()), in the chunks' order; None if none asked."""
+        return None if self._prompt is None else self._prompt[1].unpack(self._prompt[0])
