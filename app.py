@@ -16,12 +16,14 @@ from engine.engine_thread import EngineThread
 from engine.llm_engine import LLMEngine
 from server.access import LOOPBACK, default_allowed_hosts
 from server.foreground import serve
-from server.http_app import build_http_app, build_replay_app
+from server.http_app import build_http_app, build_remote_app, build_replay_app
+from server.remote_client import RemoteEngine
+from server.remote_fleet import RemoteFleet, RemoteSpec
 from server.kv_event_publisher import KVEventPublisher, engine_sink
 from server.limits import ServerLimits
 from server.recording import FeedRecorder, read_recording
 from server.replay import ReplaySource
-from ui.layout import build_ui
+from ui.layout import RemotePage, build_ui
 from ui.load_generator import LoadGenerator, LoadPolicy, load_prompts
 from ui.live_view import live_view_router
 
@@ -66,6 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kv.add_argument("--kv-events-replay-endpoint", default=None, metavar="ADDR",
                     help="answer replay requests of late subscribers on this ROUTER address (tcp://*:5558)")
     kv.add_argument("--kv-events-topic", default="", help="the topic frame of every message (default: none)")
+    remote = p.add_argument_group("remote engines: the chat and dashboard over vLLM-compatible servers")
+    remote.add_argument("--engine-url", action="append", default=[], metavar="URL",
+                        help="a remote OpenAI-compatible engine (http://host:8000), once per replica or router: the "
+                             "chat streams from them, the dashboard reads their /metrics; no local engine starts")
+    remote.add_argument("--engine-kv-events", action="append", default=[], metavar="PUB[,REPLAY]",
+                        help="the KV-event endpoints of the --engine-url of the same rank (tcp://host:5557,"
+                             "tcp://host:5558): the dashboard draws its prefix-cache tree")
+    remote.add_argument("--engine-kv-topic", default="", help="the topic the remote engines publish KV events on")
+    remote.add_argument("--engine-api-key", default=os.environ.get("PAGEDCHAT_ENGINE_API_KEY"),
+                        help="sent as `Authorization: Bearer KEY` to the remote engines "
+                             "(default: $PAGEDCHAT_ENGINE_API_KEY)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     safety = p.add_argument_group("safety on a public server")
@@ -177,6 +190,30 @@ def build_replay(path: str, limits: ServerLimits = ServerLimits(), hosts: list[s
     return build_replay_app(source, label, ui, limits, hosts, routers=[live_view_router()]), source
 
 
+def remote_specs(args: argparse.Namespace) -> list[RemoteSpec]:
+    """--engine-url and --engine-kv-events paired by rank; ValueError for a KV endpoint without a URL."""
+    if len(args.engine_kv_events) > len(args.engine_url):
+        raise ValueError("each --engine-kv-events belongs to the --engine-url of the same rank: more were given")
+    kv = args.engine_kv_events + [None] * (len(args.engine_url) - len(args.engine_kv_events))
+    return [RemoteSpec.parse(url, k) for url, k in zip(args.engine_url, kv)]
+
+
+def build_remote(specs: list[RemoteSpec], api_key: str | None = None, topic: str = "",
+                 policy: LoadPolicy = LoadPolicy(), limits: ServerLimits = ServerLimits(),
+                 hosts: list[str] | None = None, wait_s: float = 10.0) -> tuple[Any, RemoteFleet, LoadGenerator]:
+    """The chat, the fleet view and the load generator over remote engines, and the fleet polling them."""
+    fleet = RemoteFleet(specs, api_key, topic).start()
+    deadline = time.monotonic() + wait_s  # their first answers name the model and its context length
+    while time.monotonic() < deadline and any(r.state == "starting" or (r.up and r.model is None)
+                                              for r in fleet.replicas):
+        time.sleep(0.1)
+    remote = RemoteEngine(fleet)
+    load = LoadGenerator(remote, load_prompts(PROMPTS), policy=policy)
+    page = RemotePage(remote.chat, fleet.max_model_len, tuple(s.url for s in specs))
+    ui = build_ui(None, "remote", load=load, remote=page)
+    return build_remote_app(fleet, ui, limits, hosts, routers=[live_view_router()]), fleet, load
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve until Ctrl-C or SIGTERM; then stop the engine (open streams end with an error event)
     and exit 0."""
@@ -186,6 +223,22 @@ def main(argv: list[str] | None = None) -> None:
         app, source = build_replay(args.replay, server_limits(args), allowed_hosts(args))
         logging.info("PagedChat replaying %s on http://%s:%d", args.replay, args.host, args.port)
         serve(app, args.host, args.port, on_shutdown=source.stop, limits=server_limits(args))
+        return
+    if args.engine_url:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+        try:
+            specs = remote_specs(args)
+        except ValueError as exc:
+            sys.exit(f"app.py: {exc}")
+        app, fleet, load = build_remote(specs, args.engine_api_key, args.engine_kv_topic,
+                                        load_policy(args), server_limits(args), allowed_hosts(args))
+        logging.info("PagedChat over %s on http://%s:%d", ", ".join(args.engine_url), args.host, args.port)
+
+        def stop_remote() -> None:
+            load.stop()
+            fleet.stop()
+
+        serve(app, args.host, args.port, on_shutdown=stop_remote, limits=server_limits(args))
         return
     kv_events = None
     if args.kv_events_endpoint:

@@ -14,6 +14,8 @@ from server.body_limit import BodyLimit
 from server.feed_api import EngineFeed, build_feed_router
 from server.limits import ServerLimits
 from server.openai_api import build_openai_router, error_response
+from server.fleet_api import build_fleet_router
+from server.remote_fleet import RemoteFleet
 from server.replay import ReplaySource
 from server.tokenize_api import build_tokenize_router
 from server.prometheus import CONTENT_TYPE, metrics_registry, render_metrics
@@ -86,6 +88,26 @@ def build_replay_app(source: ReplaySource, label: str, ui: Any, limits: ServerLi
     @app.get("/health")
     async def health() -> JSONResponse:
         return JSONResponse({"status": "ok" if source.alive else "stopped", "replay": label})
+
+    return _mount_ui(app, ui)
+
+
+def build_remote_app(fleet: RemoteFleet, ui: Any, limits: ServerLimits = ServerLimits(),
+                     allowed_hosts: list[str] | None = None, routers: list[Any] = ()) -> FastAPI:
+    """The UI over remote engines: the fleet's endpoints, /health and the UI (the chat sends to the
+    engines themselves; their own /v1 stays where it is)."""
+    app = FastAPI(title="PagedChat (remote engines)", docs_url=None, redoc_url=None)
+    app.include_router(build_fleet_router(fleet))
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=None)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        replicas = [{"url": r.spec.url, "state": r.state} for r in fleet.replicas]
+        up = fleet.alive
+        return JSONResponse({"status": "ok" if up else "no engine up", "replicas": replicas}, 200 if up else 503)
 
     return _mount_ui(app, ui)
 

@@ -150,3 +150,56 @@ class PrefixTree:
             stack.extend((c, depth + 1) for c in reversed(children.get(h, [])))
         return TreeSnapshot(tuple(views), len(self), len(self._dead), self.block_size, self.batches,
                             self.stored_blocks, self.removed_blocks, self.clears, self.last_ts)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of blocks with no branch inside and one state (cached or evicted): what a view draws as
+    one bar. The tree of segments is the radix tree of the prompts the cache holds."""
+
+    id: str  # its first block's hash label
+    parent: str | None  # the segment it continues, None for a root
+    depth: int  # segments above it
+    start: int  # its first block's position in the prompt, in blocks
+    blocks: int
+    token_ids: tuple[int, ...]
+    alive: bool
+    stored: int  # the most times one of its blocks was stored (> 1: recomputed after an eviction)
+    last: str  # its last block's hash label
+
+
+def segments(snap: TreeSnapshot, limit: int = 400) -> tuple[list[Segment], int]:
+    """The tree of `snap` with chains joined, depth first; at most `limit` segments (evicted ones
+    are dropped first, then the deepest-listed), and how many were left out."""
+    children: dict[str | None, list[NodeView]] = {}
+    for n in snap.nodes:
+        children.setdefault(n.parent, []).append(n)
+    out: list[Segment] = []
+    stack: list[tuple[NodeView, str | None, int, int]] = [(n, None, 0, 0) for n in reversed(children.get(None, []))]
+    while stack:
+        first, parent, depth, start = stack.pop()
+        chain = [first]
+        while len(kids := children.get(chain[-1].hash, [])) == 1 and kids[0].alive == first.alive:
+            chain.append(kids[0])
+        tokens = tuple(t for n in chain for t in n.token_ids)
+        out.append(Segment(first.hash, parent, depth, start, len(chain), tokens, first.alive,
+                           max(n.stored for n in chain), chain[-1].hash))
+        stack.extend((k, first.hash, depth + 1, start + len(chain))
+                     for k in reversed(children.get(chain[-1].hash, [])))
+    if len(out) <= limit:
+        return out, 0
+    # a child is listed after its parent: one pass keeps whole paths from the roots
+    alive = sum(s.alive for s in out)
+    room_dead = max(0, limit - alive)
+    kept: list[Segment] = []
+    ids: set[str] = set()
+    for s in out:
+        if len(kept) >= limit or (s.parent is not None and s.parent not in ids):
+            continue
+        if not s.alive:
+            if room_dead <= 0:
+                continue
+            room_dead -= 1
+        kept.append(s)
+        ids.add(s.id)
+    return kept, len(out) - len(kept)

@@ -84,48 +84,67 @@ def chat_request(message: Any, history: Any, system_prompt: Any, temperature: An
 
 
 Responder = Callable[[str, list[dict[str, Any]], str, float, float, float], AsyncIterator[str]]
+# a chat's text as it streams: (prompt, params, request id) -> the first sample's deltas; errors are
+# the engine's kinds (RequestRejected, EngineOverloaded, EngineDeadError)
+TextStream = Callable[[ChatPrompt, SamplingParams, str], AsyncIterator[str]]
 
 
-def make_responder(engine: EngineThread) -> Responder:
-    """The ChatInterface function, bound to `engine`."""
+def engine_texts(engine: EngineThread) -> TextStream:
+    """Text deltas from the engine thread; closing the iterator aborts the request."""
+
+    async def texts(prompt: ChatPrompt, params: SamplingParams, request_id: str) -> AsyncIterator[str]:
+        stream = await engine.submit_async(prompt, params, request_id=request_id)
+        try:
+            async for out in stream:
+                if out.error:
+                    raise RequestRejected(f"Sorry, this answer failed ({out.error}). Please try again.")
+                yield out.delta_text
+        finally:
+            stream.close()  # a no-op when finished; otherwise (stop, closed tab) an abort
+
+    return texts
+
+
+def make_responder(texts: TextStream, max_len: Callable[[], int]) -> Responder:
+    """The ChatInterface function over `texts` (the engine's, or remote engines'); `max_len`: the
+    context length the answer must fit in."""
 
     async def respond(message: str, history: list[dict[str, Any]], system_prompt: str, temperature: float,
                       top_p: float, max_new_tokens: float) -> AsyncIterator[str]:
         try:  # the validator stops an empty message in the UI; an API caller gets a clear error
             prompt, params = chat_request(message, history, system_prompt, temperature, top_p, max_new_tokens,
-                                          engine.info.max_model_len)
-            stream = await engine.submit_async(prompt, params, request_id=f"chat-{next(_ids)}")
-        except (ValueError, EngineDeadError) as exc:  # RequestRejected is a ValueError
+                                          max_len())
+        except ValueError as exc:
             raise gr.Error(str(exc)) from exc
+        chunks = texts(prompt, params, f"chat-{next(_ids)}")
         text = ""
         try:
-            async for out in stream:
-                if out.error:
-                    raise gr.Error(f"Sorry, this answer failed ({out.error}). Please try again.")
-                text += out.delta_text
+            async for delta in chunks:
+                text += delta
                 yield text
         except EngineOverloaded as exc:
             raise gr.Error("The server is busy right now: please try again in a few seconds.") from exc
         except (RequestRejected, EngineDeadError) as exc:
             raise gr.Error(str(exc)) from exc
         finally:
-            stream.close()  # a no-op when finished; otherwise (stop, closed tab) an abort
+            await chunks.aclose()
 
     return respond
 
 
-def build_chat(engine: EngineThread, default_max_tokens: int = 256, prefix: str = "", height: int = 460,
+def build_chat(texts: TextStream, max_len: int, default_max_tokens: int = 256, prefix: str = "", height: int = 460,
                api_name: str | None = "chat") -> gr.ChatInterface:
-    """Render the chat interface inside the current Blocks context. `prefix` sets its element ids
+    """Render the chat interface inside the current Blocks context, answering from `texts` within a
+    context of `max_len` tokens. `prefix` sets its element ids
     apart from another chat's on the same page (the presenter's stage has its own)."""
     settings = gr.Accordion("System prompt and sampling", open=False, render=False)
     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, render=False)
     temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)", render=False)
     top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", render=False)
-    max_tokens = gr.Slider(1, min(2048, engine.info.max_model_len - 1), value=default_max_tokens, step=1,
+    max_tokens = gr.Slider(1, min(2048, max_len - 1), value=default_max_tokens, step=1,
                            label="Max new tokens", render=False)
     chat = gr.ChatInterface(
-        make_responder(engine),
+        make_responder(texts, lambda: max_len),
         chatbot=gr.Chatbot(height=height, label="PagedChat", elem_id=f"{prefix}chatbot"),
         textbox=gr.Textbox(placeholder="Ask something...", elem_id=f"{prefix}chat-input", submit_btn=True,
                            stop_btn=True),

@@ -20,7 +20,7 @@ from ui.request_colors import palette
 LIVE_DIR = Path(__file__).parent / "live"
 # in this order: each uses the ones before
 SCRIPTS = ("feed_state.js", "charts.js", "dom.js", "concepts.js", "timeline.js", "wastes.js", "block_table.js", "kv_memory.js",
-           "step_costs.js", "panels.js", "live_view.js")
+           "step_costs.js", "panels.js", "live_view.js", "fleet_view.js")
 ASSET_PATH = "/live-view"
 
 
@@ -49,14 +49,25 @@ def live_view_router() -> APIRouter:
     return router
 
 
+def _head() -> str:
+    _, _, version = _bundle()
+    base = ASSET_PATH.lstrip("/")  # relative: works under a proxy's path prefix too
+    return (f'<link rel="stylesheet" href="{base}/live.css?v={version}">'
+            f'<script src="{base}/live.js?v={version}"></script>')
+
+
+def fleet_view(presenter: bool = False, elem_id: str | None = None) -> gr.HTML:
+    """The view over remote engines (server.fleet_api): replicas' health, load, latency and
+    prefix-cache trees. `presenter`: large tiles and the essential columns only."""
+    config = {"fleetUrl": "api/fleet", "treeUrl": "api/fleet/tree", "presenter": presenter}
+    return gr.HTML("", head=_head(), elem_id=elem_id, elem_classes=["pc-live-host"], apply_default_css=False,
+                   js_on_load=f"window.PagedChatFleet.mount(element, {json.dumps(config)});")
+
+
 def live_view(presenter: bool = False, replay: str | None = None, elem_id: str | None = None) -> gr.HTML:
     """One live view. `presenter`: large headline tiles, the block map and throughput only;
     `replay`: the label of the recording the feed replays (a banner says so)."""
-    _, _, version = _bundle()
     config = {"feedUrl": "api/feed", "traceUrl": "api/feed/trace", "requestUrl": "api/request", "palette": list(palette()),
               "presenter": presenter, "replay": replay, "fps": 5}
-    base = ASSET_PATH.lstrip("/")  # relative: works under a proxy's path prefix too
-    head = (f'<link rel="stylesheet" href="{base}/live.css?v={version}">'
-            f'<script src="{base}/live.js?v={version}"></script>')
-    return gr.HTML("", head=head, elem_id=elem_id, elem_classes=["pc-live-host"], apply_default_css=False,
+    return gr.HTML("", head=_head(), elem_id=elem_id, elem_classes=["pc-live-host"], apply_default_css=False,
                    js_on_load=f"window.PagedChatLive.mount(element, {json.dumps(config)});")

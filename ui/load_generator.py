@@ -16,11 +16,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from engine.engine_thread import ChatPrompt, EngineThread
 from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
 from engine.sampling_params import SamplingParams
+
+
+class Submitter(Protocol):
+    """Where simulated users send: the engine thread, or remote engines (server.remote_client)."""
+
+    def submit(self, prompt: ChatPrompt, params: SamplingParams, request_id: str) -> Any:
+        """A stream: iterable to the end, and `close()`-able from another thread (an abort)."""
+        ...
 
 
 def load_prompts(path: str | Path) -> list[str]:
@@ -126,7 +134,7 @@ def owner_label(owner: str | None) -> str:
 class LoadGenerator:
     """`start(n)` runs n user threads; `stop()` ends them and aborts their requests."""
 
-    def __init__(self, engine: EngineThread, prompts: list[str], config: LoadConfig = LoadConfig(),
+    def __init__(self, engine: EngineThread | Submitter, prompts: list[str], config: LoadConfig = LoadConfig(),
                  seed: int | None = None, policy: LoadPolicy = LoadPolicy()) -> None:
         if not prompts:
             raise ValueError("the load generator needs at least one prompt")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from engine.controls import Controls
 from engine.engine_thread import EngineThread
-from ui.load_generator import OPERATOR, LoadConfig, LoadGenerator
+from ui.load_generator import OPERATOR, LoadConfig, LoadGenerator, LoadRefused
 
 # About 700 tokens, the same for every user: after the first request, its full blocks are prefix-cache hits.
 SHARED_SYSTEM_PROMPT = "\n".join([
@@ -68,6 +68,12 @@ class Scenario:
     batching: str = "continuous"
     block_cap_tokens: int | None = None
     step_delay_s: float = 0.0
+
+    @property
+    def needs_engine(self) -> bool:
+        """It needs the engine's own controls (batching, a KV cap, slow motion): no remote engine
+        offers them over its API."""
+        return self.batching != "continuous" or self.block_cap_tokens is not None or self.step_delay_s > 0
 
     def workload(self, cpu: bool, max_model_len: int | None = None) -> tuple[int, LoadConfig]:
         """(simulated users, their load) on this kind of device; long prompts shortened to half of
@@ -138,11 +144,19 @@ def controls_for(s: Scenario, num_blocks: int, block_size: int) -> Controls:
     return Controls(batching=s.batching, block_cap=cap, step_delay_s=s.step_delay_s)
 
 
-def run_scenario(engine: EngineThread, load: LoadGenerator, key: str, owner: str = OPERATOR,
-                 key_: str | None = None) -> Scenario:
+def run_scenario(engine: EngineThread | None, load: LoadGenerator, key: str, owner: str = OPERATOR,
+                 key_: str | None = None, max_model_len: int | None = None) -> Scenario:
     """Start scenario `key`'s load (if `owner`, with presenter key `key_`, may: LoadRefused otherwise),
-    then apply its controls. The default controls come back when that load ends, however it ends."""
+    then apply its controls. The default controls come back when that load ends, however it ends.
+    `engine` None: the load generator sends to remote engines (a context of `max_model_len`), and
+    only scenarios that need no engine controls run (LoadRefused for the others)."""
     s = scenario(key)
+    if engine is None:
+        if s.needs_engine:
+            raise LoadRefused(f"“{s.title}” needs the engine's own controls, which a remote engine does not offer")
+        users, config = s.workload(cpu=False, max_model_len=max_model_len)
+        load.start(users, owner, key_, config=config, label=s.title)
+        return s
     users, config = s.workload(engine.info.device == "cpu", engine.info.max_model_len)
     load.start(users, owner, key_, config=config, on_stop=lambda: engine.set_controls(Controls()), label=s.title)
     engine.set_controls(controls_for(s, engine.info.num_blocks, engine.info.block_size))
