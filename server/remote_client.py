@@ -25,9 +25,17 @@ _RETRY_STATUS = (502, 503)
 
 
 def chat_body(model: str | None, prompt: ChatPrompt, params: SamplingParams) -> dict[str, Any]:
-    """The /v1/chat/completions body (streamed) for a prompt and its sampling parameters."""
-    return {"model": model or "default", "messages": [dict(m) for m in prompt.messages], "stream": True,
+    """The /v1/chat/completions body (streamed) for a prompt and its sampling parameters (vLLM's
+    extensions only when set: an OpenAI-only server never sees them otherwise)."""
+    body = {"model": model or "default", "messages": [dict(m) for m in prompt.messages], "stream": True,
             "n": params.n, "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens}
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.ignore_eos:
+        body["ignore_eos"] = True
+    if params.min_tokens:
+        body["min_tokens"] = params.min_tokens
+    return body
 
 
 def sse_chunk(line: str) -> dict[str, Any] | None:

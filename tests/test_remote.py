@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 
 from app import build_remote
 from engine.engine_thread import ChatPrompt
+from engine.request_stream import RequestRejected
 from engine.sampling_params import SamplingParams
 from server.remote_client import RemoteEngine
 from server.remote_fleet import RemoteFleet, RemoteSpec
@@ -189,10 +191,34 @@ def test_a_killed_replica_is_shown_down_and_the_chat_goes_on(browser, ui: Simple
     page.goto(ui.url)
     page.get_by_role("tab", name="Dashboard").click()
     page.wait_for_function("() => document.querySelectorAll('#live-view tr[data-state=up]').length === 2")
-    engines[1].kill()
-    killed = time.monotonic()
-    # before any poll notices, a request routed to the dead replica goes to the other
+    # an answer streaming from replica 1 when it dies fails with a message naming it
+    streamed: list[str] = []
+    outcome: list[BaseException] = []
+
+    async def long_answer() -> None:
+        prompt = ChatPrompt(({"role": "user", "content": "Tell me a long story about a lighthouse."},))
+        params = SamplingParams(max_tokens=600, temperature=0.0, ignore_eos=True)
+        async for delta in RemoteEngine(ui.fleet).chat(prompt, params, "long"):
+            streamed.append(delta)
+
+    def run_long() -> None:
+        try:
+            asyncio.run(long_answer())
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome.append(exc)
+
     with ui.fleet.replicas[0].request(), ui.fleet.replicas[0].request():  # replica 0 looks the busier
+        worker = threading.Thread(target=run_long)
+        worker.start()
+        wait_for(lambda: len(streamed) >= 3, 60, "the long answer streams from replica 1")
+        assert ui.fleet.replicas[1].in_flight == 1
+        engines[1].kill()
+        killed = time.monotonic()
+        worker.join(30)
+    assert outcome and isinstance(outcome[0], RequestRejected), outcome
+    assert "stopped mid-answer" in str(outcome[0]) and engines[1].spec.url in str(outcome[0])
+    # before any poll notices, a request routed to the dead replica goes to the other
+    with ui.fleet.replicas[0].request(), ui.fleet.replicas[0].request():
         assert ui.fleet.pick() is ui.fleet.replicas[1] or ui.fleet.replicas[1].state == "down"
         assert chat_text(ui.fleet, "Say hello.").strip()
     wait_for(lambda: ui.fleet.replicas[1].state == "down", 5, "the fleet marks the killed replica down")
