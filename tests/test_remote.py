@@ -166,22 +166,41 @@ def test_a_scenario_over_the_api_loads_both_replicas_and_grows_one_chain_each(
         ui.load.stop()
 
 
-def alive_hashes(fleet: RemoteFleet, i: int) -> set[str]:
-    return {n.hash for n in fleet.replicas[i].tree.snapshot().nodes if n.alive}
+def structure(tree: dict[str, Any]) -> list[tuple]:
+    return [(x["id"], x["parent"], x["blocks"], x["alive"]) for x in tree["segments"]]
 
 
 def test_a_late_joining_ui_rebuilds_the_trees_from_the_replay_sockets(ui: SimpleNamespace,
-                                                                      engines: list[EngineProcess]) -> None:
+                                                                      engines: list[EngineProcess],
+                                                                      tmp_path: Path) -> None:
+    """`python app.py --engine-url ... --engine-kv-events ...`, started after the events: its trees
+    equal the first UI's, block for block."""
     time.sleep(2.0)  # the load is stopped: the caches hold still
-    before = [alive_hashes(ui.fleet, i) for i in range(2)]
-    assert all(len(b) > 30 for b in before)
-    late = RemoteFleet([e.spec for e in engines]).start()
+    before = [ui.fleet.tree_json(i) for i in range(2)]
+    assert all(t["alive"] > 30 and t["lost"] == 0 for t in before)
+    port = free_port()
+    cmd = [sys.executable, "app.py", "--port", str(port)]
+    for e in engines:
+        cmd += ["--engine-url", e.spec.url, "--engine-kv-events", f"{e.spec.kv_events},{e.spec.kv_replay}"]
+    log = tmp_path / "late-ui.log"
+    late = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: [alive_hashes(late, i) for i in range(2)] == before, 30,
-                 "the late joiner's trees equal the first UI's")
-        assert all(r.subscriber.lost == 0 for r in late.replicas)
+        def trees() -> list[dict[str, Any]] | None:
+            assert late.poll() is None, log.read_text()[-3000:]
+            try:
+                return [httpx.get(f"{url}/api/fleet/tree/{i}", timeout=5).json() for i in range(2)]
+            except httpx.HTTPError:
+                return None
+
+        wait_for(lambda: (t := trees()) and [structure(x) for x in t] == [structure(b) for b in before], 90,
+                 "the late UI's trees equal the first UI's")
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "ok" and [r["state"] for r in health["replicas"]] == ["up", "up"]
+        assert all(t["lost"] == 0 and t["batches"] > 0 for t in trees())
     finally:
-        late.stop()
+        late.send_signal(signal.SIGTERM)
+        late.wait(20)
 
 
 def test_a_killed_replica_is_shown_down_and_the_chat_goes_on(browser, ui: SimpleNamespace,
