@@ -11,12 +11,12 @@
   const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
   const HISTORY_S = 300, WINDOW_S = 120, TREE_EVERY_MS = 2000;
   const TILES = [
-    ["up", "Replicas up", "/health answers"],
+    ["up", "Replicas up", "answering /health"],
     ["reqs", "Requests", "running · waiting"],
-    ["kv", "KV cache use", "mean, replicas up"],
-    ["tps", "Output tok/s", "all replicas, 5 s"],
-    ["ttft", "TTFT p50", "all replicas, 30 s"],
-    ["itl", "ITL p50", "all replicas, 30 s"],
+    ["kv", "KV use", "mean of replicas"],
+    ["tps", "Output tok/s", "last 5 s"],
+    ["ttft", "TTFT p50", "last 30 s"],
+    ["itl", "ITL p50", "last 30 s"],
   ];
   // [key, header, cell(point, replica), presenter too]
   const COLUMNS = [
@@ -117,7 +117,8 @@
       const key = el("div", "pc-key");
       key.innerHTML = '<i class="pc-k-seg"></i>cached blocks (a bar: a chain of blocks with no branch) ' +
         '<i class="pc-k-seg pc-k-dead"></i>evicted <i class="pc-k-flash"></i>new since the last look ' +
-        '<b>↻2</b> stored twice (recomputed after an eviction)';
+        '<b>↻2</b> stored twice (recomputed after an eviction) · hits per block: not in KV events (see the ' +
+        'Prefix hits column)';
       tree.appendChild(key);
       this.treeList = el("div", "pc-tree");
       tree.appendChild(this.treeList);
@@ -313,9 +314,7 @@
       setText(this.treeNote, `Replica ${tree.replica + 1} (${tree.kv_events}): ${tree.alive.toLocaleString()} blocks cached` +
         ` in ${chains} root chain${chains === 1 ? "" : "s"} · ${tree.evicted.toLocaleString()} evicted · ` +
         `${tree.batches.toLocaleString()} event batches · block size ${tree.block_size || "?"}` +
-        (tree.lost ? ` · ${tree.lost} batches lost` : "") + (tree.hidden ? ` · ${tree.hidden} branches not drawn` : "") +
-        ". Hits per block are not known: vLLM's KV events name blocks stored and removed, not reused " +
-        "(the Prefix hits column counts them).");
+        (tree.lost ? ` · ${tree.lost} batches lost` : "") + (tree.hidden ? ` · ${tree.hidden} branches not drawn` : ""));
       const color = COLORS[tree.replica % COLORS.length];
       const maxBlocks = Math.max(1, ...tree.segments.map((s) => s.blocks));
       const rows = tree.segments.map((s) => {
