@@ -2,8 +2,9 @@
 
 W256: a random-weight model of Qwen3-0.6B's shape, bf16; 256 requests, prompt lengths uniform in
 [100, 1024] (random token ids, seed 0), 512 new tokens each, EOS ignored, greedy, all at once.
-Also: single-stream decode (128-token prompt, 256 new tokens) and the TTFT of a lone 1,024-token
-prompt. The memory roofline (weights + each step's KV reads at the measured copy bandwidth, plus
+Also: single-stream decode (128-token prompt, 256 new tokens), the TTFT of a lone 1,024-token
+prompt, and nano-vllm's own workload (its bench.py: 256 requests, prompt and output lengths each
+uniform in [100, 1024], token ids below 10,000, temperature 0.6, EOS ignored, seed 0). The memory roofline (weights + each step's KV reads at the measured copy bandwidth, plus
 the prefill's matmul work at the measured bf16 rate) is printed beside them.
 
     python benchmarks/gpu_w256.py [--hf none|padded|all] [--hf-requests 64]
@@ -28,6 +29,14 @@ from engine import LLM, SamplingParams  # noqa: E402
 def workload(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(vocab - 2) for _ in range(rng.randint(100, 1024))] for _ in range(n)]
+
+
+def nano_workload(n: int = 256, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    """nano-vllm's bench.py, drawn in its order from one seeded generator: the prompts, then each
+    request's output length."""
+    rng = random.Random(seed)
+    prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(100, 1024))] for _ in range(n)]
+    return prompts, [rng.randint(100, 1024) for _ in range(n)]
 
 
 def copy_bandwidth() -> float:
@@ -56,12 +65,15 @@ def matmul_rate() -> float:
     return 2 * 8192**3 * 10 / (time.perf_counter() - start)
 
 
-def roofline(prompts: list[list[int]], new: int, weight_bytes: int, kv_per_token: int, params: int) -> float:
-    """Output tok/s if every decode step only moved weights + KV and prefill only did its matmuls."""
-    kv = sum(sum(len(p) + t for t in range(new)) for p in prompts) * kv_per_token
-    decode = (new * weight_bytes + kv) / copy_bandwidth()
+def roofline(prompts: list[list[int]], new: int | list[int], weight_bytes: int, kv_per_token: int,
+             params: int) -> float:
+    """Output tok/s if every decode step only moved weights + KV and prefill only did its matmuls
+    (all requests at once: the weights are read once a step for as many steps as the longest output)."""
+    news = new if isinstance(new, list) else [new] * len(prompts)
+    kv = sum(len(p) * n + n * (n - 1) // 2 for p, n in zip(prompts, news)) * kv_per_token
+    decode = (max(news) * weight_bytes + kv) / copy_bandwidth()
     prefill = 2 * params * sum(len(p) for p in prompts) / matmul_rate()
-    return len(prompts) * new / (decode + prefill)
+    return sum(news) / (decode + prefill)
 
 
 def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
@@ -82,6 +94,12 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
         start = time.perf_counter()
         results = llm.generate(prompts, [make(i) for i in range(len(prompts))])
         out[name] = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
+    nano_prompts, nano_new = nano_workload()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = llm.generate(nano_prompts, [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True)
+                                          for n in nano_new])
+    out["nano"] = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
     engine.add_request("single", prompts[0][:128], SamplingParams(temperature=0.0, max_tokens=256, ignore_eos=True))
     stamps = []
     while engine.has_unfinished_requests():
@@ -173,6 +191,7 @@ def main() -> None:
     mc = engine.model_config
     params = sum(p.numel() for p in engine.runner.model.parameters())
     ceiling = roofline(prompts, args.new_tokens, params * 2, mc.kv_bytes_per_token(2), params)
+    nano_ceiling = roofline(*nano_workload(), params * 2, mc.kv_bytes_per_token(2), params)
     mine = ours(llm, prompts, args.new_tokens)
     feed_ab = feed_on_off(llm, prompts, args.new_tokens, args.feed_ab)
     del llm, engine
@@ -193,6 +212,8 @@ def main() -> None:
     print(f"| PagedChat | {mine['w256']:,.0f} | {mine['single']:,.0f} | {mine['ttft_ms']:.1f} ms |")
     print(f"| PagedChat, temperature 0.7, top-p 0.9, seeded | {mine['w256_top_p_seeded']:,.0f} | | |")
     print(f"| PagedChat, temperature 0.7, top-k 50 | {mine['w256_top_k']:,.0f} | | |")
+    print(f"| PagedChat, nano-vllm's workload (prompts and outputs 100-1024, temperature 0.6) | {mine['nano']:,.0f} "
+          f"(roofline {nano_ceiling:,.0f}) | | |")
     for k, (off, on) in enumerate(feed_ab, start=1):
         print(f"| PagedChat, event feed off / on, round {k} | {off:,.0f} / {on:,.0f} ({on / off - 1:+.1%}) | | |")
     if theirs:
