@@ -78,8 +78,9 @@ def _no_replica(tried: list[str]) -> EngineDeadError:
 class RemoteStream:
     """A streamed answer from one replica, read by a blocking thread; `close()` from any thread."""
 
-    def __init__(self, replica: Replica, response: httpx.Response, client: httpx.Client, done: Any) -> None:
-        self.replica, self._response, self._client, self._done = replica, response, client, done
+    def __init__(self, replica: Replica, response: httpx.Response, client: httpx.Client) -> None:
+        """Takes over the replica's in-flight count (`Replica.begin`), ended by `close()`."""
+        self.replica, self._response, self._client = replica, response, client
         self.closed = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -102,7 +103,7 @@ class RemoteStream:
             self._response.close()
             self._client.close()
         finally:
-            self._done.__exit__(None, None, None)
+            self.replica.end()
 
 
 class RemoteEngine:
@@ -117,23 +118,22 @@ class RemoteEngine:
         while (replica := self.fleet.pick({r.index for r in self.fleet.replicas if r.spec.url in tried})) is not None:
             tried.append(replica.spec.url)
             client = httpx.Client(timeout=TIMEOUT, headers={**self.headers, "X-Request-Id": request_id})
-            counted = replica.request()
-            counted.__enter__()
+            replica.begin()
             try:
                 request = client.build_request("POST", f"{replica.spec.url}/v1/chat/completions",
                                                json=chat_body(replica.model, prompt, params))
                 response = client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout) as exc:
-                counted.__exit__(None, None, None)
+                replica.end()
                 client.close()
                 replica.mark_down(f"a request failed: {type(exc).__name__}")
                 continue
             if response.status_code == 200:
-                return RemoteStream(replica, response, client, counted)
+                return RemoteStream(replica, response, client)
             body = response.read()
             response.close()
             client.close()
-            counted.__exit__(None, None, None)
+            replica.end()
             if response.status_code in _RETRY_STATUS:
                 replica.mark_down(f"HTTP {response.status_code}")
                 continue

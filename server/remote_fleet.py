@@ -103,16 +103,23 @@ class Replica:
         self._thread.join(self.timeout + 1)
         self._text_thread.join(self.timeout * 2 + 1)
 
+    def begin(self) -> None:
+        """A request to this replica starts: counted in flight (for routing) until `end()`."""
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
     @contextmanager
     def request(self) -> Iterator[None]:
         """Count a request in flight to this replica while it lasts."""
-        with self._lock:
-            self.in_flight += 1
+        self.begin()
         try:
             yield
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            self.end()
 
     def mark_down(self, error: str) -> None:
         """A request found it unreachable: down now, not at the next poll."""
