@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from benchmarks.cpu_throughput import cpu_name
 from engine.attention import get_backend
-from engine.forward_metadata import ScheduledChunk, build_metadata
+from engine.attention.backend import AttentionShape
+from engine.forward_metadata import ScheduledChunk
+from engine.step_inputs import build_metadata
 from engine.model_loader import load_model, resolve_model
 from engine.models import LlamaForCausalLM
 from engine.models.layers import Linear
@@ -33,10 +35,13 @@ def time_decode(model: LlamaForCausalLM, batch: int, context: int, steps: int) -
     tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(batch)]
     prompts = torch.randint(0, cfg.vocab_size, (batch, context)).tolist()
     chunks = [ScheduledChunk(p, 0, t, 1) for p, t in zip(prompts, tables)]
+    # planned once a step, for every layer, as the engine's StepInputs does
+    backend = model.model.layers[0].self_attn.backend
+    shape = AttentionShape(cfg.num_heads, cfg.num_kv_heads, batch * blocks_per_seq * BLOCK_SIZE, torch.device("cpu"))
     times = []
     with torch.inference_mode():
         for step in range(steps + 1):
-            meta = build_metadata(chunks, BLOCK_SIZE, "cpu")
+            meta = build_metadata(chunks, BLOCK_SIZE, "cpu", backend, shape)
             start = time.perf_counter()
             hidden = model(meta.input_ids, meta.positions, caches, meta)
             next_ids = model.compute_logits(hidden[meta.logits_indices]).argmax(-1).tolist()

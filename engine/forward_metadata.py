@@ -1,7 +1,11 @@
-"""What one forward pass needs besides the weights: the flattened batch, explicitly passed."""
+"""What one forward pass needs besides the weights: the flattened batch, explicitly passed.
+
+engine/step_inputs.py builds it (`StepInputs`, or `build_metadata` for one step alone).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +33,10 @@ class ForwardMetadata:
     query_lens_cpu: list[int]
     context_lens_cpu: list[int]
     block_size: int
+    # the attention backend's plan of this step, shared by every layer (split counts, query tiles,
+    # gather rows: see each backend's `plan`); None where the metadata was built without a backend
+    # (tests, references), and then the backend plans at each call
+    plan: Any = None
 
     @property
     def num_seqs(self) -> int:
@@ -65,54 +73,15 @@ class ScheduledChunk:
     prompt_k: int = 0  # and the most likely alternatives to each of them to report
 
 
-def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.device | str) -> ForwardMetadata:
-    """Flatten a step's chunks into one ForwardMetadata (one host-to-device copy per field)."""
-    input_ids: list[int] = []
-    positions: list[int] = []
-    slots: list[int] = []
-    query_lens: list[int] = []
-    context_lens: list[int] = []
-    logits_indices: list[int] = []
-    prompt_rows: list[int] = []
-    width = max((len(c.block_table) for c in chunks), default=0)
-    tables = np.zeros((len(chunks), width), dtype=np.int32)
-    for i, chunk in enumerate(chunks):
-        n = len(chunk.token_ids)
-        start, end = chunk.start_pos, chunk.start_pos + n
-        table = chunk.block_table
-        if n < 1 or len(table) * block_size < end:
-            raise ValueError(f"chunk of {n} tokens ending at {end} does not fit its block table")
-        tables[i, :len(table)] = table
-        input_ids.extend(chunk.token_ids)
-        if n == 1:  # a decode: the common case, kept free of inner loops
-            positions.append(start)
-            slots.append(table[start // block_size] * block_size + start % block_size)
-        else:
-            positions.extend(range(start, end))
-            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
-        query_lens.append(n)
-        context_lens.append(end)
-        logits_indices.extend([len(input_ids) - 1] * chunk.num_samples)
-        if chunk.prompt_targets:
-            first = len(input_ids) - n
-            prompt_rows.extend(range(first, first + len(chunk.prompt_targets)))
-    starts = [0]
-    for n in query_lens:
-        starts.append(starts[-1] + n)
+Index = TypeVar("Index", np.ndarray, torch.Tensor)
 
-    def t(data: list | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        host = torch.from_numpy(data) if isinstance(data, np.ndarray) else torch.tensor(data, dtype=dtype)
-        return host.to(device, non_blocking=True)
 
-    return ForwardMetadata(
-        input_ids=t(input_ids, torch.int64),
-        positions=t(positions, torch.int64),
-        slot_mapping=t(slots, torch.int64),
-        block_tables=t(tables, torch.int32),
-        context_lens=t(context_lens, torch.int32),
-        query_start_loc=t(starts, torch.int32),
-        logits_indices=t(logits_indices + prompt_rows, torch.int64),
-        query_lens_cpu=query_lens,
-        context_lens_cpu=context_lens,
-        block_size=block_size,
-    )
+def cache_slots(tables: Index, rows: Index | slice, positions: Index, block_size: int) -> Index:
+    """The cache slot of each position through its sequence's block table: block * block_size + offset.
+
+    tables [B, max_blocks] (int32), rows and positions broadcast against each other; numpy arrays
+    or torch tensors alike. Returns int64 of their broadcast shape.
+    """
+    blocks = tables[rows, positions // block_size]
+    blocks = blocks.long() if isinstance(blocks, torch.Tensor) else blocks.astype(np.int64)
+    return blocks * block_size + positions % block_size

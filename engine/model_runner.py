@@ -6,15 +6,17 @@ import gc
 import torch
 
 from engine.attention import get_backend
+from engine.attention.backend import AttentionShape
 from engine.config import CacheConfig, EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.device_peaks import measure_peaks
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
+from engine.forward_metadata import ForwardMetadata, ScheduledChunk
 from engine.model_loader import load_model
 from engine.prefill_graphs import PrefillGraphs
 from engine.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
 from engine.outputs import TokenLogprobs
 from engine.sampler import SampleRow, Sampler
+from engine.step_inputs import StepInputs, StepLimits, build_metadata
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,7 +39,8 @@ def resolve_dtype(name: str, device: torch.device, bf16_supported: bool | None =
 
 
 class ModelRunner:
-    """Owns the weights, the KV cache tensors, the decode graphs and the sampler; knows nothing of scheduling."""
+    """Owns the weights, the KV cache tensors, the step inputs' buffers, the graphs and the sampler;
+    knows nothing of scheduling."""
 
     def __init__(self, config: EngineConfig, model_path: str) -> None:
         self.device = resolve_device(config.device)
@@ -62,15 +65,20 @@ class ModelRunner:
                                  self.num_blocks * self.block_size)
         self.kv_caches = self._allocate_kv(self.num_blocks)
         self.sampler = Sampler(config.seed)
+        sched, mc = config.scheduler, self.model_config
+        max_blocks = -(-self.max_model_len // self.block_size)
+        # a captured decode batch pads to max_num_seqs tokens, which may exceed the token budget
+        limits = StepLimits(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs, max_blocks,
+                            sched.max_num_seqs)
+        shape = AttentionShape(mc.num_heads, mc.num_kv_heads, self.num_blocks * self.block_size, self.device)
+        self.inputs = StepInputs(limits, self.block_size, self.device, self.backend, shape, self.sampler,
+                                 mc.vocab_size)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         if self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton":
-            max_blocks = -(-self.max_model_len // self.block_size)
-            plan = lambda: self.backend.current_plan  # noqa: E731
-            self.graphs = DecodeGraphs(self._logits_of, plan, config.scheduler.max_num_seqs, max_blocks,
-                                       self.block_size, self.device)
-            self.prefill_graphs = PrefillGraphs(self._logits_of, plan, config.scheduler.max_num_batched_tokens,
-                                                max_blocks, self.block_size, self.device)
+            self.graphs = DecodeGraphs(self._logits_of, self.inputs, sched.max_num_seqs, max_blocks, self.device)
+            self.prefill_graphs = PrefillGraphs(self._logits_of, self.inputs, sched.max_num_batched_tokens,
+                                                max_blocks, self.device)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -93,7 +101,9 @@ class ModelRunner:
             n = min(per_seq, left)
             chunks.append(ScheduledChunk([0] * n, 0, table, 1))
             left -= n
-        meta = build_metadata(chunks, self.block_size, self.device)
+        mc = self.model_config
+        shape = AttentionShape(mc.num_heads, mc.num_kv_heads, blocks * self.block_size, self.device)
+        meta = build_metadata(chunks, self.block_size, self.device, self.backend, shape)
         self._logits_of(meta.input_ids, meta.positions, meta)
         del self.kv_caches
         torch.cuda.synchronize(self.device)
@@ -116,14 +126,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> "PendingTokens":
-        """Queue one forward pass and its sampling on the device; the host is free until result()."""
-        self._copy_blocks(copies)
-        if self.graphs is not None and self.graphs.accepts(chunks):
-            logits = self.graphs.run(chunks)
-        elif self.prefill_graphs is not None and self.prefill_graphs.accepts(chunks):
-            logits = self.prefill_graphs.run(chunks)
+        """Queue one forward pass and its sampling on the device; the host is free until result().
+
+        The step's inputs (metadata, attention plan, sampling tensors, block copies) go over in one
+        copy; a step that a captured graph holds is built in its padded shape and replays it."""
+        graphs = self._graphs_for(chunks)
+        step = self.inputs.build(chunks, rows, copies, graphs.padding(chunks) if graphs is not None else None)
+        self._copy_blocks(step.block_copies)
+        meta = step.meta
+        if graphs is not None:
+            logits = graphs.run(chunks, meta)
         else:
-            meta = build_metadata(chunks, self.block_size, self.device)
             logits = self._logits_of(meta.input_ids, meta.positions, meta)
         prompt = None
         if any(c.prompt_targets for c in chunks):  # the rows after the sampled ones
@@ -133,8 +146,15 @@ class ModelRunner:
             logits = logits[:len(rows)]
         if not rows:
             return PendingTokens(None, prompt=prompt)
-        tokens = self.sampler.sample(logits, rows)
+        tokens = self.sampler.sample(logits, rows, step.sampling)
         return PendingTokens(tokens, sampled_logprobs(logits, [r.params.logprobs for r in rows], tokens), prompt)
+
+    def _graphs_for(self, chunks: list[ScheduledChunk]) -> DecodeGraphs | PrefillGraphs | None:
+        """The captured graphs that hold a step of these chunks, if any."""
+        for graphs in (self.graphs, self.prefill_graphs):
+            if graphs is not None and graphs.accepts(chunks):
+                return graphs
+        return None
 
     def device_usable(self) -> bool:
         """After a failed step: can the device still run work? A device-side assert or a lost CUDA
@@ -149,11 +169,11 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return True
 
-    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
-        if not copies:
+    def _copy_blocks(self, copies: torch.Tensor | None) -> None:
+        """Copy-on-write of shared blocks: copies [2, C] int64 (sources, destinations) on the device."""
+        if copies is None:
             return
-        src = torch.tensor([s for s, _ in copies], device=self.device)
-        dst = torch.tensor([d for _, d in copies], device=self.device)
+        src, dst = copies
         for cache in self.kv_caches:
             cache[:, dst] = cache[:, src]
 

@@ -17,23 +17,27 @@ On a GPU, after temperature and top-k, the draw is one Triton program per row
 (engine/triton_sample.py): top-p and min-p by rejection, with no sort and no softmax, its noise a
 hash of the row's seed (row_seed for a seeded row, so still batch-independent; the host's own
 generator for the others). Nothing here waits for the device: per-row parameters and index lists
-go over from pinned host memory without blocking (`on_device`), and sizes come from the host-side
-parameters, never from a device value. A decode step's sampling is queued behind its forward pass
-and the host goes on; tests run a mixed batch under torch.cuda.set_sync_debug_mode("error").
+go over from pinned host memory without blocking (in the engine the per-row ones ride in the step's
+one copy of its inputs, engine/sampling_tensors.py; otherwise `on_device`), and sizes come from the
+host-side parameters, never from a device value. A decode step's sampling is queued behind its
+forward pass and the host goes on; tests run a mixed batch under torch.cuda.set_sync_debug_mode("error").
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import math
 from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.sampling_params import SamplingParams
+from engine.sampling_tensors import SamplingTensors, clip_top_k, gpu_seed, row_seed, sort_free_sampler, stage_sampling
+
+if TYPE_CHECKING:
+    from engine.staging import Stage
 
 # Below this a temperature is treated as greedy: dividing by it would only overflow.
 MIN_TEMPERATURE = 1e-5
@@ -68,13 +72,17 @@ class Sampler:
         self._seeded: dict[torch.device, torch.Generator] = {}  # reseeded for each seeded row
         self._host_rng = random.Random(generator_seed)  # unseeded rows' seeds for the GPU kernel
 
-    def sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    def sample(self, logits: torch.Tensor, rows: list[SampleRow],
+               staged: SamplingTensors | None = None) -> torch.Tensor:
         """Return the next token of each row, [S] int64, from logits [S, V] float32; INVALID_TOKEN
         for a row that cannot be sampled (see the module docstring).
 
-        The caller's logits are never modified. The check costs one reduction and no host sync.
+        `staged`: the rows' per-row tensors, already on the device (`stage`, through StepInputs);
+        without them they are copied here. The caller's logits are never modified. The check costs
+        one reduction and no host sync.
         """
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
+        assert staged is None or staged.vocab_size == logits.shape[1], "staged for another vocabulary"
         if any(r.guide is not None for r in rows):  # before the check: a grammar allowing nothing fails its row
             from engine.structured_output import apply_guides  # llguidance only where a grammar is used
             logits = apply_guides(logits, rows)
@@ -83,36 +91,44 @@ class Sampler:
         if any(r.banned or r.params.adjusts_logits for r in rows):  # one pass over the batch, not four
             logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
             logits = apply_bans(logits, rows)
-        tokens = self._sample(logits, rows)
+        tokens = self._sample(logits, rows, staged)
         return tokens.masked_fill_(~sane, INVALID_TOKEN)  # rows are independent: a bad one harms none
 
-    def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    def stage(self, rows: list[SampleRow], vocab_size: int, device: torch.device,
+              stage: Stage) -> SamplingTensors | None:
+        """The rows' per-row tensors through `stage` (a Stage: StepInputs' one copy), for `sample`;
+        None when every row is greedy. Draws the unseeded rows' GPU seeds now, in `sample`'s stead."""
+        return stage_sampling(rows, vocab_size, device, stage, self._host_rng)
+
+    def _sample(self, logits: torch.Tensor, rows: list[SampleRow], staged: SamplingTensors | None) -> torch.Tensor:
         greedy = [r.greedy for r in rows]
         if all(greedy):  # fast path: no softmax, no sort, no noise
             return logits.argmax(dim=-1)
         if not any(greedy):
-            return self._sample_random(logits, rows)
+            return self._sample_random(logits, rows, staged)
         out = logits.argmax(dim=-1)  # [S]; sampled rows overwritten below
         idx = [i for i, g in enumerate(greedy) if not g]
-        idx_t = on_device(idx, torch.int64, logits.device)
-        out[idx_t] = self._sample_random(logits[idx_t], [rows[i] for i in idx])
+        idx_t = staged.random_rows if staged is not None else on_device(idx, torch.int64, logits.device)
+        out[idx_t] = self._sample_random(logits[idx_t], [rows[i] for i in idx], staged)
         return out
 
-    def _sample_random(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    def _sample_random(self, logits: torch.Tensor, rows: list[SampleRow],
+                       staged: SamplingTensors | None) -> torch.Tensor:
         """Temperature, filters and the exponential race for rows that all sample."""
         device = logits.device
-        # the rows' float parameters in one pinned buffer, one copy: temperature, top_p, min_p
-        floats = on_device([[r.params.temperature, r.params.top_p, r.params.min_p] for r in rows],
-                           logits.dtype, device)
+        # [S, 3] temperature, top_p, min_p: staged with the step's inputs, or in one pinned buffer, one copy
+        floats = staged.params.to(logits.dtype) if staged is not None else on_device(
+            [[r.params.temperature, r.params.top_p, r.params.min_p] for r in rows], logits.dtype, device)
         logits = logits.div(floats[:, :1])  # [S, V], a fresh tensor the filters may edit in place
         top_k = [r.params.top_k for r in rows]
         if any(k > 0 for k in top_k):
-            apply_top_k(logits, top_k)
-        sort_free_sample = _sort_free_sampler() if logits.is_cuda else None
+            apply_top_k(logits, top_k, None if staged is None else staged.top_k)
+        sort_free_sample = sort_free_sampler() if logits.is_cuda else None
         if sort_free_sample is not None:  # top-p and min-p by rejection in one kernel per row: no sort, no softmax
-            seeds = [row_seed(r.params.seed, r.sample_index, r.step) if r.params.seed is not None
-                     else self._host_rng.getrandbits(64) for r in rows]
-            seeds_t = on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, device)
+            seeds_t = staged.seeds if staged is not None else None
+            if seeds_t is None:
+                seeds = [gpu_seed(r, self._host_rng) for r in rows]
+                seeds_t = on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, device)
             return sort_free_sample(logits.float(), floats[:, 1].float(), floats[:, 2].float(), seeds_t)
         top_p = [r.params.top_p for r in rows]
         if any(p < 1.0 for p in top_p):
@@ -158,21 +174,6 @@ class Sampler:
         return self._seeded[device]
 
 
-def _sort_free_sampler():
-    """engine.triton_sample.sample, or None where Triton does not import (the torch path serves)."""
-    global _SORT_FREE
-    if _SORT_FREE is None:
-        try:
-            from engine.triton_sample import sample
-            _SORT_FREE = sample
-        except ImportError:
-            _SORT_FREE = False
-    return _SORT_FREE or None
-
-
-_SORT_FREE = None
-
-
 def on_device(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A host list as a tensor on `device`; on a GPU through pinned memory and a non-blocking copy,
     so that the host does not wait for the work queued before it (a pageable copy would)."""
@@ -180,12 +181,6 @@ def on_device(data: list, dtype: torch.dtype, device: torch.device) -> torch.Ten
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
-
-
-def row_seed(seed: int, sample_index: int, step: int) -> int:
-    """A 64-bit generator seed that depends only on the triple (a hash, so nearby triples differ)."""
-    digest = hashlib.blake2b(f"{seed}:{sample_index}:{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 def apply_logit_bias(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
@@ -261,11 +256,14 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: list[SampleRow]) -> tor
     return out
 
 
-def apply_top_k(logits: torch.Tensor, top_k: list[int]) -> None:
-    """Keep each row's k largest logits (k 0 keeps all), in place, without a full sort."""
+def apply_top_k(logits: torch.Tensor, top_k: list[int], ks: torch.Tensor | None = None) -> None:
+    """Keep each row's k largest logits (k 0 keeps all), in place, without a full sort.
+
+    ks: the rows' clipped ks [S] int64 on the device, if already there (staged)."""
     vocab = logits.shape[1]
-    host_ks = [min(k, vocab) if k > 0 else vocab for k in top_k]
-    ks = on_device(host_ks, torch.int64, logits.device)
+    host_ks = [clip_top_k(k, vocab) for k in top_k]
+    if ks is None:
+        ks = on_device(host_ks, torch.int64, logits.device)
     top_values = logits.topk(max(host_ks), dim=-1).values  # [S, k_max], descending
     threshold = top_values.gather(1, (ks - 1)[:, None])  # [S, 1], the k-th largest logit
     threshold = threshold.masked_fill((ks == vocab)[:, None], -math.inf)  # a disabled row keeps everything

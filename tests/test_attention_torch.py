@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from engine.attention import TorchAttentionBackend, get_backend
-from engine.forward_metadata import ScheduledChunk, build_metadata
+from engine.attention.backend import AttentionShape
+from engine.forward_metadata import ScheduledChunk
+from engine.step_inputs import build_metadata
 from attention_cases import build_case, random_specs
 
 NUM_KV_HEADS = 2
@@ -72,13 +74,19 @@ def test_edge_cases(specs: list[tuple[int, int]]) -> None:
     run_case(specs, block_size=16, group=3, seed=7)
 
 
-def test_plan_is_rebuilt_for_each_step() -> None:
-    """The backend caches a plan per metadata object; a new step must not reuse the old one."""
+def test_the_plan_travels_in_the_metadata() -> None:
+    """Built with a backend, a step's metadata carries its plan, which every layer reads; for
+    another cache (or metadata built without a backend) the backend plans at the call."""
     backend = TorchAttentionBackend()
-    meta_a = build_metadata([ScheduledChunk([0, 0], 0, [0], 1)], 4, "cpu")
-    meta_b = build_metadata([ScheduledChunk([0], 2, [0], 1)], 4, "cpu")
-    assert backend.plan(meta_a, 4) is backend.plan(meta_a, 4)
-    assert backend.plan(meta_b, 4).decode is not None and not backend.plan(meta_b, 4).prefills
+    shape = AttentionShape(num_heads=4, num_kv_heads=2, num_slots=16, device=torch.device("cpu"))
+    meta_a = build_metadata([ScheduledChunk([0, 0], 0, [0], 1)], 4, "cpu", backend, shape)
+    meta_b = build_metadata([ScheduledChunk([0], 2, [0], 1)], 4, "cpu", backend, shape)
+    assert meta_a.plan.decode is None and len(meta_a.plan.prefills) == 1
+    assert meta_b.plan.decode is not None and not meta_b.plan.prefills
+    q, cache = torch.zeros(1, 4, 8), torch.zeros(2, 4, 4, 2, 8)  # 16 slots
+    assert backend.step_plan(meta_b, q, cache) is meta_b.plan
+    assert backend.step_plan(meta_b, q, torch.zeros(2, 8, 4, 2, 8)) is not meta_b.plan
+    assert build_metadata([ScheduledChunk([0], 2, [0], 1)], 4, "cpu").plan is None
 
 
 def test_get_backend() -> None:

@@ -72,9 +72,9 @@ def spy_prefill_graphs(runner) -> list[tuple[int, int]]:
     replayed: list[tuple[int, int]] = []
     run = runner.prefill_graphs.run
 
-    def spy(chunks):
+    def spy(chunks, meta):
         replayed.append((chunks[0].start_pos, len(chunks[0].token_ids)))
-        return run(chunks)
+        return run(chunks, meta)
 
     runner.prefill_graphs.run = spy
     return replayed

@@ -10,9 +10,11 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
+from engine.forward_metadata import ScheduledChunk  # noqa: E402
 from engine.logprobs import sampled_logprobs  # noqa: E402
 from engine.sampler import SampleRow, Sampler  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
+from engine.step_inputs import StepInputs, StepLimits  # noqa: E402
 
 VOCAB = 49152
 MIXED = [
@@ -54,6 +56,35 @@ def test_a_mixed_batch_samples_without_a_sync() -> None:
     assert all(0 <= t < VOCAB for t in tokens)
     assert tokens[0] == int(logits[0].argmax())
     assert all(t != 7 for t in tokens[6::len(MIXED)])  # -100 bias
+
+
+def test_the_engine_path_stages_the_rows_with_the_step_and_waits_for_nothing() -> None:
+    """As the model runner does: StepInputs stages the rows' tensors in the step's one copy, then
+    the sampler reads them. The same tokens as a sampler copying its own (unseeded rows too: the
+    host seeds are drawn in the same order), and neither the build nor the sampling syncs."""
+    batch = rows()
+    chunks = [ScheduledChunk([1], 40, [i, i + 1, i + 2], 1) for i in range(len(batch))]
+    logits = torch.randn(len(batch), VOCAB, device="cuda")
+    staged, plain = Sampler(0), Sampler(0)
+    inputs = StepInputs(StepLimits(len(batch), len(batch), 3, len(batch)), 16, torch.device("cuda"),
+                        sampler=staged, vocab_size=VOCAB)
+    for _ in range(2):  # warm, then compare again with the generators moved on
+        step = inputs.build(chunks, batch)
+        assert staged.sample(logits, batch, step.sampling).tolist() == plain.sample(logits, batch).tolist()
+    torch.cuda.synchronize()
+    busy = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(20):
+            busy = busy @ busy / 64
+        for _ in range(3):  # the host buffers take turns: the third build refills the first
+            step = inputs.build(chunks, batch)
+            tokens = staged.sample(logits, batch, step.sampling)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for _ in range(3):  # the plain sampler's host seeds to the same point
+        expected = plain.sample(logits, batch).tolist()
+    assert tokens.tolist() == expected
 
 
 def test_seeded_rows_are_batch_independent_on_the_gpu() -> None:

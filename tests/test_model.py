@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from engine.attention import TorchAttentionBackend
 from engine.config import ModelConfig
-from engine.forward_metadata import ScheduledChunk, build_metadata
+from engine.forward_metadata import ScheduledChunk
+from engine.step_inputs import build_metadata
 from engine.model_loader import load_model
 from engine.models import LlamaForCausalLM, build_model
 

@@ -9,7 +9,8 @@ import torch
 
 import engine.embedded_model as embedded_model
 from engine.attention import TorchAttentionBackend
-from engine.forward_metadata import ScheduledChunk, build_metadata
+from engine.forward_metadata import ScheduledChunk
+from engine.step_inputs import build_metadata
 from engine.model_loader import load_model, load_tokenizer, resolve_model
 
 BLOCK_SIZE = 16

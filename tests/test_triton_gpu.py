@@ -14,7 +14,8 @@ import random
 import pytest
 import torch
 
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk, build_metadata
+from engine.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.step_inputs import build_metadata
 
 pytestmark = [
     pytest.mark.gpu,

@@ -18,11 +18,14 @@ from triton_interpreter import INTERPRET, DEVICE  # noqa: E402  (sets TRITON_INT
 
 from attention_cases import AttentionCase, build_case, random_specs  # noqa: E402
 from engine.attention import TorchAttentionBackend, get_backend  # noqa: E402
+from engine.attention.backend import AttentionShape  # noqa: E402
 from engine.attention.triton_backend import TritonAttentionBackend  # noqa: E402
 from engine.attention.triton_decode import choose_num_splits, decode_attention, ref_decode_attention  # noqa: E402
 from engine.attention.triton_prefill import (plan_tiles, prefill_attention, ref_prefill_attention,  # noqa: E402
                                              tile_shape)
 from engine.attention.triton_store_kv import ref_store_kv, store_kv  # noqa: E402
+from engine.forward_metadata import ScheduledChunk  # noqa: E402
+from engine.step_inputs import build_metadata  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}  # atol = rtol
 
@@ -261,18 +264,25 @@ def test_backend_forward_matches_torch_backend(specs: list[tuple[int, int]]) -> 
     ref = TorchAttentionBackend().forward(case.q, case.new_k, case.new_v, ref_cache, case.meta, 0.25)
     torch.testing.assert_close(ours, ref_cache, atol=0, rtol=0, equal_nan=True)
     assert_close(out, ref, torch.float32)
-    plan = backend.plan(case.meta, case.q.shape[1], 2, case.q.device)
+    plan = backend.step_plan(case.meta, case.q, ours)
     assert (plan.num_splits is not None) == case.meta.is_pure_decode
 
 
-def test_backend_plans_once_per_step() -> None:
+def test_the_plan_travels_in_the_metadata() -> None:
+    """Built with the backend, a step's metadata carries its plan (the tiles staged with the step's
+    inputs); for other heads the backend plans at the call."""
     backend = TritonAttentionBackend()
-    step_a = make_case([(3, 1), (9, 1)], 8, 2, seed=1).meta
-    step_b = make_case([(3, 1), (0, 4)], 8, 2, seed=1).meta
-    dev = step_a.block_tables.device
-    assert backend.plan(step_a, 4, 2, dev) is backend.plan(step_a, 4, 2, dev)
-    assert backend.plan(step_b, 4, 2, dev).tiles is not None
-    assert backend.plan(step_b, 4, 2, dev) is not backend.plan(step_b, 8, 2, dev)
+    shape = AttentionShape(num_heads=4, num_kv_heads=2, num_slots=64, device=torch.device(DEVICE))
+    decode = build_metadata([ScheduledChunk([1], 3, [0], 1), ScheduledChunk([1], 9, [1, 2], 1)], 8, DEVICE,
+                            backend, shape)
+    mixed = build_metadata([ScheduledChunk([1], 3, [0], 1), ScheduledChunk([1] * 20, 0, [1, 2, 3], 1)], 8, DEVICE,
+                           backend, shape)
+    q, cache = torch.zeros(2, 4, 16, device=DEVICE), torch.zeros(2, 8, 8, 2, 16, device=DEVICE)
+    assert decode.plan.num_splits is not None and backend.step_plan(decode, q, cache) is decode.plan
+    block_q, _ = tile_shape(2)
+    assert mixed.plan.tiles.tiles.tolist() == plan_tiles(mixed, block_q).tiles.tolist()
+    assert mixed.plan.tiles.tiles.tolist() == [[0] + [1] * -(-20 // block_q), [0] + list(range(0, 20, block_q))]
+    assert backend.step_plan(mixed, torch.zeros(21, 8, 16, device=DEVICE), cache) is not mixed.plan
 
 
 def test_get_backend_triton(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,15 +1,42 @@
-"""The attention backend interface: store this step's K/V into the paged cache, then attend."""
+"""The attention backend interface: store this step's K/V into the paged cache, then attend.
+
+A backend also plans a step: what all its layers share (split counts, query tiles, gather rows).
+`StepInputs` asks for the plan while it builds the step's metadata, in two parts: `plan` on the
+host before the step's one host-to-device copy (the arrays its kernels index go into that copy
+through `stage`), then `finish_plan` for any device work on the metadata's tensors, queued after the
+copy. The plan travels in `ForwardMetadata.plan`; the backend keeps no state between calls.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from engine.forward_metadata import ForwardMetadata
+from engine.staging import Stage
 
 
-P = TypeVar("P")
+@dataclass(frozen=True)
+class AttentionShape:
+    """What a step's plan depends on besides the step: the model's heads, the cache's size, the device."""
+
+    num_heads: int
+    num_kv_heads: int
+    num_slots: int  # cache slots per layer: num_blocks * block_size
+    device: torch.device
+
+    @classmethod
+    def of(cls, q: torch.Tensor, kv_cache: torch.Tensor) -> "AttentionShape":
+        """From q [T, heads, d] and a layer's cache [2, num_blocks, block_size, kv_heads, d]."""
+        return cls(q.shape[1], kv_cache.shape[3], kv_cache.shape[1] * kv_cache.shape[2], q.device)
+
+
+def copy_stage(device: torch.device) -> Stage:
+    """A Stage that copies each array on its own (planning outside StepInputs: tests, references)."""
+    return lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
 class AttentionBackend(ABC):
@@ -20,22 +47,32 @@ class AttentionBackend(ABC):
     """
 
     name: str = "abstract"
-    # the plan of the last step seen, shared by all layers; holding its metadata keeps `is` sound
-    _plan_meta: ForwardMetadata | None = None
-    _plan_key: Any = None
-    _plan: Any = None
 
-    def cached_plan(self, meta: ForwardMetadata, key: Any, build: Callable[[], "P"]) -> "P":
-        """A step's launch plan, built at its first layer (for this key) and reused by the others."""
-        if meta is not self._plan_meta or key != self._plan_key:
-            self._plan, self._plan_meta, self._plan_key = build(), meta, key
-        return self._plan
+    @abstractmethod
+    def plan(self, meta: ForwardMetadata, shape: AttentionShape, stage: Stage) -> Any:
+        """A step's plan from meta's host lists and its tensors' shapes; their values are not on the
+        device yet. Index arrays for the kernels go through `stage`."""
 
-    @property
-    def current_plan(self) -> Any:
-        """The last step's plan. A CUDA graph captured on a step must hold it: its kernels read the
-        plan's device tensors (the prefill tiles) at their captured addresses."""
-        return self._plan
+    def finish_plan(self, plan: Any, meta: ForwardMetadata) -> Any:
+        """The plan completed by device work on meta's tensors, queued after the step's copy (none here)."""
+        return plan
+
+    @abstractmethod
+    def fits(self, plan: Any, q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+        """Whether `plan` is this backend's, made for q's heads and this cache."""
+
+    @staticmethod
+    def max_staged_bytes(max_tokens: int, max_seqs: int) -> int:
+        """The most bytes `plan` stages for a step of up to these many tokens and sequences."""
+        return 0
+
+    def step_plan(self, meta: ForwardMetadata, q: torch.Tensor, kv_cache: torch.Tensor) -> Any:
+        """meta.plan when it fits (every engine step: planned once, for all layers); else a plan made
+        now, for this call alone (metadata built without a backend: tests, references)."""
+        if self.fits(meta.plan, q, kv_cache):
+            return meta.plan
+        shape = AttentionShape.of(q, kv_cache)
+        return self.finish_plan(self.plan(meta, shape, copy_stage(q.device)), meta)
 
     @abstractmethod
     def store_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata) -> None:

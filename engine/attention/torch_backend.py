@@ -12,12 +12,14 @@ batch read the sequence's own first slot instead, and are masked out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.attention.backend import AttentionBackend
-from engine.forward_metadata import ForwardMetadata
+from engine.attention.backend import AttentionBackend, AttentionShape, Stage
+from engine.forward_metadata import ForwardMetadata, cache_slots
 
 
 @dataclass
@@ -41,41 +43,51 @@ class PrefillPlan:
 
 @dataclass
 class AttentionPlan:
-    """Everything the layers of one step share: built at the first layer, reused by the others."""
+    """Everything the layers of one step share: built with the step's metadata, read by every layer."""
 
+    num_slots: int  # of the cache it was made for
     decode: DecodePlan | None
     prefills: list[PrefillPlan]
 
 
-def build_plan(meta: ForwardMetadata, num_slots: int) -> AttentionPlan:
-    """Split a step into decodes and prefills and compute their cache rows and masks.
+@dataclass(frozen=True)
+class PlanOutline:
+    """A plan's host-side half: which rows decode, which prefill (before the step's copy)."""
 
-    num_slots: cache slots per layer (num_blocks * block_size). Uses only the host-side lengths to
-    decide shapes, so it never waits on the device.
-    """
-    starts = [0]
-    for n in meta.query_lens_cpu:
-        starts.append(starts[-1] + n)
+    num_slots: int
+    decode: tuple[slice | torch.Tensor, slice | torch.Tensor, int] | None  # (sequences, query rows, longest context)
+    prefills: list[tuple[int, int, int]]  # (sequence, first query row, end row) of each longer query
+
+
+def outline_plan(meta: ForwardMetadata, num_slots: int, stage: Stage) -> PlanOutline:
+    """Split a step into decodes and prefills from its host-side lengths alone (no device read)."""
+    starts = list(accumulate(meta.query_lens_cpu, initial=0))
     decodes = [i for i, n in enumerate(meta.query_lens_cpu) if n == 1]
-    decode = _decode_plan(meta, decodes, [starts[i] for i in decodes], num_slots) if decodes else None
-    prefills = [
-        _prefill_plan(meta, i, starts[i], starts[i + 1], num_slots)
-        for i, n in enumerate(meta.query_lens_cpu) if n > 1
-    ]
-    return AttentionPlan(decode, prefills)
+    decode = None
+    if decodes:
+        length = max(meta.context_lens_cpu[i] for i in decodes)
+        decode = (_as_index(decodes, stage), _as_index([starts[i] for i in decodes], stage), length)
+    prefills = [(i, starts[i], starts[i + 1]) for i, n in enumerate(meta.query_lens_cpu) if n > 1]
+    return PlanOutline(num_slots, decode, prefills)
 
 
-def _as_index(ids: list[int], device: torch.device) -> slice | torch.Tensor:
-    """A slice when ids are consecutive (a view instead of a gather), else an index tensor."""
+def complete_plan(outline: PlanOutline, meta: ForwardMetadata) -> AttentionPlan:
+    """The cache rows and masks, computed on the device from the step's block tables and lengths."""
+    decode = _decode_plan(meta, *outline.decode, outline.num_slots) if outline.decode else None
+    prefills = [_prefill_plan(meta, seq, start, end, outline.num_slots) for seq, start, end in outline.prefills]
+    return AttentionPlan(outline.num_slots, decode, prefills)
+
+
+def _as_index(ids: list[int], stage: Stage) -> slice | torch.Tensor:
+    """A slice when ids are consecutive (a view instead of a gather), else an int64 index tensor."""
     if ids == list(range(ids[0], ids[0] + len(ids))):
         return slice(ids[0], ids[0] + len(ids))
-    return torch.tensor(ids, dtype=torch.int64, device=device)
+    return stage(np.array(ids, dtype=np.int64))
 
 
 def _slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
     """tables [B, max_blocks] -> slots [B, length] of positions 0..length-1."""
-    pos = torch.arange(length, device=tables.device)
-    return tables[:, pos // block_size].long() * block_size + pos % block_size
+    return cache_slots(tables, slice(None), torch.arange(length, device=tables.device), block_size)
 
 
 def _kv_rows(slots: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -92,15 +104,14 @@ def _gather(kv_cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return flat.view(*rows.shape, kv_heads, head_dim)
 
 
-def _decode_plan(meta: ForwardMetadata, seqs: list[int], rows: list[int], num_slots: int) -> DecodePlan:
+def _decode_plan(meta: ForwardMetadata, which: slice | torch.Tensor, rows: slice | torch.Tensor, length: int,
+                 num_slots: int) -> DecodePlan:
     device = meta.block_tables.device
-    which = _as_index(seqs, device)
-    length = max(meta.context_lens_cpu[i] for i in seqs)
     slots = _slots(meta.block_tables[which], length, meta.block_size)  # [Bd, L]
     valid = torch.arange(length, device=device) < meta.context_lens[which].unsqueeze(1)  # [Bd, L]
     # position 0 is always a real, written slot of the sequence: a safe stand-in for padding
     slots = torch.where(valid, slots, slots[:, :1])
-    return DecodePlan(_as_index(rows, device), _kv_rows(slots, num_slots), valid[:, None, None, :])
+    return DecodePlan(rows, _kv_rows(slots, num_slots), valid[:, None, None, :])
 
 
 def _prefill_plan(meta: ForwardMetadata, seq: int, start: int, end: int, num_slots: int) -> PrefillPlan:
@@ -125,13 +136,24 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
         kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
 
-    def plan(self, meta: ForwardMetadata, num_slots: int) -> AttentionPlan:
-        """The step's plan, built once per ForwardMetadata object and shared by all layers."""
-        return self.cached_plan(meta, num_slots, lambda: build_plan(meta, num_slots))
+    def plan(self, meta: ForwardMetadata, shape: AttentionShape, stage: Stage) -> PlanOutline:
+        """The host half of the step's plan: decode and prefill rows (index tensors staged)."""
+        return outline_plan(meta, shape.num_slots, stage)
+
+    def finish_plan(self, plan: PlanOutline, meta: ForwardMetadata) -> AttentionPlan:
+        """The device half: cache rows and masks from meta's block tables and context lengths."""
+        return complete_plan(plan, meta)
+
+    def fits(self, plan: object, q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+        return isinstance(plan, AttentionPlan) and plan.num_slots == kv_cache.shape[1] * kv_cache.shape[2]
+
+    @staticmethod
+    def max_staged_bytes(max_tokens: int, max_seqs: int) -> int:
+        return 2 * 8 * max_seqs  # decode sequences and their rows, int64 each
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
         """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context."""
-        plan = self.plan(meta, kv_cache.shape[1] * kv_cache.shape[2])
+        plan = self.step_plan(meta, q, kv_cache)
         if plan.decode is not None and not plan.prefills:  # pure decode: every row is a decode, in order
             return _attend_decode(q, kv_cache, plan.decode, scale)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from engine.attention.backend import Stage, copy_stage
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.attention.triton_decode import dot_precision
 from engine.attention.triton_paged_loop import paged_softmax_loop
@@ -102,16 +104,21 @@ def tile_shape(group: int, block_m: int = DEFAULT_BLOCK_M) -> tuple[int, int]:
     return block_m // group, block_m
 
 
-def plan_tiles(meta: ForwardMetadata, block_q: int) -> PrefillTiles:
-    """Cut each sequence's queries into tiles of block_q tokens, from the host-side query lengths."""
-    seqs: list[int] = []
-    firsts: list[int] = []
-    for i, n in enumerate(meta.query_lens_cpu):
-        starts = range(0, n, block_q)
-        seqs.extend([i] * len(starts))
-        firsts.extend(starts)
-    tiles = torch.tensor([seqs, firsts], dtype=torch.int32).to(meta.query_start_loc.device, non_blocking=True)
-    return PrefillTiles(block_q, tiles)
+def plan_tiles(meta: ForwardMetadata, block_q: int, stage: Stage | None = None) -> PrefillTiles:
+    """Cut each sequence's queries into tiles of block_q tokens, from the host-side query lengths.
+
+    The tiles go to the device through `stage` (StepInputs': in the step's one copy); by default
+    in a copy of their own.
+    """
+    lens = np.asarray(meta.query_lens_cpu, dtype=np.int64)
+    counts = -(-lens // block_q)  # [B] tiles per sequence
+    total = int(counts.sum())
+    seqs = np.repeat(np.arange(len(lens)), counts)  # [num_tiles]
+    firsts = (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)) * block_q
+    tiles = np.stack([seqs, firsts]).astype(np.int32)  # [2, num_tiles]
+    if stage is None:
+        stage = copy_stage(meta.query_start_loc.device)
+    return PrefillTiles(block_q, stage(tiles))
 
 
 def prefill_attention(

@@ -1,0 +1,90 @@
+"""The per-row values a step's sampling reads (seeds, clipped top-k, parameters) and their tensors,
+staged with the step's inputs (one copy for both).
+
+Only the rows that draw at random need any: their temperature, top-p and min-p, their top-k, and on
+a GPU the seeds of the sort-free kernel's noise. `StepInputs` stages them before the forward pass is
+queued, so the sampler finds them on the device; `Sampler.sample` without them copies its own (the
+path of direct calls and tests), with the same values.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+
+from engine.staging import Stage
+
+if TYPE_CHECKING:
+    from engine.sampler import SampleRow
+
+
+@dataclass(frozen=True)
+class SamplingTensors:
+    """The R rows of a step's S that draw at random (R >= 1), their parameters on the device."""
+
+    vocab_size: int  # the logits' width these were made for
+    random_rows: torch.Tensor | None  # [R] int64 their rows among the S; None when R == S
+    params: torch.Tensor  # [R, 3] float32: temperature, top_p, min_p
+    top_k: torch.Tensor | None  # [R] int64 k clipped to the vocabulary (the vocabulary where 0); None if no row has one
+    seeds: torch.Tensor | None  # [R] int64 noise seeds of the GPU kernel; None where it does not run
+
+
+def stage_sampling(rows: list[SampleRow], vocab_size: int, device: torch.device, stage: Stage,
+                   host_rng: random.Random) -> SamplingTensors | None:
+    """The tensors of `rows`' random draws (None when every row is greedy: argmax needs none).
+
+    Unseeded rows' GPU seeds come from `host_rng` (the sampler's), drawn here in row order as the
+    sampler would draw them itself.
+    """
+    greedy = [r.greedy for r in rows]
+    if all(greedy):
+        return None
+    picked = [i for i, g in enumerate(greedy) if not g]
+    drawn = rows if len(picked) == len(rows) else [rows[i] for i in picked]
+    random_rows = None if drawn is rows else stage(np.array(picked, dtype=np.int64))
+    params = stage(np.array([[r.params.temperature, r.params.top_p, r.params.min_p] for r in drawn],
+                            dtype=np.float32))
+    top_k = None
+    if any(r.params.top_k > 0 for r in drawn):
+        top_k = stage(np.array([clip_top_k(r.params.top_k, vocab_size) for r in drawn], dtype=np.int64))
+    seeds = None
+    if device.type == "cuda" and sort_free_sampler() is not None:
+        seeds = stage(np.array([gpu_seed(r, host_rng) for r in drawn], dtype=np.uint64).view(np.int64))
+    return SamplingTensors(vocab_size, random_rows, params, top_k, seeds)
+
+
+def row_seed(seed: int, sample_index: int, step: int) -> int:
+    """A 64-bit generator seed that depends only on the triple (a hash, so nearby triples differ)."""
+    digest = hashlib.blake2b(f"{seed}:{sample_index}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def gpu_seed(row: SampleRow, host_rng: random.Random) -> int:
+    """The unsigned 64-bit seed of a row's noise in the GPU kernel: a seeded row's own, else the host's next."""
+    if row.params.seed is not None:
+        return row_seed(row.params.seed, row.sample_index, row.step)
+    return host_rng.getrandbits(64)
+
+
+def clip_top_k(k: int, vocab_size: int) -> int:
+    """A row's k as the filter uses it: at most the vocabulary, the whole vocabulary where off (0)."""
+    return min(k, vocab_size) if k > 0 else vocab_size
+
+
+def sort_free_sampler() -> Callable[..., torch.Tensor] | None:
+    """engine.triton_sample.sample, or None where Triton does not import (the torch path serves)."""
+    global _SORT_FREE
+    if _SORT_FREE is None:
+        try:
+            from engine.triton_sample import sample
+            _SORT_FREE = sample
+        except ImportError:
+            _SORT_FREE = False
+    return _SORT_FREE or None
+
+
+_SORT_FREE = None

@@ -1,0 +1,154 @@
+"""Persistent buffers that take a step's inputs to the device in one copy.
+
+A step's arrays (int64 token ids, int32 block tables, float32 sampling parameters, ...) are packed
+one after another into a flat host buffer, each at a 16-byte boundary (a dtype view needs its
+element's alignment, and Triton compiles its kernels for 16-byte aligned pointers). The used prefix
+then goes to a device buffer of the same layout in one non-blocking copy, and each array's device
+tensor is a view of that buffer at the same offset: valid, in stream order, after the copy; and at
+a fixed address for a given layout, which is what a CUDA graph captured on such views reads.
+
+Reuse. On CUDA the host buffers are pinned and the copy returns before it has run, so a host
+buffer must not be refilled while its copy may still be queued. Two host buffers alternate, each
+with an event recorded after its copy; refilling one first waits on its event. That copy is the
+step before last's, and if either of the two steps since sampled, the host has already waited for
+that step's tokens, which the device makes after the copy: the wait costs nothing. Only after two
+steps that sampled nothing (prefill chunks) does it wait, until the device reaches the step before
+last's copy. (One buffer and one event would make the host wait for the previous step's copy, which
+sits behind the work queued before it.) The device buffer is single: a step's copy into it is
+queued on the stream after the previous step's kernels, which have therefore read their inputs.
+
+Page-locked memory. The host buffers are registered with cudaHostRegister, not taken from torch's
+pinned-memory pool: that pool remembers every stream a block was copied on and, when the block is
+freed, records an event there, which after a device-side assert throws inside a destructor and
+aborts the process (the engine must instead stop with DeviceFailure and exit cleanly). Nor are they
+ever unregistered: that is a CUDA call too, which a garbage collection could make in the middle of
+a CUDA graph's capture (breaking it) or after such an assert. A Staging that goes hands its buffers,
+each with the event of its last copy, to a free list that the next one of that size takes from (the
+engine makes one; tests make many small ones); waiting on the event keeps that reuse safe too.
+
+On a CPU nothing is pinned and the copy is a plain memcpy; the code path is the same.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import mmap
+import weakref
+from typing import Callable
+
+import numpy as np
+import torch
+
+Stage = Callable[[np.ndarray], torch.Tensor]  # a filled host array -> its device tensor, after the step's copy
+ALIGN = 16  # bytes: every array starts at a multiple
+_TORCH_DTYPES = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
+                 np.dtype(np.float32): torch.float32}
+
+
+class NoRoom(Exception):
+    """A step's arrays do not fit the buffers (the caller may build it in larger, one-off ones)."""
+
+
+class Staging:
+    """`capacity` bytes of host buffers (two, alternating) and one device buffer, packed per step:
+    begin(), then take() or stage() for each array, then send()."""
+
+    def __init__(self, capacity: int, device: torch.device) -> None:
+        self.capacity = _round_up(max(capacity, ALIGN), ALIGN)
+        self.device = device
+        cuda = device.type == "cuda"
+        if cuda:
+            pairs = [_take_page_locked(self.capacity, device) for _ in range(2)]
+            weakref.finalize(self, _FREE_PAGE_LOCKED[_pool_key(self.capacity, device)].extend, pairs)
+        else:
+            pairs = [(torch.empty(self.capacity, dtype=torch.uint8), None) for _ in range(2)]
+        self._hosts = [host for host, _ in pairs]
+        self._events: list[torch.cuda.Event | None] = [event for _, event in pairs]  # recorded after each copy
+        self._host_arrays = [h.numpy() for h in self._hosts]
+        self._device = torch.empty(self.capacity, dtype=torch.uint8, device=device)
+        self._turn = 0
+        self._used = 0
+        self._layout: list[tuple[int, tuple[int, ...], torch.dtype]] = []  # this step's arrays so far
+        # a torch view costs ~3 us; cached per (offset, shape, dtype), over the device buffer alone (no cycle to self)
+        self._view = functools.lru_cache(maxsize=4096)(functools.partial(_device_view, self._device))
+
+    def begin(self) -> None:
+        """Start a step in the other host buffer, once its last copy has run."""
+        self._turn ^= 1
+        event = self._events[self._turn]
+        if event is not None:
+            event.synchronize()  # returns at once for an event never recorded
+        self._used = 0
+        self._layout = []
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype | type) -> tuple[np.ndarray, torch.Tensor]:
+        """Room for one array: its host view, to fill now, and its device view, valid after send()."""
+        dtype = np.dtype(dtype)
+        start = self._used
+        end = start + math.prod(shape) * dtype.itemsize
+        if end > self.capacity:
+            raise NoRoom(f"{end} bytes of step inputs; the buffers hold {self.capacity}")
+        self._used = _round_up(end, ALIGN)
+        torch_dtype = _TORCH_DTYPES[dtype]
+        self._layout.append((start, shape, torch_dtype))
+        host = self._host_arrays[self._turn][start:end].view(dtype).reshape(shape)
+        return host, self._view(start, shape, torch_dtype)
+
+    def stage(self, array: np.ndarray) -> torch.Tensor:
+        """A filled host array into this step's copy; returns its device view (valid after send())."""
+        host, device = self.take(array.shape, array.dtype)
+        host[...] = array
+        return device
+
+    def send(self) -> None:
+        """The step's one copy: the used prefix of the host buffer to the device, without blocking."""
+        n = self._used
+        self._device[:n].copy_(self._hosts[self._turn][:n], non_blocking=True)
+        event = self._events[self._turn]
+        if event is not None:
+            event.record()
+
+    def regions(self) -> tuple[tuple[int, tuple[int, ...], torch.dtype], ...]:
+        """(offset, shape, dtype) of each array taken since begin(), in order."""
+        return tuple(self._layout)
+
+    @property
+    def device_buffer(self) -> torch.Tensor:
+        """The device buffer every device view of a step is a view of (tests check its reuse)."""
+        return self._device
+
+
+
+def _device_view(buffer: torch.Tensor, start: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    nbytes = math.prod(shape) * dtype.itemsize
+    return buffer[start:start + nbytes].view(dtype).view(shape)
+
+
+# page-locked buffers of gone Stagings, with the events of their last copies, by (device, size)
+_FREE_PAGE_LOCKED: dict[tuple[int, int], list[tuple[torch.Tensor, torch.cuda.Event]]] = {}
+
+
+def _pool_key(capacity: int, device: torch.device) -> tuple[int, int]:
+    """(device index, size): sizes are powers of two of at least a page, so that buffers get reused."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, max(mmap.PAGESIZE, 1 << (capacity - 1).bit_length()))
+    _FREE_PAGE_LOCKED.setdefault(key, [])
+    return key
+
+
+def _take_page_locked(capacity: int, device: torch.device) -> tuple[torch.Tensor, torch.cuda.Event]:
+    """A page-locked host buffer of at least `capacity` bytes and the event of its last copy: a gone
+    Staging's, or new (page-aligned memory registered with CUDA for the process's life)."""
+    key = _pool_key(capacity, device)
+    if _FREE_PAGE_LOCKED[key]:
+        return _FREE_PAGE_LOCKED[key].pop()
+    size = key[1]
+    raw = torch.empty(size + mmap.PAGESIZE, dtype=torch.uint8)
+    start = -raw.data_ptr() % mmap.PAGESIZE
+    buffer = raw[start:start + size]  # holds raw's storage
+    torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), size, 0))
+    return buffer, torch.cuda.Event()
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to

@@ -1,0 +1,203 @@
+"""One builder of a step's device inputs: the flattened batch, the attention plan, the sampling
+tensors and the block copies, all in persistent buffers and one host-to-device copy.
+
+`StepInputs.build` fills the host buffer (engine/staging.py) with numpy over the scheduler's lists,
+asks the attention backend for the step's plan and the sampler for its per-row tensors (both stage
+their arrays into the same buffer), issues the one non-blocking copy and returns the explicit
+`ForwardMetadata` (plan included) and the sampler's tensors, all views of the one device buffer.
+The eager forward reads them directly; a CUDA graph was captured on the views of its padded shape,
+which a replay's build fills again at the same addresses: a replay needs no copy of its own.
+
+A build's tensors are valid until the next build: the buffers are reused every step.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import torch
+
+from engine.attention.backend import AttentionBackend, AttentionShape
+from engine.forward_metadata import ForwardMetadata, ScheduledChunk, cache_slots
+from engine.sampler import SampleRow, Sampler
+from engine.sampling_tensors import SamplingTensors
+from engine.staging import ALIGN, NoRoom, Staging
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """The largest step the persistent buffers are sized for (a larger one gets one-off buffers)."""
+
+    max_tokens: int  # new tokens (a captured decode graph's padded batch counts one each)
+    max_seqs: int  # sequences, and block copies
+    max_blocks: int  # block table width
+    max_samples: int  # sampled rows (n > 1 samples several rows of one sequence)
+
+    def capacity(self, backend: AttentionBackend | None) -> int:
+        """Bytes of the largest step: every array at its bound, each padded to ALIGN."""
+        t, b, s = self.max_tokens, self.max_seqs, self.max_samples
+        int64s = 3 * t + (s + t) + 2 * b + 3 * s  # ids, positions, slots; logits rows; copies; sampling ints
+        int32s = b * self.max_blocks + 2 * b + 1 + 3 * s  # tables, context lengths, query starts; float params
+        planned = backend.max_staged_bytes(t, b) if backend is not None else 0
+        return 8 * int64s + 4 * int32s + planned + 16 * ALIGN
+
+    @classmethod
+    def of(cls, chunks: list[ScheduledChunk], num_rows: int = 0, num_copies: int = 0) -> "StepLimits":
+        """Exactly one step's needs."""
+        return cls(max_tokens=sum(len(c.token_ids) for c in chunks),
+                   max_seqs=max(len(chunks), num_copies),
+                   max_blocks=max((len(c.block_table) for c in chunks), default=0),
+                   max_samples=max(num_rows, sum(c.num_samples for c in chunks)))
+
+
+@dataclass(frozen=True)
+class Padding:
+    """A captured CUDA graph's fixed shape, which a step is padded up to.
+
+    Pad sequences come first: one token each (id 0, position 0, slot -1: written nowhere), context
+    length 1 through an all-zero table row, one logits row. Pad tokens follow (id 0, position 0,
+    slot -1), in no sequence on the device. On the host the lists are those of the capture: every
+    context the table width's longest, the pad tokens in the last sequence's query. Every sequence
+    has one logits row, at its last real token.
+    """
+
+    num_seqs: int
+    num_tokens: int
+    table_width: int
+
+
+@dataclass(frozen=True)
+class StepTensors:
+    """A step's device inputs, views of the one device buffer: valid until the next build."""
+
+    meta: ForwardMetadata
+    sampling: SamplingTensors | None  # None when no row draws at random
+    block_copies: torch.Tensor | None  # [2, C] int64 source and destination blocks; None when none
+
+
+class StepInputs:
+    """Persistent buffers for every step's inputs, and the one copy that takes them to the device."""
+
+    def __init__(self, limits: StepLimits, block_size: int, device: torch.device,
+                 backend: AttentionBackend | None = None, shape: AttentionShape | None = None,
+                 sampler: Sampler | None = None, vocab_size: int = 0) -> None:
+        """backend and shape: plan each step (else the backend plans at each call); sampler and
+        vocab_size: stage the sampled rows' tensors (else the sampler copies its own)."""
+        self.limits, self.block_size, self.device = limits, block_size, torch.device(device)
+        self.backend, self.shape = backend, shape
+        self.sampler, self.vocab_size = sampler, vocab_size
+        self.staging = Staging(limits.capacity(backend), self.device)
+        # where the last build put the metadata's and the plan's arrays: a graph replays only the
+        # layout it was captured with
+        self.layout: tuple[tuple[int, tuple[int, ...], torch.dtype], ...] = ()
+
+    def build(self, chunks: list[ScheduledChunk], rows: Sequence[SampleRow] = (),
+              copies: Sequence[tuple[int, int]] = (), pad: Padding | None = None) -> StepTensors:
+        """Fill the buffers from a step's chunks, sampled rows and block copies (padded for a graph
+        if `pad`), copy them over once, and return the device views."""
+        try:
+            return self._build(chunks, rows, copies, pad)
+        except NoRoom:
+            if pad is not None:
+                raise  # a graph's padded shape always fits: the limits are its bounds
+            limits = StepLimits.of(chunks, len(rows), len(copies))
+            one_off = StepInputs(limits, self.block_size, self.device, self.backend, self.shape, self.sampler,
+                                 self.vocab_size)
+            return one_off._build(chunks, rows, copies, None)
+
+    def _build(self, chunks: list[ScheduledChunk], rows: Sequence[SampleRow], copies: Sequence[tuple[int, int]],
+               pad: Padding | None) -> StepTensors:
+        lens = _lengths(chunks)  # [B, 5]: query length, start, table length, samples, prompt rows
+        q_lens, starts, t_lens, samples, p_lens = lens.T
+        _check_fits(q_lens, starts, t_lens, self.block_size)
+        staging = self.staging
+        staging.begin()
+        meta = self._fill(chunks, q_lens, starts, t_lens, samples, p_lens, pad)
+        plan = self.backend.plan(meta, self.shape, staging.stage) if self.backend is not None else None
+        # what a graph reads ends here: the same regions for the same padding, whatever follows
+        self.layout = staging.regions()
+        sampling = None
+        if rows and self.sampler is not None:
+            sampling = self.sampler.stage(list(rows), self.vocab_size, self.device, staging.stage)
+        block_copies = staging.stage(np.array(copies, dtype=np.int64).reshape(-1, 2).T) if copies else None
+        staging.send()
+        if self.backend is not None:
+            meta.plan = self.backend.finish_plan(plan, meta)  # device work, queued after the copy
+        return StepTensors(meta, sampling, block_copies)
+
+    def _fill(self, chunks: list[ScheduledChunk], q_lens: np.ndarray, starts: np.ndarray, t_lens: np.ndarray,
+              samples: np.ndarray, p_lens: np.ndarray, pad: Padding | None) -> ForwardMetadata:
+        """The ForwardMetadata's arrays, written into this step's host buffer (T tokens, B sequences)."""
+        b, t, bs = len(chunks), int(q_lens.sum()), self.block_size
+        seqs, tokens, width = (pad.num_seqs, pad.num_tokens, pad.table_width) if pad else \
+            (b, t, int(t_lens.max(initial=0)))
+        extra = seqs - b  # pad sequences, one token each
+        assert extra >= 0 and tokens >= t + extra and width >= t_lens.max(initial=0), "the step exceeds its padding"
+        take = self.staging.take
+        (ids, d_ids), (pos, d_pos), (slots, d_slots) = (take((tokens,), np.int64) for _ in range(3))
+        tables, d_tables = take((seqs, width), np.int32)
+        ctx, d_ctx = take((seqs,), np.int32)
+        qsl, d_qsl = take((seqs + 1,), np.int32)
+        num_logits = seqs if pad else int(samples.sum() + p_lens.sum())
+        logits, d_logits = take((num_logits,), np.int64)
+
+        ends = np.cumsum(q_lens)  # [B] end row of each sequence's query
+        firsts = ends - q_lens
+        ids[:t] = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), np.int64, t)
+        pos[:t] = np.arange(t) - np.repeat(firsts - starts, q_lens)
+        tables.fill(0)  # past each table's end (never read) and the pad rows (block 0: read, written never)
+        tables[:b][np.arange(width) < t_lens[:, None]] = np.fromiter(  # row-major: the tables one after another
+            chain.from_iterable(c.block_table for c in chunks), np.int32, int(t_lens.sum()))
+        slots[:t] = cache_slots(tables, np.repeat(np.arange(b), q_lens), pos[:t], bs)
+        ctx[:b] = starts + q_lens
+        qsl[0] = 0
+        qsl[1:b + 1] = ends
+        query_lens, context_lens = q_lens.tolist(), (starts + q_lens).tolist()
+        if not pad:
+            logits[:] = _logits_rows(ends, firsts, samples, p_lens)
+        else:
+            logits[:b] = ends - 1
+            ids[t:], pos[t:], slots[t:] = 0, 0, -1
+            ctx[b:] = 1
+            qsl[b + 1:] = t + np.arange(1, extra + 1)
+            logits[b:] = t + np.arange(extra)
+            query_lens += [1] * extra  # the host lists as captured
+            query_lens[-1] += tokens - t - extra
+            context_lens = [width * bs] * seqs
+        return ForwardMetadata(
+            input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
+            query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
+            context_lens_cpu=context_lens, block_size=bs,
+        )
+
+
+def build_metadata(chunks: list[ScheduledChunk], block_size: int, device: torch.device | str,
+                   backend: AttentionBackend | None = None, shape: AttentionShape | None = None) -> ForwardMetadata:
+    """One step's ForwardMetadata in buffers of its own (tests, benchmarks, the warm-up); planned
+    when given a backend and shape. The engine keeps one StepInputs for every step instead."""
+    inputs = StepInputs(StepLimits.of(chunks), block_size, torch.device(device), backend, shape)
+    return inputs.build(chunks).meta
+
+
+def _lengths(chunks: list[ScheduledChunk]) -> np.ndarray:
+    """[B, 5] int64 per chunk: query length, start position, table length, samples, prompt-logprobs rows."""
+    return np.array([(len(c.token_ids), c.start_pos, len(c.block_table), c.num_samples, len(c.prompt_targets))
+                     for c in chunks], dtype=np.int64).reshape(-1, 5)
+
+
+def _logits_rows(ends: np.ndarray, firsts: np.ndarray, samples: np.ndarray, p_lens: np.ndarray) -> np.ndarray:
+    """[S + R]: every sample's row (its sequence's last token; n > 1 repeats it), then each chunk's
+    prompt-logprobs rows (its first tokens)."""
+    prompt_starts = np.cumsum(p_lens) - p_lens
+    prompt_rows = np.repeat(firsts - prompt_starts, p_lens) + np.arange(int(p_lens.sum()))
+    return np.concatenate([np.repeat(ends - 1, samples), prompt_rows])
+
+
+def _check_fits(q_lens: np.ndarray, starts: np.ndarray, t_lens: np.ndarray, block_size: int) -> None:
+    ends = starts + q_lens
+    bad = np.flatnonzero((q_lens < 1) | (t_lens * block_size < ends))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(f"chunk of {q_lens[i]} tokens ending at {ends[i]} does not fit its block table")

@@ -1,0 +1,213 @@
+"""StepInputs on the CPU: the metadata it builds equals the plain per-chunk construction it replaced,
+for real engine steps (mixed prefill and decode, chunked prefill, prefix-cache hits, n > 1 forks,
+prompt logprobs) and for a graph's padded shapes; its buffers are the same storage every step."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.synthetic_model import make_model_dir
+from engine import LLM, SamplingParams
+from engine.attention import TorchAttentionBackend
+from engine.attention.backend import AttentionShape
+from engine.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.sampler import SampleRow, Sampler
+from engine.staging import Staging
+from engine.step_inputs import Padding, StepInputs, StepLimits, build_metadata
+
+CPU = torch.device("cpu")
+BS = 4
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, vocab_size=512, tie_word_embeddings=True, max_position_embeddings=512)
+
+
+def reference(chunks: list[ScheduledChunk], block_size: int) -> dict[str, list]:
+    """The construction StepInputs replaced: one Python pass over the chunks, token by token."""
+    ids, positions, slots, query_lens, context_lens, sampled, prompt_rows = [], [], [], [], [], [], []
+    width = max((len(c.block_table) for c in chunks), default=0)
+    tables = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
+    for c in chunks:
+        n, start = len(c.token_ids), c.start_pos
+        ids.extend(c.token_ids)
+        positions.extend(range(start, start + n))
+        slots.extend(c.block_table[p // block_size] * block_size + p % block_size for p in range(start, start + n))
+        query_lens.append(n)
+        context_lens.append(start + n)
+        sampled.extend([len(ids) - 1] * c.num_samples)
+        prompt_rows.extend(range(len(ids) - n, len(ids) - n + len(c.prompt_targets)))
+    starts = [sum(query_lens[:i]) for i in range(len(chunks) + 1)]
+    return dict(input_ids=ids, positions=positions, slot_mapping=slots, block_tables=tables,
+                context_lens=context_lens, query_start_loc=starts, logits_indices=sampled + prompt_rows,
+                query_lens_cpu=query_lens, context_lens_cpu=context_lens)
+
+
+DTYPES = dict(input_ids=torch.int64, positions=torch.int64, slot_mapping=torch.int64, block_tables=torch.int32,
+              context_lens=torch.int32, query_start_loc=torch.int32, logits_indices=torch.int64)
+
+
+def assert_equals_reference(meta: ForwardMetadata, chunks: list[ScheduledChunk], block_size: int) -> None:
+    ref = reference(chunks, block_size)
+    for name, dtype in DTYPES.items():
+        got = getattr(meta, name)
+        assert got.dtype == dtype and got.tolist() == ref[name], name
+    assert meta.block_tables.shape == (len(chunks), max((len(c.block_table) for c in chunks), default=0))
+    assert meta.query_lens_cpu == ref["query_lens_cpu"] and meta.context_lens_cpu == ref["context_lens_cpu"]
+    assert meta.block_size == block_size
+
+
+def make_inputs(**limits: int) -> StepInputs:
+    shape = AttentionShape(num_heads=4, num_kv_heads=2, num_slots=64 * BS, device=CPU)
+    bounds = dict(max_tokens=64, max_seqs=8, max_blocks=16, max_samples=8) | limits
+    return StepInputs(StepLimits(**bounds), BS, CPU, TorchAttentionBackend(), shape, Sampler(0), vocab_size=50)
+
+
+MIXED = [
+    ScheduledChunk([5], 9, [3, 1, 7], 1),  # a decode
+    ScheduledChunk([1, 2, 3, 4, 5, 6], 0, [8, 9], 3),  # a whole prompt, n = 3 samples
+    ScheduledChunk([7, 8, 9], 8, [3, 1, 10], 1),  # after a cached prefix in shared blocks 3 and 1
+    ScheduledChunk([4, 4, 4, 4, 4], 2, [11, 12], 0, (4, 4, 4), 2),  # a non-final chunk asking prompt logprobs
+    ScheduledChunk([6], 0, [13], 1),  # a one-token prompt
+]
+
+
+def test_mixed_steps_equal_the_reference_in_the_same_buffers() -> None:
+    inputs = make_inputs()
+    steps = [MIXED, MIXED[:1], MIXED[3:], [MIXED[1]], MIXED[::-1]]
+    device_buffer = inputs.staging.device_buffer.data_ptr()
+    for chunks in steps:
+        meta = inputs.build(chunks).meta
+        assert_equals_reference(meta, chunks, BS)
+        for name in DTYPES:  # every field a view of the one persistent device buffer
+            assert getattr(meta, name).untyped_storage().data_ptr() == device_buffer, name
+    assert inputs.staging.device_buffer.data_ptr() == device_buffer
+
+
+def test_build_metadata_alone_equals_the_reference() -> None:
+    for chunks in (MIXED, MIXED[2:3], []):
+        assert_equals_reference(build_metadata(chunks, BS, "cpu"), chunks, BS)
+    with pytest.raises(ValueError, match="does not fit its block table"):
+        build_metadata([ScheduledChunk([1] * 5, 0, [0], 1)], BS, "cpu")
+
+
+def test_the_host_buffers_alternate_and_the_device_buffer_stays() -> None:
+    """Refilling a host buffer waits for its last copy (an event on CUDA): two buffers take turns,
+    so the one being filled is never the one whose copy was just queued."""
+    staging = Staging(1024, CPU)
+    hosts, devices = [], []
+    for step in range(4):
+        staging.begin()
+        host, device = staging.take((3,), np.int64)
+        host[:] = step
+        staging.send()
+        assert device.tolist() == [step] * 3
+        hosts.append(host.__array_interface__["data"][0])
+        devices.append(device.data_ptr())
+    assert hosts[0] == hosts[2] != hosts[1] == hosts[3]
+    assert len(set(devices)) == 1
+
+
+def test_a_step_over_the_limits_gets_one_off_buffers() -> None:
+    inputs = make_inputs(max_tokens=4, max_seqs=2, max_blocks=2, max_samples=2)
+    big = inputs.build(MIXED).meta
+    assert_equals_reference(big, MIXED, BS)
+    assert big.input_ids.untyped_storage().data_ptr() != inputs.staging.device_buffer.data_ptr()
+    small = inputs.build(MIXED[:1]).meta
+    assert small.input_ids.untyped_storage().data_ptr() == inputs.staging.device_buffer.data_ptr()
+
+
+def test_graph_paddings_are_the_captured_layouts() -> None:
+    """A decode graph's batch and a prefill graph's tokens padded as the graphs were captured: pad
+    rows write nowhere (slot -1) and attend one slot; the same regions for every step of a shape."""
+    inputs = make_inputs()
+    decodes = [ScheduledChunk([5], 9, [3, 1, 7], 1), ScheduledChunk([6], 0, [13], 1)]
+    meta = inputs.build(decodes, pad=Padding(4, 4, 6)).meta
+    layout = inputs.layout
+    assert meta.input_ids.tolist() == [5, 6, 0, 0] and meta.positions.tolist() == [9, 0, 0, 0]
+    assert meta.slot_mapping.tolist() == [7 * BS + 1, 13 * BS, -1, -1]
+    assert meta.block_tables.tolist() == [[3, 1, 7, 0, 0, 0], [13, 0, 0, 0, 0, 0]] + [[0] * 6] * 2
+    assert meta.context_lens.tolist() == [10, 1, 1, 1] and meta.query_start_loc.tolist() == [0, 1, 2, 3, 4]
+    assert meta.logits_indices.tolist() == [0, 1, 2, 3] and meta.query_lens_cpu == [1] * 4
+    inputs.build(MIXED)  # an eager step in between
+    inputs.build([decodes[1]], pad=Padding(4, 4, 6))
+    assert inputs.layout == layout
+
+    chunk = ScheduledChunk([7, 8, 9], 5, [3, 1], 0)  # a chunk after a cached prefix, sampling nothing
+    meta = inputs.build([chunk], pad=Padding(1, 8, 6)).meta
+    assert meta.input_ids.tolist() == [7, 8, 9] + [0] * 5
+    assert meta.slot_mapping.tolist() == [1 * BS + 1, 1 * BS + 2, 1 * BS + 3] + [-1] * 5
+    assert meta.query_start_loc.tolist() == [0, 3] and meta.context_lens.tolist() == [8]
+    assert meta.logits_indices.tolist() == [2]  # the last real token's row, sampled or not
+    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [6 * BS]
+    layout = inputs.layout
+    capture = inputs.build([], pad=Padding(1, 8, 6)).meta  # what the graph was captured on: all padding
+    assert capture.slot_mapping.tolist() == [-1] * 8 and capture.query_start_loc.tolist() == [0, 1]
+    assert capture.context_lens.tolist() == [1] and capture.logits_indices.tolist() == [0]
+    assert inputs.layout == layout
+
+
+def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:
+    inputs = make_inputs()
+    rows = [SampleRow(SamplingParams(temperature=0.0), [1]),
+            SampleRow(SamplingParams(temperature=0.8, top_k=5, top_p=0.9, seed=3), [1], step=2),
+            SampleRow(SamplingParams(temperature=1.2, min_p=0.1, seed=4), [1])]
+    batch = rows + rows  # MIXED samples six rows
+    step = inputs.build(MIXED, batch, copies=[(9, 14), (8, 15)])
+    buffer = inputs.staging.device_buffer.data_ptr()
+    plan = step.meta.plan
+    assert [p.start for p in plan.prefills] == [1, 7, 10]
+    assert plan.decode.rows.tolist() == [0, 15]  # not consecutive: an index tensor, staged
+    assert plan.decode.rows.untyped_storage().data_ptr() == buffer
+    assert step.block_copies.tolist() == [[9, 8], [14, 15]]
+    sampling = step.sampling
+    assert sampling.random_rows.tolist() == [1, 2, 4, 5] and sampling.top_k.tolist() == [5, 50, 5, 50]
+    assert torch.equal(sampling.params, torch.tensor([[0.8, 0.9, 0.0], [1.2, 1.0, 0.1]] * 2))
+    assert sampling.params.untyped_storage().data_ptr() == buffer
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(Sampler(0).sample(logits, batch, sampling), Sampler(0).sample(logits, batch))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny-step-inputs"), TINY, dtype=torch.float32)
+
+
+def test_every_engine_step_equals_the_reference(tiny_dir: Path) -> None:
+    """Real scheduled steps: chunked prefill (16-token budget), prefix-cache hits, n = 3 forks with
+    their block copies, prompt logprobs; each built metadata is the reference's, planned once."""
+    llm = LLM(str(tiny_dir), device="cpu", block_size=BS, num_blocks=96, max_num_batched_tokens=16,
+              check_integrity=True)
+    runner = llm.engine.runner
+    seen = {"chunked": 0, "forks": 0, "copies": 0, "prompt": 0, "mixed": 0}
+    build = runner.inputs.build
+
+    def checked(chunks, rows=(), copies=(), pad=None):
+        step = build(chunks, rows, copies, pad)
+        assert_equals_reference(step.meta, chunks, BS)
+        q = torch.zeros(step.meta.num_tokens, TINY["num_attention_heads"], TINY["head_dim"])
+        assert runner.backend.fits(step.meta.plan, q, runner.kv_caches[0])  # planned once, for every layer
+        assert (step.block_copies.tolist() if copies else None) == ([list(c) for c in zip(*copies)] or None)
+        seen["chunked"] += any(c.num_samples == 0 for c in chunks)
+        seen["forks"] += any(c.num_samples > 1 for c in chunks)
+        seen["copies"] += bool(copies)
+        seen["prompt"] += any(c.prompt_targets for c in chunks)
+        seen["mixed"] += len({len(c.token_ids) == 1 for c in chunks}) == 2
+        return step
+
+    runner.inputs.build = checked
+    rng = random.Random(0)
+    shared = [rng.randrange(500) for _ in range(24)]
+    prompts = [shared + [rng.randrange(500) for _ in range(n)] for n in (3, 30, 7)] + [[9, 8, 7], shared[:13]]
+    params = [SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
+              SamplingParams(temperature=0.9, seed=5, n=3, max_tokens=5, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, prompt_logprobs=2),
+              SamplingParams(temperature=0.7, top_k=20, max_tokens=6, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)]
+    llm.generate(prompts[:1], params[:1])  # the shared prefix, cached
+    llm.generate(prompts, params)
+    assert all(seen.values()), seen
+    assert llm.engine.metrics.total_cached_tokens > 0  # prefix-cache hits
+
