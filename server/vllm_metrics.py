@@ -210,15 +210,15 @@ def derive_total(windows: Sequence[Sequence[Scrape]], rate_s: float = 5.0, laten
                  preempt_s: float = 60.0) -> ReplicaPoint | None:
     """One point for several replicas (each one's recent scrapes, oldest first): their scrapes at
     the same moments (now and the start of each window) merged, then `derive`d."""
-    windows = [w for w in windows if w]
+    windows = [w for w in windows if len(w) >= 2]  # one scrape has no window yet: no rate of its own
     if not windows:
         return None
     now = max(w[-1].t for w in windows)
-    moments = sorted({now - preempt_s, now - latency_s, now - rate_s})
     merged = []
-    for m in moments:
-        olds = [_at_or_before(w, m) for w in windows]
-        if all(o is not None and o.t <= m for o in olds):
-            merged.append(merge_scrapes([o for o in olds if o is not None], m))
+    for m in sorted({now - preempt_s, now - latency_s, now - rate_s}):
+        # each replica's own baseline (as `derive` takes it: the oldest when the window is not yet
+        # full), so that the totals lie between the replicas' figures
+        olds = [_at_or_before(w[:-1], w[-1].t - (now - m)) for w in windows]
+        merged.append(merge_scrapes([o for o in olds if o is not None], m))
     merged.append(merge_scrapes([w[-1] for w in windows], now))
     return derive(merged, rate_s, latency_s, preempt_s)

@@ -133,3 +133,25 @@ def test_a_text_without_type_lines_reads_the_same() -> None:
     typed = derive([parse_scrape(exposition(t), float(t)) for t in range(0, 31)])
     bare = derive([parse_scrape(strip(exposition(t)), float(t)) for t in range(0, 31)])
     assert bare == typed and bare.ttft_p50 is not None
+
+
+def test_totals_lie_between_the_replicas_when_one_joined_later() -> None:
+    """A replica polled for 10 s and one for 60 s: each total is taken over the same windows as the
+    replicas' own figures, so it lies between them (the screen never shows a total outside its rows)."""
+    def hist_text(t: int, hits: float, slow: bool) -> str:
+        n = 4 * t
+        cum = (0, 0, n, n) if slow else (0, n, n, n)  # TTFT in (0.1, 1] or in (0.01, 0.1]
+        lines = ["# TYPE vllm:prefix_cache_queries counter", f"vllm:prefix_cache_queries_total {100 * t}",
+                 "# TYPE vllm:prefix_cache_hits counter", f"vllm:prefix_cache_hits_total {hits * 100 * t}",
+                 "# TYPE vllm:time_to_first_token_seconds histogram"]
+        lines += [f'vllm:time_to_first_token_seconds_bucket{{le="{b}"}} {c}'
+                  for b, c in zip(("0.01", "0.1", "1.0", "+Inf"), cum)]
+        return "\n".join(lines + [f"vllm:time_to_first_token_seconds_count {n}",
+                                  f"vllm:time_to_first_token_seconds_sum {0.05 * n}"]) + "\n"
+
+    a = [parse_scrape(hist_text(t, 0.9, False), float(t)) for t in range(0, 61)]
+    b = [parse_scrape(hist_text(t, 0.5, True), float(t)) for t in range(51, 61)]
+    pa, pb, total = derive(a), derive(b), derive_total([a, b])
+    assert min(pa.hit_rate, pb.hit_rate) <= total.hit_rate <= max(pa.hit_rate, pb.hit_rate)
+    assert min(pa.ttft_p95, pb.ttft_p95) <= total.ttft_p95 <= max(pa.ttft_p95, pb.ttft_p95)
+    assert total.output_tps is None or total.output_tps >= 0

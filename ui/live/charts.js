@@ -12,7 +12,7 @@
   function fmt(v, unit) {
     if (v === 0) return "0";
     if (unit === "ms") return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(0) : v.toFixed(1);
-    if (unit === "%") return v.toFixed(0);
+    if (unit === "%") return Number.isInteger(v) ? String(v) : v.toFixed(1);
     if (v >= 10000) return (v / 1000).toFixed(0) + "k";
     if (v >= 1000) return (v / 1000).toFixed(1) + "k";
     return Number.isInteger(v) ? String(v) : v.toFixed(1);

@@ -8,7 +8,8 @@
   const {el, setText, button} = root.PagedChatDom;
   const {drawChart} = root.PagedChatCharts;
 
-  const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+  // no red and no green: those say down and up
+  const COLORS = ["#2563eb", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#475569", "#92400e"];
   const HISTORY_S = 300, WINDOW_S = 120, TREE_EVERY_MS = 2000;
   const TILES = [
     ["up", "Replicas up", "answering /health"],
@@ -193,6 +194,8 @@
       if (!this.replicas.length) return;
       const up = this.replicas.filter((r) => r.state === "up");
       setText(this.status, `${up.length} of ${this.replicas.length} replicas up · updated once a second`);
+      this.status.classList.toggle("pc-status-warn", up.length < this.replicas.length);
+      this.status.classList.toggle("pc-status-bad", up.length === 0);
       this._tiles(up);
       this._table();
       this._charts();
@@ -272,13 +275,18 @@
         label: `${r.index + 1} · ${hostOf(r.url)}`, color: COLORS[r.index % COLORS.length], kind: "line", ...extra,
         points: (this.series[r.index] || []).filter((p) => p.t >= t0 && p[f] != null).map((p) => [p.t, p[f] * scale])}));
       drawChart(this.charts.tps, {...base, series: lines("output_tps")});
-      drawChart(this.charts.reqs, {...base, yMax: 2, series: this.replicas.map((r) => ({
+      const peak = Math.max(0, ...this.replicas.flatMap((r) => (this.series[r.index] || [])
+        .filter((p) => p.t >= t0).map((p) => (p.running || 0) + (p.waiting || 0))));
+      drawChart(this.charts.reqs, {...base, yMax: Math.max(2, Math.ceil(peak * 1.25)), series: this.replicas.map((r) => ({
         label: `${r.index + 1} · ${hostOf(r.url)}`, color: COLORS[r.index % COLORS.length], kind: "step", until: now,
         points: (this.series[r.index] || []).filter((p) => p.t >= t0 && p.running != null)
           .map((p) => [p.t, p.running + (p.waiting || 0)])}))});
       drawChart(this.charts.kv, {...base, unit: "%", yMax: 10, series: lines("kv_usage", 100)});
-      drawChart(this.charts.lat, {...base, unit: "ms", series: lines("ttft_p50", 1000).concat(
-        lines("itl_p50", 1000, {dash: true, width: 1.5}).map((s) => ({...s, label: ""})))});
+      const lat = lines("ttft_p50", 1000).concat(lines("itl_p50", 1000, {dash: true, width: 1.5}).map((s) => ({...s, label: ""})));
+      const all = lat.flatMap((s) => s.points.map((p) => p[1])).sort((a, b) => a - b);
+      // one slow first request must not flatten the rest: the scale stops at the 95th percentile
+      drawChart(this.charts.lat, {...base, unit: "ms", yCap: all.length ? all[Math.floor(all.length * 0.95)] * 1.2 : 0,
+                                  series: lat});
     }
 
     // ---- the prefix-cache tree -----------------------------------------------------------------
@@ -311,7 +319,7 @@
       this.tree = tree;
       const r = this.replicas[tree.replica];
       const chains = tree.segments.filter((s) => s.parent === null).length;
-      setText(this.treeNote, `Replica ${tree.replica + 1} (${tree.kv_events}): ${tree.alive.toLocaleString()} blocks cached` +
+      setText(this.treeNote, `Replica ${tree.replica + 1} (KV events from ${tree.kv_events}): ${tree.alive.toLocaleString()} blocks cached` +
         ` in ${chains} root chain${chains === 1 ? "" : "s"} · ${tree.evicted.toLocaleString()} evicted · ` +
         `${tree.batches.toLocaleString()} event batches · block size ${tree.block_size || "?"}` +
         (tree.lost ? ` · ${tree.lost} batches lost` : "") + (tree.hidden ? ` · ${tree.hidden} branches not drawn` : ""));
