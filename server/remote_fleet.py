@@ -68,6 +68,7 @@ class Replica:
         self._lock = threading.Lock()
         self.tree = PrefixTree()
         self._texts: dict[tuple[str, str], str | None] = {}  # (first, last block) -> text
+        self._by_first: dict[str, str] = {}  # first block -> the latest text found for a segment from it
         self._wanted: dict[tuple[str, str], tuple[int, ...]] = {}
         self._text_wake = threading.Event()
         self._detokenize = True
@@ -205,7 +206,8 @@ class Replica:
             key = (s.id, s.last)
             if key not in self._texts and self._detokenize:
                 wanted[key] = s.token_ids
-            out.append(_segment_json(s, self._texts.get(key)))
+            # a segment that grew keeps showing its shorter text until the longer one is looked up
+            out.append(_segment_json(s, self._texts.get(key) or self._by_first.get(s.id)))
         if wanted:
             with self._lock:
                 self._wanted = wanted  # the newest view's wishes replace older ones
@@ -228,10 +230,13 @@ class Replica:
                     wanted, self._wanted = self._wanted, {}
                 if len(self._texts) > 20_000:
                     self._texts.clear()
+                    self._by_first.clear()
                 for key, tokens in wanted.items():
                     if self._stop.is_set() or not self._detokenize or not self.up:
                         break
-                    self._texts[key] = self._text(client, tokens)
+                    text = self._texts[key] = self._text(client, tokens)
+                    if text is not None:
+                        self._by_first[key[0]] = text
 
     def _text(self, client: httpx.Client, tokens: tuple[int, ...]) -> str | None:
         if self.model is None or not tokens:

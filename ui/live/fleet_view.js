@@ -69,9 +69,12 @@
     _build() {
       const r = el("div", "pc-live pc-fleet" + (this.config.presenter ? " pc-presenter" : ""));
       this.root = r;
-      r.appendChild(el("div", "pc-notice", "Remote engines: each replica's load and latency come from its Prometheus " +
-        "/metrics (vLLM's names), its prefix cache from its KV events. The block map, the block tables and the step " +
-        "timeline need an engine's internals, which a remote engine does not export."));
+      r.appendChild(el("div", "pc-notice", this.config.presenter ?
+        "Remote engines, read from their /metrics and KV events: a remote engine does not export the block map, " +
+        "the block tables or the step timeline." :
+        "Remote engines: each replica's load and latency come from its Prometheus /metrics (vLLM's names), its " +
+        "prefix cache from its KV events. The block map, the block tables and the step timeline need an engine's " +
+        "internals, which a remote engine does not export."));
       const bar = el("div", "pc-bar");
       this.status = el("span", "pc-status", "connecting…");
       bar.append(this.status, button("pc-btn", "Reset view", () => this.reset()));
@@ -337,7 +340,13 @@
         if (s.alive) bar.style.background = color;
         barBox.appendChild(bar);
         const count = el("span", "pc-seg-n", `${s.blocks} block${s.blocks === 1 ? "" : "s"}` + (s.stored > 1 ? ` ↻${s.stored}` : ""));
-        const text = el("span", "pc-seg-text", s.text == null ? `${s.tokens} tokens` : s.text.replace(/\n/g, "⏎"));
+        const text = el("span", "pc-seg-text");
+        if (s.text == null) text.textContent = `${s.tokens} tokens`;
+        else { // the chat template's special tokens dimmed, so that the words stand out
+          for (const part of s.text.replace(/\n/g, "⏎").split(/(<\|[a-z_]+\|>)/)) {
+            if (part) text.appendChild(/^<\|[a-z_]+\|>$/.test(part) ? el("span", "pc-special", part) : document.createTextNode(part));
+          }
+        }
         row.title = `blocks ${s.start}–${s.start + s.blocks - 1} of the prompt · ${s.tokens} tokens · ${s.alive ? "cached" : "evicted"}` +
           (s.text ? `\n${s.text}` : "");
         row.append(barBox, count, text);
