@@ -78,12 +78,7 @@ def build_http_app(engine: EngineThread, model_name: str, ui: Any | None = None,
 def build_replay_app(source: ReplaySource, label: str, ui: Any, limits: ServerLimits = ServerLimits(),
                      allowed_hosts: list[str] | None = None, routers: list[Any] = ()) -> FastAPI:
     """A recording played back: the feed's endpoints, /health and the UI (no engine, no /v1)."""
-    app = FastAPI(title="PagedChat (replay)", docs_url=None, redoc_url=None)
-    app.include_router(build_feed_router(source))
-    for router in routers:
-        app.include_router(router)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=None)
+    app = _ui_only_app("PagedChat (replay)", [build_feed_router(source), *routers], limits, allowed_hosts)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -96,12 +91,7 @@ def build_remote_app(fleet: RemoteFleet, ui: Any, limits: ServerLimits = ServerL
                      allowed_hosts: list[str] | None = None, routers: list[Any] = ()) -> FastAPI:
     """The UI over remote engines: the fleet's endpoints, /health and the UI (the chat sends to the
     engines themselves; their own /v1 stays where it is)."""
-    app = FastAPI(title="PagedChat (remote engines)", docs_url=None, redoc_url=None)
-    app.include_router(build_fleet_router(fleet))
-    for router in routers:
-        app.include_router(router)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=None)
+    app = _ui_only_app("PagedChat (remote engines)", [build_fleet_router(fleet), *routers], limits, allowed_hosts)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -110,6 +100,17 @@ def build_remote_app(fleet: RemoteFleet, ui: Any, limits: ServerLimits = ServerL
         return JSONResponse({"status": "ok" if up else "no engine up", "replicas": replicas}, 200 if up else 503)
 
     return _mount_ui(app, ui)
+
+
+def _ui_only_app(title: str, routers: list[Any], limits: ServerLimits, allowed_hosts: list[str] | None) -> FastAPI:
+    """An app with no /v1 of its own (a replay, a UI over remote engines): `routers`, the body limit
+    and the Host check (no API key: there is no API to guard)."""
+    app = FastAPI(title=title, docs_url=None, redoc_url=None)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(AccessControl, allowed_hosts=allowed_hosts or ["*"], api_key=None)
+    return app
 
 
 def _mount_ui(app: FastAPI, ui: Any) -> FastAPI:
