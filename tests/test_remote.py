@@ -29,6 +29,7 @@ from engine.sampling_params import SamplingParams
 from server.remote_client import RemoteEngine
 from server.remote_fleet import RemoteFleet, RemoteSpec
 from server.uvicorn_thread import ServerThread, free_port
+from server.vllm_metrics import KV_USAGE, RUNNING, WAITING, parse_scrape
 from ui.load_generator import LoadPolicy
 from ui.scenarios import run_scenario
 
@@ -210,6 +211,15 @@ def test_a_killed_replica_is_shown_down_and_the_chat_goes_on(browser, ui: Simple
     page.goto(ui.url)
     page.get_by_role("tab", name="Dashboard").click()
     page.wait_for_function("() => document.querySelectorAll('#live-view tr[data-state=up]').length === 2")
+    # idle, the screen's running, waiting and KV use are each replica's own /metrics
+    time.sleep(2.5)
+    for i, e in enumerate(engines):
+        scrape = parse_scrape(httpx.get(f"{e.spec.url}/metrics").text, 0.0)
+        row = page.locator(f"#live-view tr[data-replica='{i}']")
+        assert row.locator(".pc-c-running").inner_text() == f"{scrape.value(RUNNING):g}"
+        assert row.locator(".pc-c-waiting").inner_text() == f"{scrape.value(WAITING):g}"
+        kv = scrape.value(KV_USAGE) * 100
+        assert row.locator(".pc-c-kv").inner_text() == f"{kv:.{0 if kv >= 10 else 1}f}%"
     # an answer streaming from replica 1 when it dies fails with a message naming it
     streamed: list[str] = []
     outcome: list[BaseException] = []
