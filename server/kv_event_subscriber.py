@@ -8,17 +8,26 @@ order, each once.
 
 A publisher that restarts counts from 0 again: a sequence number already seen, whose batch is not the
 one seen under it, calls `on_restart()` (the cache the engine had is gone) and the stream is followed
-anew. ZeroMQ reconnects the live socket by itself; a replay socket that does not answer within
-`replay_timeout` is closed and opened afresh at the next request.
+anew. ZeroMQ reconnects the live socket by itself, and a subscription misses what is published before
+it reaches the new publisher: a restarted one's batch 2 can be the first to arrive and look like the
+next of the old stream. So each reconnection is checked with the replay socket: the publisher is the
+same one only if it still sends, under the newest sequence number seen, the batch seen under it.
+A replay socket that does not answer within `replay_timeout` is closed and opened afresh at the next
+request (the check is then made again at the next batch).
+
+For the same reason a batch published while a subscription is still on its way is not received live:
+when nothing has arrived for `idle_check` seconds, the replay socket is asked for anything newer.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable
 
 import zmq
+import zmq.utils.monitor
 
 from server.kv_events import EventBatch, decode_batch
 
@@ -30,14 +39,18 @@ _RECENT = 4096  # (seq -> ts) kept to tell a replayed duplicate from a restarted
 class KVEventSubscriber:
     def __init__(self, endpoint: str, on_batch: Callable[[int, EventBatch], None],
                  replay_endpoint: str | None = None, topic: str = "",
-                 on_restart: Callable[[], None] | None = None, replay_timeout: float = 1.0) -> None:
+                 on_restart: Callable[[], None] | None = None, replay_timeout: float = 1.0,
+                 idle_check: float = 0.5) -> None:
         self.endpoint, self.replay_endpoint, self.topic = endpoint, replay_endpoint, topic
         self.on_batch, self.on_restart = on_batch, on_restart
         self.replay_timeout_ms = int(replay_timeout * 1000)
+        self.idle_check = idle_check
         self.last_seq = -1  # the newest batch delivered
         self.lost = 0  # batches never delivered: gone from the replay buffer, or no replay socket
         self.undecodable = 0
         self.restarts = 0
+        self._connections = 0  # the live socket's connections so far: from the second on, a check
+        self._unverified = False  # a reconnection not yet checked with the replay socket
         self._recent: OrderedDict[int, float] = OrderedDict()
         self._ctx = zmq.Context.instance()
         self._dealer: zmq.Socket | None = None
@@ -58,18 +71,65 @@ class KVEventSubscriber:
         try:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt_string(zmq.SUBSCRIBE, self.topic)
+            monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
             sub.connect(self.endpoint)
             self._catch_up(0)  # a late joiner: whatever the publisher still has
+            poller = zmq.Poller()
+            poller.register(monitor, zmq.POLLIN)
+            poller.register(sub, zmq.POLLIN)
+            heard = time.monotonic()
             while not self._stop.is_set():
-                if sub.poll(50):
+                ready = dict(poller.poll(50))
+                if monitor in ready:  # before the batches: a new connection's first one must be checked
+                    self._connected(monitor)
+                if sub in ready:
                     self._live(sub.recv_multipart())
+                    heard = time.monotonic()
+                elif time.monotonic() - heard > self.idle_check:
+                    self._catch_up(self.last_seq + 1)  # quiet: anything the subscription missed?
+                    heard = time.monotonic()
         except Exception:  # noqa: BLE001 - a broken stream must not take the app down
             log.exception("following KV events from %s failed", self.endpoint)
         finally:
+            sub.disable_monitor()
             sub.close(linger=0)
             self._close_dealer()
 
+    def _connected(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = zmq.utils.monitor.recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._connections += 1
+                if self._connections > 1:
+                    self._unverified = True
+        if self._unverified:
+            self._verify()
+
+    def _verify(self) -> None:
+        """After a reconnection: is the publisher the one followed so far? (See the module's note.)"""
+        if self.replay_endpoint is None or self.last_seq < 0:
+            self._unverified = False  # nothing to compare (without replay, only a sequence tells)
+            return
+        seq = self.last_seq
+        replies = self._replay(seq)
+        if replies is None:
+            return  # no answer: asked again at the next batch
+        self._unverified = False
+        if replies and replies[0][0] == seq and replies[0][1].ts == self._recent.get(seq):
+            for s, batch in replies[1:]:
+                self._accept(s, batch)  # the same publisher: what was missed while away
+            return
+        if replies and replies[0][0] > seq:
+            for s, batch in replies:  # the batch is gone from its buffer: the same one, as far as
+                self._accept(s, batch)  # can be told; the gap is counted lost
+            return
+        self._restarted()  # it sends another batch under that number, or none: it counts anew
+        for s, batch in self._replay(0) or []:
+            self._accept(s, batch)
+
     def _live(self, frames: list[bytes]) -> None:
+        if self._unverified:
+            self._verify()
         if len(frames) != 3:
             self.undecodable += 1
             return
@@ -117,17 +177,17 @@ class KVEventSubscriber:
         if self.replay_endpoint is None:
             return
         probe = start - 1 if start - 1 in self._recent else start
-        replies = self._replay(probe)
+        replies = self._replay(probe) or []
         if replies and probe < start and replies[0][0] == probe:
             _, batch = replies.pop(0)
             if batch.ts != self._recent[probe]:
                 self._restarted()
-                replies = self._replay(0)
+                replies = self._replay(0) or []
         for seq, batch in replies:
             self._accept(seq, batch)
 
-    def _replay(self, start: int) -> list[tuple[int, EventBatch]]:
-        """The batches the replay socket sends from `start` on, up to its end marker."""
+    def _replay(self, start: int) -> list[tuple[int, EventBatch]] | None:
+        """The batches the replay socket sends from `start` on, up to its end marker (None: no answer)."""
         dealer = self._replay_socket()
         dealer.send_multipart([b"", start.to_bytes(8, "big")])
         replies: list[tuple[int, EventBatch]] = []
@@ -135,7 +195,7 @@ class KVEventSubscriber:
             if not dealer.poll(self.replay_timeout_ms):
                 log.warning("no KV-event replay from %s within %d ms", self.replay_endpoint, self.replay_timeout_ms)
                 self._close_dealer()  # a late answer must not be read as the next one's
-                break
+                return None
             frames = dealer.recv_multipart()
             if frames and frames[0] == b"":
                 frames = frames[1:]  # the delimiter

@@ -426,3 +426,17 @@ def test_our_engine_publishes_its_prefix_cache(embedded_model_dir: str, publishe
     follower.sub.stop()
     assert follower.tree.clears == 1 and len(follower.tree) == 0
 
+
+
+def test_batches_the_live_socket_never_delivers_come_from_the_replay_socket_when_quiet(
+        publisher: KVEventPublisher) -> None:
+    """A subscription still on its way misses what is published meanwhile (ZeroMQ's slow joiner);
+    here the live socket misses everything (another topic), so each batch must come by replay."""
+    follower = Follower(publisher, topic="not-kv")
+    try:
+        for i in range(3):
+            publisher.publish(stored(i + 1, i or None, float(i)))
+            wait_for(lambda: follower.sub.last_seq == i, timeout=5)
+        assert follower.seqs == [0, 1, 2] and follower.sub.lost == 0 and len(follower.tree) == 3
+    finally:
+        follower.sub.stop()
