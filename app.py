@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
                    help="auto: Triton kernels on CUDA, plain torch elsewhere")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps, lone prefills)")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="overlapped scheduling: plan and launch the next step while the device runs this one "
+                        "(default: on a GPU)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (a power of two)")
     p.add_argument("--num-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
     p.add_argument("--gpu-memory-fraction", type=float, default=0.85,
@@ -120,6 +123,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
                         cache=cache, scheduler=scheduler,
                         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+                        async_scheduling=args.async_scheduling,
                         parse_special_in_chat=args.parse_special_tokens_in_chat)
 
 

@@ -85,6 +85,20 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     results = llm.generate(prompts, greedy)
     w256 = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
     out = {"w256": w256}
+    if engine.async_scheduling:  # the same run without overlapped scheduling, for its gain
+        engine.async_scheduling = False
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        results = llm.generate(prompts, greedy)
+        out["w256_sync"] = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
+        engine.add_request("single-sync", prompts[0][:128], SamplingParams(temperature=0.0, max_tokens=256,
+                                                                           ignore_eos=True))
+        stamps = []
+        while engine.has_unfinished_requests():
+            if engine.step().outputs:
+                stamps.append(time.perf_counter())
+        out["single_sync"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        engine.async_scheduling = True
     # sampled as a chat would: one SamplingParams per request (seeded ones each their own seed)
     for name, make in (("w256_top_p_seeded", lambda i: SamplingParams(temperature=0.7, top_p=0.9, seed=i,
                                                                        max_tokens=new, ignore_eos=True)),
@@ -210,6 +224,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     print(f"| memory roofline | {ceiling:,.0f} | | |")
     print(f"| PagedChat | {mine['w256']:,.0f} | {mine['single']:,.0f} | {mine['ttft_ms']:.1f} ms |")
+    if "w256_sync" in mine:
+        print(f"| PagedChat without overlapped scheduling | {mine['w256_sync']:,.0f} | {mine['single_sync']:,.0f} | |")
     print(f"| PagedChat, temperature 0.7, top-p 0.9, seeded | {mine['w256_top_p_seeded']:,.0f} | | |")
     print(f"| PagedChat, temperature 0.7, top-k 50 | {mine['w256_top_k']:,.0f} | | |")
     print(f"| PagedChat, nano-vllm's workload (prompts and outputs 100-1024, temperature 0.6) | {mine['nano']:,.0f} "

@@ -14,9 +14,10 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.event_feed import EventFeed, StepRecorder
 from engine.kv_cache_events import KVCacheChange
 from engine.forward_metadata import ScheduledChunk
+from engine.step_inputs import Feed
 from engine.metrics import MetricsRecorder, MetricsSnapshot
 from engine.model_loader import load_tokenizer, resolve_model
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, PendingTokens
 from engine.outputs import RequestOutput
 from engine.prompt_encoder import PromptEncoder, check_token_ids
 from engine.request_inspection import RequestInspection, inspect_request
@@ -24,7 +25,7 @@ from engine.request_stream import DeviceFailure, EngineOverloaded
 from engine.sampler import INVALID_TOKEN, SampleRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
-from engine.sequence import FinishReason, Sequence
+from engine.sequence import PENDING, FinishReason, Sequence
 from engine.token_strings import TokenStrings
 
 if TYPE_CHECKING:
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _GONE = (FinishReason.ABORT, FinishReason.ERROR)  # no more output for these
+
+@dataclass
+class _Launched:
+    """A step on the device: what was scheduled, its tokens on their way, and, once `advanced`
+    (overlapped scheduling), each sequence's sample row, which the next step may read on the device."""
+
+    out: SchedulerOutput
+    pending: PendingTokens
+    sample_rows: dict[int, int]  # seq_id -> its row among the step's sampled tokens
+    advanced: bool = False
+
 
 @dataclass(frozen=True)
 class StepOutput:
@@ -71,7 +83,12 @@ class LLMEngine:
         self.metrics = MetricsRecorder()
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self._live: dict[str, int] = {}  # request id -> its unfinished sequences
-        self._undetokenized: list[Sequence] = []  # got a token last step; text still to make
+        # got a token last step, whose text is still to make: (sequence, the token's index (with a
+        # step in flight the sequence already holds its next, PENDING, token), its logprobs if asked)
+        self._undetokenized: list[tuple[Sequence, int, Any]] = []
+        self._in_flight: _Launched | None = None  # overlapped scheduling: the step still on the device
+        overlap = self.config.async_scheduling
+        self.async_scheduling = self.runner.device.type == "cuda" if overlap is None else overlap
         self._controls = Controls()
         self._token_strings = TokenStrings(self.tokenizer)  # logprobs' token texts
         self._grammars: GrammarCompiler | None = None  # structured output's, made at its first request
@@ -114,7 +131,8 @@ class LLMEngine:
             raise ValueError(f"n={params.n} exceeds max_num_seqs={self.config.scheduler.max_num_seqs}")
         seq = Sequence(seq_id=self.scheduler.next_seq_id(), request_id=request_id, token_ids=token_ids,
                        num_prompt_tokens=len(token_ids), params=params,
-                       arrival_time=time.perf_counter() if arrival_time is None else arrival_time)
+                       arrival_time=time.perf_counter() if arrival_time is None else arrival_time,
+                       token_limit=min(len(token_ids) + params.max_tokens, self.max_model_len))
         self._live[request_id] = params.n
         self.scheduler.add(seq)
         if self._recorder:
@@ -181,7 +199,7 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         """Sequences to run, or tokens whose text has not been handed out yet."""
-        return self.scheduler.has_unfinished or bool(self._undetokenized)
+        return self.scheduler.has_unfinished or bool(self._undetokenized) or self._in_flight is not None
 
     # ---- live controls (demo scenarios) -------------------------------------------------------------
     @property
@@ -205,49 +223,47 @@ class LLMEngine:
         drops the token the sequence got meanwhile. Token-based stops (EOS, stop ids, max_tokens)
         end a sequence at once.
 
+        With `async_scheduling` (overlapped scheduling, as vLLM's and SGLang's) a step is left on the
+        device: the next call plans and launches the next step at once, its decode rows reading their
+        input tokens on the device, and only then waits for this step's tokens, so the host's work
+        hides behind the device's. The outputs are those of the plain engine; a sequence that turns out
+        to have ended (EOS, a stop id) costs one row in the step after, whose token is dropped. A step
+        whose next rows need its tokens on the host (penalties, a grammar, a fork, prompt logprobs) is
+        taken at once.
+
         If preparing, running or sampling the batch raises, the sequences of this step fail (an
         error output each, their blocks freed and kept out of the prefix cache) and the others go
         on. A device that cannot run anything any more raises `DeviceFailure`: nothing can go on.
         """
         start, wall = time.perf_counter(), time.time()
+        before, self._in_flight = self._in_flight, None
         out = self.scheduler.schedule()
         if self._recorder:
             self._recorder.scheduled(out)
-        pending, fault, num_output = None, None, 0
+        launched, fault = None, None
         if not out.is_empty:
             try:
-                chunks, rows = self._prepare(out)
-                pending = self.runner.launch(chunks, out.copies, rows)
+                chunks, rows, sample_rows, feed = self._prepare(out, before)
+                pending = self.runner.launch(chunks, out.copies, rows, feed=feed) if feed else \
+                    self.runner.launch(chunks, out.copies, rows)
+                launched = _Launched(out, pending, sample_rows)
             except Exception as exc:  # noqa: BLE001 - this step's requests fail, not the engine
                 fault = exc
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
-        outputs = [self._guarded(self._detokenize, seq) for seq in self._undetokenized if seq.finish_reason not in _GONE]
-        self._undetokenized = []
-        if pending is not None:
-            try:
-                tokens = pending.result()
-                if (prompt := pending.prompt_logprobs()) is not None:
-                    self._keep_prompt_logprobs(out, prompt)
-                logprobs = pending.logprobs()  # None unless a row asked
-                grew = self.scheduler.update(out, self._split(out, tokens),
-                                             None if logprobs is None else self._split(out, logprobs))
-                num_output = len(tokens)
-            except Exception as exc:  # noqa: BLE001
-                fault = exc
-            else:
-                if self._recorder:  # a sample other than the first with one token was forked just now
-                    for seq in grew:
-                        if seq.sample_index and seq.num_output_tokens == 1:
-                            self._recorder.note(seq, "forked")
-                now = time.perf_counter()
-                for seq in grew:
-                    failed = self._guarded(self._account, seq, now)
-                    if failed is None:
-                        self._undetokenized.append(seq)
-                    else:
-                        outputs.append(failed)
+        outputs = self._detokenize_all()
+        if before is not None:
+            self._take(before, outputs)
+        num_output = 0  # tokens this step samples (the feed's record of it)
         if fault is not None:
             outputs += self._fail_step(out, fault)
+        elif launched is not None:
+            if self.async_scheduling and self._may_leave(out):
+                self.scheduler.advance(out)  # after `before` is taken: its tokens are in the blocks' hashes
+                launched.advanced = True
+                self._in_flight = launched
+                num_output = sum(item.num_samples for item in out.scheduled)
+            else:
+                num_output = self._take(launched, outputs)
         self.metrics.total_prompt_tokens += num_prefill
         self.metrics.total_cached_tokens += out.num_cached_tokens
         self.metrics.total_queried_tokens += out.num_queried_tokens
@@ -258,6 +274,62 @@ class LLMEngine:
             self._recorder.close_step(snapshot.step, wall, snapshot.step_time, num_prefill, num_decode, num_output,
                                       self.block_manager, self.scheduler.batching)
         return StepOutput(outputs, snapshot)
+
+    def _detokenize_all(self) -> list[RequestOutput]:
+        """The text of every token taken last step (a sequence may have two, from a step taken late
+        and one taken at once: a stop string in the first drops the second, as one step later would)."""
+        outputs, ended = [], set()
+        for seq, at, logprobs in self._undetokenized:
+            if seq.finish_reason in _GONE or seq.seq_id in ended:
+                continue
+            output = self._guarded(self._detokenize, seq, at, logprobs)
+            if output.finished:
+                ended.add(seq.seq_id)
+            outputs.append(output)
+        self._undetokenized = []
+        return outputs
+
+    def _take(self, launched: _Launched, outputs: list[RequestOutput]) -> int:
+        """Wait for a launched step's tokens and hand them to its sequences (outputs gets the
+        failures); returns how many tokens it sampled."""
+        out, pending = launched.out, launched.pending
+        try:
+            tokens = pending.result()
+            if (prompt := pending.prompt_logprobs()) is not None:
+                self._keep_prompt_logprobs(out, prompt)
+            logprobs = pending.logprobs()  # None unless a row asked
+            take = self.scheduler.resolve if launched.advanced else self.scheduler.update
+            grew = take(out, self._split(out, tokens), None if logprobs is None else self._split(out, logprobs))
+        except Exception as exc:  # noqa: BLE001
+            outputs += self._fail_step(out, exc)
+            return 0
+        if self._recorder:  # a sample other than the first with one token was forked just now
+            for seq in grew:
+                if seq.sample_index and seq.num_output_tokens == 1:
+                    self._recorder.note(seq, "forked")
+        now = time.perf_counter()
+        for seq in grew:
+            failed = self._guarded(self._account, seq, now)
+            if failed is None:
+                self._undetokenized.append((seq, seq.num_tokens - 1, seq.new_logprobs))
+            else:
+                outputs.append(failed)
+        return len(tokens)
+
+    @staticmethod
+    def _may_leave(out: SchedulerOutput) -> bool:
+        """Can this step stay on the device while the next is planned? Not if a sequence forks, nor
+        if its next row needs this step's token on the host (penalties over its output, a grammar),
+        nor while prompt logprobs are taken (they are placed by the computed count before the step)."""
+        for item in out.scheduled:
+            seq = item.seq
+            if item.num_samples > 1 or seq.needs_prompt_logprobs:
+                return False
+            params = seq.params
+            if item.num_samples and (params.guided is not None or params.repetition_penalty != 1.0
+                                     or params.presence_penalty or params.frequency_penalty):
+                return False
+        return True
 
     @staticmethod
     def _split(out: SchedulerOutput, tokens: list[Any]) -> list[list[Any]]:
@@ -281,12 +353,22 @@ class LLMEngine:
                 outputs += self._fail(item.seq, error)
         return outputs
 
-    def _prepare(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[SampleRow]]:
-        chunks, rows = [], []
+    def _prepare(self, out: SchedulerOutput, before: _Launched | None
+                 ) -> tuple[list[ScheduledChunk], list[SampleRow], dict[int, int], Feed | None]:
+        """The step's chunks and sampled rows; each sequence's sample row; and the input tokens that
+        are still on the device, sampled by `before` (a PENDING token: a decode row reads it there)."""
+        chunks, rows, sample_rows, fed = [], [], {}, []
         table = self.block_manager.block_table
+        at = 0  # this chunk's first token row
         for item in out.scheduled:
             seq, samples = item.seq, item.num_samples
             start, ids = seq.num_computed_tokens, seq.token_ids
+            if ids[-1] == PENDING:
+                assert before is not None and item.num_new_tokens == 1, "a PENDING token outside a decode row"
+                fed.append((at, before.sample_rows[seq.seq_id]))
+            at += item.num_new_tokens
+            if samples == 1:
+                sample_rows[seq.seq_id] = len(rows)
             targets: tuple[int, ...] = ()
             if seq.needs_prompt_logprobs:  # positions start.. predict the prompt tokens after them
                 assert start == len(seq.prompt_logprobs), (start, len(seq.prompt_logprobs))
@@ -300,7 +382,7 @@ class LLMEngine:
                 rows.append(SampleRow(seq.params, ids, seq.sample_index, step, banned, guide=guide))
             elif samples:
                 rows.extend(SampleRow(seq.params, ids, k, step, banned, guide=guide) for k in range(samples))
-        return chunks, rows
+        return chunks, rows, sample_rows, Feed(before.pending.device_tokens, fed) if fed else None
 
     @staticmethod
     def _keep_prompt_logprobs(out: SchedulerOutput, entries: list[Any]) -> None:
@@ -370,9 +452,10 @@ class LLMEngine:
         elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             self._finish(seq, FinishReason.LENGTH)
 
-    def _detokenize(self, seq: Sequence) -> RequestOutput:
-        """The text of a sequence's newest token; a stop string in it finishes the sequence."""
-        token = seq.token_ids[-1]
+    def _detokenize(self, seq: Sequence, at: int, logprobs: Any = None) -> RequestOutput:
+        """The text (and `logprobs`, if asked) of a sequence's token at `at`, its newest known one;
+        a stop string in it finishes the sequence."""
+        token = seq.token_ids[at]
         detok = self._detokenizers.get(seq.seq_id)
         first = detok is None
         if first:
@@ -393,7 +476,7 @@ class LLMEngine:
         if seq.is_finished:
             del self._detokenizers[seq.seq_id]
             self._release(seq)
-        output = self._output(seq, delta, [token], detok.text)
+        output = self._output(seq, delta, [token], detok.text, at + 1 - seq.num_prompt_tokens)
         if first and seq.params.prompt_logprobs is not None:  # once, with the sample's first text
             prompt = seq.token_ids[:seq.num_prompt_tokens]
             output = replace(output, prompt_logprobs=(None,) + tuple(
@@ -401,8 +484,8 @@ class LLMEngine:
         if seq.params.logprobs is None:
             return output
         # one entry per token whose text is in the output: a stop token left out of it has none
-        shown = seq.new_logprobs is not None and (delta or not stopped_on_token)
-        return replace(output, logprobs=(self._token_strings.logprobs(token, seq.new_logprobs),) if shown else ())
+        shown = logprobs is not None and (delta or not stopped_on_token)
+        return replace(output, logprobs=(self._token_strings.logprobs(token, logprobs),) if shown else ())
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.finish(seq, reason)
@@ -420,9 +503,11 @@ class LLMEngine:
         self.metrics.finish(seq, time.perf_counter(), request_done=left <= 0)
 
     @staticmethod
-    def _output(seq: Sequence, delta: str, tokens: list[int], text: str) -> RequestOutput:
+    def _output(seq: Sequence, delta: str, tokens: list[int], text: str,
+                num_output_tokens: int | None = None) -> RequestOutput:
         reason = seq.finish_reason.value if seq.finish_reason else None
-        return RequestOutput(seq.request_id, seq.sample_index, delta, tokens, text, seq.num_output_tokens,
+        num_output_tokens = seq.num_output_tokens if num_output_tokens is None else num_output_tokens
+        return RequestOutput(seq.request_id, seq.sample_index, delta, tokens, text, num_output_tokens,
                              seq.is_finished, reason, num_cached_tokens=seq.num_cached_tokens)
 
     def _snapshot(self, out: SchedulerOutput, start: float, num_prefill: int, num_decode: int) -> MetricsSnapshot:

@@ -16,7 +16,7 @@ from engine.prefill_graphs import PrefillGraphs
 from engine.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
 from engine.outputs import TokenLogprobs
 from engine.sampler import SampleRow, Sampler
-from engine.step_inputs import StepInputs, StepLimits, build_metadata
+from engine.step_inputs import Feed, StepInputs, StepLimits, build_metadata
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -125,13 +125,15 @@ class ModelRunner:
         return self.model.compute_logits(hidden[meta.logits_indices])
 
     @torch.inference_mode()
-    def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow]) -> "PendingTokens":
+    def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow],
+               feed: Feed | None = None) -> "PendingTokens":
         """Queue one forward pass and its sampling on the device; the host is free until result().
 
         The step's inputs (metadata, attention plan, sampling tensors, block copies) go over in one
-        copy; a step that a captured graph holds is built in its padded shape and replays it."""
+        copy; a step that a captured graph holds is built in its padded shape and replays it. `feed`:
+        the input tokens still on the device, sampled by the step before (overlapped scheduling)."""
         graphs = self._graphs_for(chunks)
-        step = self.inputs.build(chunks, rows, copies, graphs.padding(chunks) if graphs is not None else None)
+        step = self.inputs.build(chunks, rows, copies, graphs.padding(chunks) if graphs is not None else None, feed)
         self._copy_blocks(step.block_copies)
         meta = step.meta
         if graphs is not None:
@@ -186,6 +188,7 @@ class PendingTokens:
                  sampled: tuple[list[int], list[int], LogprobTensors] | None = None,
                  prompt: tuple[list[int], LogprobTensors] | None = None) -> None:
         self._event = None
+        self.device_tokens = tokens  # [S] where they were sampled: the next step may read them there
         if tokens is not None and tokens.is_cuda or prompt is not None and prompt[1].chosen.is_cuda:
             tokens = None if tokens is None else self._to_host(tokens)
             sampled = None if sampled is None else (sampled[0], sampled[1], sampled[2].map(self._to_host))

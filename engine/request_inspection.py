@@ -52,9 +52,10 @@ def inspect_request(seqs: Iterable[Sequence], blocks: BlockManager, request_id: 
 def _inspect_seq(seq: Sequence, blocks: BlockManager) -> SeqInspection:
     table = tuple(blocks.block_table(seq.seq_id)) if blocks.has_seq(seq.seq_id) else ()
     status = "running" if seq.status is SequenceStatus.RUNNING else "waiting"
+    tokens = tuple(seq.token_ids[:-1] if seq.has_pending_token else seq.token_ids)  # the host's tokens only
     return SeqInspection(
-        seq.seq_id, seq.sample_index, status, seq.num_prompt_tokens, seq.num_tokens, seq.num_computed_tokens,
-        seq.num_cached_tokens, tuple(seq.token_ids), table,
+        seq.seq_id, seq.sample_index, status, seq.num_prompt_tokens, len(tokens), seq.num_computed_tokens,
+        seq.num_cached_tokens, tokens, table,
         tuple(blocks.blocks[b].ref_count for b in table), tuple(blocks.blocks[b].hash is not None for b in table))
 
 

@@ -7,6 +7,13 @@ long prompt delays the others' next tokens by one chunk's time, not by its whole
 When the KV pool runs dry, the newest running sequence is preempted by recompute (a prefilling one
 before any decoding one): its blocks are freed and it goes back to the front of the waiting queue.
 Static batching (a demo's contrast) admits newcomers only once the running batch has drained.
+
+A step's results come back in one of two ways. `update` takes a finished step's tokens at once. With
+overlapped scheduling the engine instead calls `advance` as soon as a step is launched (its tokens
+count as computed and each sampling sequence gets a PENDING token), plans and launches the next step
+on that, and calls `resolve` when the first step's tokens reach the host. A sequence whose PENDING
+token is its last (max_tokens, the context) is not planned again; one that turns out to have ended
+(EOS, a stop id) was planned once too often, and that step's token for it is dropped.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from typing import Any
 
 from engine.block_manager import BlockManager
 from engine.config import SchedulerConfig
-from engine.sequence import FinishReason, Sequence, SequenceStatus
+from engine.sequence import PENDING, FinishReason, Sequence, SequenceStatus
 
 
 @dataclass(slots=True)
@@ -121,6 +128,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.num_tokens >= seq.token_limit and seq.has_pending_token:
+                i += 1  # its pending token is its last: it ends when that arrives
+                continue
             num_new = self._chunk(len(seq.token_ids) - seq.num_computed_tokens, budget)
             while not self.blocks.allocate_slots(seq.seq_id, seq.num_computed_tokens, num_new):
                 victim = self.running.pop()  # the newest
@@ -195,6 +205,37 @@ class Scheduler:
                     sample.new_logprobs = lp
         return grew
 
+    def advance(self, out: SchedulerOutput) -> None:
+        """A step has been launched: count its tokens computed and give each sequence it samples a
+        PENDING token, so that the next step can be planned before this one's tokens arrive.
+        Every scheduled sequence draws at most one token (a fork needs `update`)."""
+        for item in out.scheduled:
+            seq = item.seq
+            if seq.is_finished:
+                continue
+            assert item.num_samples <= 1, "a step that forks is taken with update()"
+            seq.num_computed_tokens += item.num_new_tokens
+            self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+            if item.num_samples:
+                seq.token_ids.append(PENDING)
+
+    def resolve(self, out: SchedulerOutput, sampled: list[list[int]],
+                logprobs: list[list[Any]] | None = None) -> list[Sequence]:
+        """An advanced step's tokens have arrived: each replaces its sequence's PENDING token.
+        Returns the sequences that received one (a finished one's is dropped; a preempted one keeps
+        its token for its recompute)."""
+        grew: list[Sequence] = []
+        for i, (item, tokens) in enumerate(zip(out.scheduled, sampled)):
+            seq = item.seq
+            if not tokens or seq.is_finished:
+                continue
+            assert seq.token_ids[-1] == PENDING, (seq.seq_id, seq.token_ids[-3:])
+            seq.token_ids[-1] = tokens[0]
+            if logprobs is not None:
+                seq.new_logprobs = logprobs[i][0]
+            grew.append(seq)
+        return grew
+
     def _fork(self, seq: Sequence, tokens: list[int]) -> list[Sequence]:
         seq.forked = True
         children = []
@@ -211,6 +252,8 @@ class Scheduler:
         """Take a sequence out of the queues for good and free its blocks."""
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        if seq.has_pending_token:  # it ends before its token arrives (an abort, a failed step)
+            seq.token_ids.pop()
         self.blocks.free(seq.seq_id, keep_cached=reason is not FinishReason.ERROR)  # a failed one's KV may be NaN
         if seq in self.running:
             self.running.remove(seq)

@@ -8,6 +8,13 @@ from typing import Any
 from engine.sampling_params import SamplingParams
 
 
+# A token still being sampled on the device (overlapped scheduling: the next step is planned and
+# launched before this one's tokens reach the host). Never a vocabulary id; the step that feeds it
+# reads the sampled id on the device, and it is replaced as soon as the host has it.
+PENDING = -2
+NO_LIMIT = 1 << 62
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -55,6 +62,9 @@ class Sequence:
     # prompt_logprobs, when asked: one TokenLogprobs per prompt token after the first, filled as the
     # prompt's chunks are computed (a recompute after a preemption adds none twice)
     prompt_logprobs: list[Any] = field(default_factory=list, repr=False)
+    # the most tokens it may hold (prompt + max_tokens, within the context): a step is never planned
+    # for a sequence whose PENDING token is its last
+    token_limit: int = NO_LIMIT
 
     @property
     def num_tokens(self) -> int:
@@ -78,6 +88,10 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
+    def has_pending_token(self) -> bool:
+        return bool(self.token_ids) and self.token_ids[-1] == PENDING
+
+    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
@@ -95,5 +109,6 @@ class Sequence:
             num_cached_tokens=self.num_cached_tokens, scheduled_time=self.scheduled_time,
             first_token_time=self.first_token_time,
             last_token_time=self.last_token_time, prompt_logprobs=self.prompt_logprobs,
+            token_limit=self.token_limit,
         )
         return child

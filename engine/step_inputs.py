@@ -9,6 +9,10 @@ The eager forward reads them directly; a CUDA graph was captured on the views of
 which a replay's build fills again at the same addresses: a replay needs no copy of its own.
 
 A build's tensors are valid until the next build: the buffers are reused every step.
+
+With overlapped scheduling a step is built before the previous step's tokens reach the host: a
+decode row fed such a token holds engine.sequence.PENDING on the host, and a `Feed` names where on
+the device its token is (the previous step's sampled tokens): after the copy, one gather puts it in.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ class StepLimits:
     def capacity(self, backend: AttentionBackend | None) -> int:
         """Bytes of the largest step: every array at its bound, each padded to ALIGN."""
         t, b, s = self.max_tokens, self.max_seqs, self.max_samples
-        int64s = 3 * t + (s + t) + 2 * b + 3 * s  # ids, positions, slots; logits rows; copies; sampling ints
+        int64s = 3 * t + (s + t) + 4 * b + 3 * s  # ids, positions, slots; logits rows; copies, feed; sampling ints
         int32s = b * self.max_blocks + 2 * b + 1 + 3 * s  # tables, context lengths, query starts; float params
         planned = backend.max_staged_bytes(t, b) if backend is not None else 0
         return 8 * int64s + 4 * int32s + planned + 16 * ALIGN
@@ -50,6 +54,14 @@ class StepLimits:
                    max_seqs=max(len(chunks), num_copies),
                    max_blocks=max((len(c.block_table) for c in chunks), default=0),
                    max_samples=max(num_rows, sum(c.num_samples for c in chunks)))
+
+
+@dataclass(frozen=True)
+class Feed:
+    """Input tokens a step reads on the device from the previous step's sampling (overlapped scheduling)."""
+
+    tokens: torch.Tensor  # [S'] int64: the previous step's sampled tokens, where they were sampled
+    rows: list[tuple[int, int]]  # (this step's token row, that step's sample row)
 
 
 @dataclass(frozen=True)
@@ -94,21 +106,22 @@ class StepInputs:
         self.layout: tuple[tuple[int, tuple[int, ...], torch.dtype], ...] = ()
 
     def build(self, chunks: list[ScheduledChunk], rows: Sequence[SampleRow] = (),
-              copies: Sequence[tuple[int, int]] = (), pad: Padding | None = None) -> StepTensors:
+              copies: Sequence[tuple[int, int]] = (), pad: Padding | None = None,
+              feed: Feed | None = None) -> StepTensors:
         """Fill the buffers from a step's chunks, sampled rows and block copies (padded for a graph
-        if `pad`), copy them over once, and return the device views."""
+        if `pad`), copy them over once, put in the tokens `feed` names, and return the device views."""
         try:
-            return self._build(chunks, rows, copies, pad)
+            return self._build(chunks, rows, copies, pad, feed)
         except NoRoom:
             if pad is not None:
                 raise  # a graph's padded shape always fits: the limits are its bounds
             limits = StepLimits.of(chunks, len(rows), len(copies))
             one_off = StepInputs(limits, self.block_size, self.device, self.backend, self.shape, self.sampler,
                                  self.vocab_size)
-            return one_off._build(chunks, rows, copies, None)
+            return one_off._build(chunks, rows, copies, None, feed)
 
     def _build(self, chunks: list[ScheduledChunk], rows: Sequence[SampleRow], copies: Sequence[tuple[int, int]],
-               pad: Padding | None) -> StepTensors:
+               pad: Padding | None, feed: Feed | None) -> StepTensors:
         lens = _lengths(chunks)  # [B, 5]: query length, start, table length, samples, prompt rows
         q_lens, starts, t_lens, samples, p_lens = lens.T
         _check_fits(q_lens, starts, t_lens, self.block_size)
@@ -122,7 +135,12 @@ class StepInputs:
         if rows and self.sampler is not None:
             sampling = self.sampler.stage(list(rows), self.vocab_size, self.device, staging.stage)
         block_copies = staging.stage(np.array(copies, dtype=np.int64).reshape(-1, 2).T) if copies else None
+        fed = staging.stage(np.array(feed.rows, dtype=np.int64).reshape(-1, 2).T) if feed and feed.rows else None
         staging.send()
+        if fed is not None:  # queued after the copy, and after the step that sampled them
+            dst, src = fed
+            # an unsampleable row's INVALID_TOKEN (-1) is fed as 0: that sequence fails when it arrives
+            meta.input_ids.index_copy_(0, dst, feed.tokens.index_select(0, src).clamp_(min=0))
         if self.backend is not None:
             meta.plan = self.backend.finish_plan(plan, meta)  # device work, queued after the copy
         return StepTensors(meta, sampling, block_copies)

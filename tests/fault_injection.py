@@ -20,9 +20,9 @@ def poison_logits(monkeypatch: pytest.MonkeyPatch, engine: LLMEngine, is_bad: Ca
     launch, compute_logits = runner.launch, model.compute_logits
     current: list[SampleRow] = []  # the rows of the step being launched, in logits order
 
-    def launch_and_remember(chunks, copies, rows):
+    def launch_and_remember(chunks, copies, rows, *rest, **feed):
         current[:] = rows
-        return launch(chunks, copies, rows)
+        return launch(chunks, copies, rows, *rest, **feed)
 
     def poisoned_logits(hidden: torch.Tensor) -> torch.Tensor:
         logits = compute_logits(hidden)  # [S, V], one row per sample row
@@ -39,9 +39,9 @@ def break_detokenizer(monkeypatch: pytest.MonkeyPatch, engine: LLMEngine, is_bad
     """From now on making the text of a token of a sequence with `is_bad(seq)` raises."""
     detokenize = engine._detokenize
 
-    def broken(seq: Sequence):
+    def broken(seq: Sequence, *rest):
         if is_bad(seq):
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
-        return detokenize(seq)
+        return detokenize(seq, *rest)
 
     monkeypatch.setattr(engine, "_detokenize", broken)

@@ -48,10 +48,10 @@ def test_a_request_that_raises_fails_alone(engine: LLMEngine, monkeypatch: pytes
     alone = {p: run(engine, {"alone": p})["alone"][-1] for p in PROMPTS}
     detokenize, account = engine._detokenize, engine._account
 
-    def broken_detokenizer(seq):
+    def broken_detokenizer(seq, *rest):
         if seq.request_id == "bad-detok" and seq.num_output_tokens >= 3:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
-        return detokenize(seq)
+        return detokenize(seq, *rest)
 
     def broken_stop_check(seq, now):
         if seq.request_id == "bad-stop":
@@ -128,13 +128,13 @@ def fail_launch_once(monkeypatch: pytest.MonkeyPatch, engine: LLMEngine, when, w
     (the forward pass) or in the result (sampling). Returns the step's batch sizes as it fails."""
     launch, failed = engine.runner.launch, []
 
-    def faulty(chunks, copies, rows):
+    def faulty(chunks, copies, rows, *rest, **feed):
         if failed or not when(chunks):
-            return launch(chunks, copies, rows)
+            return launch(chunks, copies, rows, *rest, **feed)
         failed.append(len(chunks))
         if where == "launch":
             raise RuntimeError("injected forward-pass fault")
-        pending = launch(chunks, copies, rows)
+        pending = launch(chunks, copies, rows, *rest, **feed)
         pending.result = lambda: (_ for _ in ()).throw(RuntimeError("injected sampling fault"))
         return pending
 

@@ -135,3 +135,46 @@ def test_logprobs_on_the_gpu_match_hf(fp32_dir: Path) -> None:
         for i, (token, lp) in enumerate(zip(out.token_ids, out.logprobs)):
             assert lp.token.token_id == token and len(lp.top) == params.logprobs
             assert lp.token.logprob == pytest.approx(ref[len(prompt) - 1 + i, token].item(), abs=2e-3)
+
+
+def test_overlapped_scheduling_on_the_gpu_gives_the_plain_engine_s_tokens(fp32_dir: Path) -> None:
+    """async_scheduling (on by default on a GPU): decode rows read their input tokens where the step
+    before sampled them, through the CUDA graphs; the outputs equal the plain engine's for greedy,
+    seeded and early-stopping requests, with more requests than seats and a pool that preempts."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rng = random.Random(9)
+    many = [[rng.randrange(1000, 100000) for _ in range(rng.randrange(5, 300))] for _ in range(24)]
+    asks = []
+    for i, _ in enumerate(many):
+        kind = i % 4
+        if kind == 0:
+            asks.append(SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True))
+        elif kind == 1:  # stops early on some token it draws: the step after it has a row to drop
+            asks.append(SamplingParams(temperature=0.0, max_tokens=NEW, stop_token_ids=tuple(range(0, 100000, 7))))
+        elif kind == 2:
+            asks.append(SamplingParams(temperature=0.8, top_p=0.9, seed=i, max_tokens=NEW, ignore_eos=True,
+                                       logprobs=2))
+        else:
+            asks.append(SamplingParams(temperature=1.0, top_k=40, seed=i, max_tokens=NEW // 2, ignore_eos=True))
+    outs = {}
+    for overlap in (False, True):
+        llm = LLM(str(fp32_dir), dtype="float32", num_blocks=96, max_model_len=1024, max_num_seqs=8,
+                  async_scheduling=overlap, check_integrity=True)
+        assert llm.engine.runner.graphs is not None
+        fed = []
+        launch = llm.engine.runner.launch
+
+        def spy(chunks, copies, rows, feed=None, launch=launch, fed=fed):
+            fed.append(len(feed.rows) if feed is not None else 0)
+            return launch(chunks, copies, rows, feed=feed)
+
+        llm.engine.runner.launch = spy
+        results = llm.generate(many, asks)
+        outs[overlap] = [(o.token_ids, o.finish_reason, [round(lp.token.logprob, 3) for lp in o.logprobs or []])
+                         for r in results for o in r.outputs]
+        assert (sum(fed) > 0) == overlap
+        assert llm.engine.block_manager.stats().used == 0
+        del llm
+        torch.cuda.empty_cache()
+    assert any(reason == "stop" for _, reason, _ in outs[True])
+    assert outs[True] == outs[False]

@@ -36,11 +36,11 @@ def test_a_host_fault_fails_its_step_and_the_gpu_engine_serves_on(model_dir: Pat
     alone = [r.outputs[0].token_ids for r in llm.generate(prompts, GREEDY)]
     launch, calls = engine.runner.launch, [0]
 
-    def faulty(chunks, copies, rows):
+    def faulty(chunks, copies, rows, **feed):
         calls[0] += 1
         if calls[0] == 4:  # mid-decode, through the decode graphs
             raise RuntimeError("injected host fault")
-        return launch(chunks, copies, rows)
+        return launch(chunks, copies, rows, **feed)
 
     engine.runner.launch = faulty
     for i, p in enumerate(prompts):
@@ -63,9 +63,9 @@ def test_a_device_side_assert_stops_the_engine(model_dir: Path, tmp_path: Path) 
         from engine.request_stream import DeviceFailure
         llm = LLM({str(model_dir)!r}, num_blocks=64, max_model_len=256)
         engine, launch = llm.engine, llm.engine.runner.launch
-        def asserting(chunks, copies, rows):
+        def asserting(chunks, copies, rows, **feed):
             torch.zeros(4, device="cuda")[torch.tensor([10], device="cuda")].item()  # out of bounds
-            return launch(chunks, copies, rows)
+            return launch(chunks, copies, rows, **feed)
         engine.runner.launch = asserting
         engine.add_request("r", [1, 2, 3], SamplingParams(max_tokens=4))
         try:

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import hypothesis.strategies as st
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engine.block_manager import BlockManager
 from engine.config import SchedulerConfig
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
-from engine.sequence import FinishReason, Sequence
+from engine.sequence import PENDING, FinishReason, Sequence
 
 
 def make(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_seqs: int = 8,
@@ -193,3 +193,95 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestSchedulerMachine = SchedulerMachine.TestCase
 TestSchedulerMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
+
+
+# ---- overlapped scheduling: advance / resolve ----------------------------------------------------
+EOS = 0
+
+
+def next_token(history: list[int]) -> int:
+    """A deterministic stand-in model: the next token depends on the whole history; EOS (0) now and then."""
+    return hash(tuple(history)) % 11
+
+
+def run_to_end(s: Scheduler, overlapped: bool) -> None:
+    """Drive the scheduler as the engine does: each step's tokens at once (update), or, overlapped,
+    the next step planned and 'launched' before the tokens of the step still in flight are taken."""
+    def ends(seq: Sequence) -> None:
+        if seq.token_ids[-1] == EOS:
+            s.finish(seq, FinishReason.STOP)
+        elif seq.num_tokens >= seq.token_limit:
+            s.finish(seq, FinishReason.LENGTH)
+
+    in_flight = None  # (out, {seq_id: token}) of a step advanced but not resolved
+    for _ in range(5000):
+        if not s.has_unfinished and in_flight is None:
+            return
+        out = s.schedule()
+        known = in_flight[1] if in_flight else {}
+        sampled = []
+        for item in out.scheduled:  # the 'device': a PENDING input token is read from the step before
+            history = list(item.seq.token_ids)
+            if history[-1] == PENDING:
+                history[-1] = known[item.seq.seq_id]
+            sampled.append([next_token(history + [k] * k) for k in range(item.num_samples)])
+        if in_flight is not None:
+            before, tokens = in_flight
+            for seq in s.resolve(before, [[tokens[i.seq.seq_id]] if i.num_samples else [] for i in before.scheduled]):
+                ends(seq)
+            in_flight = None
+        if out.is_empty:
+            pass
+        elif overlapped and all(i.num_samples <= 1 for i in out.scheduled):
+            s.advance(out)
+            in_flight = (out, {i.seq.seq_id: t[0] for i, t in zip(out.scheduled, sampled) if t})
+        else:
+            for seq in s.update(out, sampled):
+                ends(seq)
+        s.blocks.check_integrity()
+    raise AssertionError("the workload did not drain")
+
+
+@settings(max_examples=60, deadline=None)
+@given(requests=st.lists(st.tuples(st.integers(1, 28), st.integers(1, 12), st.integers(1, 2), st.integers(1, 9)),
+                         min_size=1, max_size=10),
+       blocks=st.integers(10, 40), budget=st.integers(4, 40), max_seqs=st.integers(2, 6))
+def test_overlapped_scheduling_gives_every_sequence_the_same_tokens(requests, blocks, budget, max_seqs) -> None:
+    results = []
+    for overlapped in (False, True):
+        s = make(num_blocks=blocks, block_size=4, budget=budget, max_seqs=max_seqs, long_prefill=8)
+        seqs = []
+        for prompt, max_tokens, n, first in requests:
+            seq = add(s, prompt, max_tokens, n, first)
+            seq.token_ids = [first + i for i in range(prompt)]
+            seq.token_limit = prompt + max_tokens
+            seqs.append(seq)
+        run_to_end(s, overlapped)
+        assert s.blocks.num_free_blocks == s.blocks.num_blocks
+        results.append([[(c.token_ids, c.finish_reason) for c in [q] + q.children] for q in seqs])
+    assert results[0] == results[1]
+
+
+def test_overlapped_step_plans_on_a_pending_token_and_drops_it_for_an_abort() -> None:
+    s = make()
+    seq = add(s, 5, max_tokens=8)
+    out = s.schedule()
+    s.advance(out)
+    assert seq.token_ids[-1] == PENDING and seq.num_computed_tokens == 5
+    nxt = s.schedule()  # planned before the first token is known: a decode of the PENDING token
+    assert [(i.seq, i.num_new_tokens, i.is_decode) for i in nxt.scheduled] == [(seq, 1, True)]
+    assert s.resolve(out, [[7]]) == [seq] and seq.token_ids[-1] == 7
+    s.advance(nxt)
+    assert seq.token_ids[-2:] == [7, PENDING]
+    s.abort(seq.request_id)
+    assert seq.token_ids[-1] == 7, "an abort drops the token still in flight"
+    assert s.resolve(nxt, [[9]]) == [] and s.blocks.num_free_blocks == s.blocks.num_blocks
+
+
+def test_a_sequence_whose_pending_token_is_its_last_is_not_planned_again() -> None:
+    s = make()
+    seq = add(s, 5, max_tokens=1)
+    seq.token_limit = 6
+    out = s.schedule()
+    s.advance(out)
+    assert s.schedule().is_empty

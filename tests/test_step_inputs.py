@@ -17,7 +17,8 @@ from engine.attention.backend import AttentionShape
 from engine.forward_metadata import ForwardMetadata, ScheduledChunk
 from engine.sampler import SampleRow, Sampler
 from engine.staging import Staging
-from engine.step_inputs import Padding, StepInputs, StepLimits, build_metadata
+from engine.sequence import PENDING
+from engine.step_inputs import Feed, Padding, StepInputs, StepLimits, build_metadata
 
 CPU = torch.device("cpu")
 BS = 4
@@ -110,6 +111,18 @@ def test_the_host_buffers_alternate_and_the_device_buffer_stays() -> None:
     assert len(set(devices)) == 1
 
 
+def test_a_fed_decode_row_reads_its_token_where_the_step_before_sampled_it() -> None:
+    """Overlapped scheduling: rows holding PENDING on the host get the previous step's sampled
+    token at the given row, on the device after the copy (an unsampleable row's -1 is fed as 0)."""
+    chunks = [ScheduledChunk([PENDING], 9, [3, 1, 7], 1), MIXED[1], ScheduledChunk([PENDING], 4, [2, 5], 1)]
+    before = torch.tensor([31, -1, 17, 44])
+    for pad in (None, Padding(4, 12, 4)):
+        meta = make_inputs().build(chunks, pad=pad, feed=Feed(before, [(0, 2), (7, 1)])).meta
+        ids = meta.input_ids.tolist()
+        assert ids[:8] == [17, 1, 2, 3, 4, 5, 6, 0]
+        assert meta.positions.tolist()[:8] == [9, 0, 1, 2, 3, 4, 5, 4]
+
+
 def test_a_step_over_the_limits_gets_one_off_buffers() -> None:
     inputs = make_inputs(max_tokens=4, max_seqs=2, max_blocks=2, max_samples=2)
     big = inputs.build(MIXED).meta
@@ -184,8 +197,9 @@ def test_every_engine_step_equals_the_reference(tiny_dir: Path) -> None:
     seen = {"chunked": 0, "forks": 0, "copies": 0, "prompt": 0, "mixed": 0}
     build = runner.inputs.build
 
-    def checked(chunks, rows=(), copies=(), pad=None):
-        step = build(chunks, rows, copies, pad)
+    def checked(chunks, rows=(), copies=(), pad=None, feed=None):
+        assert feed is None  # the plain engine (overlapped scheduling is off on a CPU)
+        step = build(chunks, rows, copies, pad, feed)
         assert_equals_reference(step.meta, chunks, BS)
         q = torch.zeros(step.meta.num_tokens, TINY["num_attention_heads"], TINY["head_dim"])
         assert runner.backend.fits(step.meta.plan, q, runner.kv_caches[0])  # planned once, for every layer
