@@ -250,9 +250,10 @@ class LLMEngine:
             except Exception as exc:  # noqa: BLE001 - this step's requests fail, not the engine
                 fault = exc
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
-        outputs = self._detokenize_all()
-        if before is not None:
+        outputs: list[RequestOutput] = []
+        if before is not None:  # its tokens' text is made now too: one call after their launch, as plainly
             self._take(before, outputs)
+        outputs = self._detokenize_all() + outputs
         num_output = 0  # tokens this step samples (the feed's record of it)
         if fault is not None:
             outputs += self._fail_step(out, fault)
@@ -276,16 +277,10 @@ class LLMEngine:
         return StepOutput(outputs, snapshot)
 
     def _detokenize_all(self) -> list[RequestOutput]:
-        """The text of every token taken last step (a sequence may have two, from a step taken late
-        and one taken at once: a stop string in the first drops the second, as one step later would)."""
-        outputs, ended = [], set()
-        for seq, at, logprobs in self._undetokenized:
-            if seq.finish_reason in _GONE or seq.seq_id in ended:
-                continue
-            output = self._guarded(self._detokenize, seq, at, logprobs)
-            if output.finished:
-                ended.add(seq.seq_id)
-            outputs.append(output)
+        """The text of every token taken since the last call (one per sequence: the step taken
+        late this call, or the one taken at once the call before, never both)."""
+        outputs = [self._guarded(self._detokenize, seq, at, logprobs) for seq, at, logprobs in self._undetokenized
+                   if seq.finish_reason not in _GONE]
         self._undetokenized = []
         return outputs
 

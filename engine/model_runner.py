@@ -38,6 +38,18 @@ def resolve_dtype(name: str, device: torch.device, bf16_supported: bool | None =
     return torch.bfloat16 if bf16_supported else torch.float16
 
 
+def check_quantization_supported(mode: str | None, device: torch.device,
+                                 capability: tuple[int, int] | None = None) -> None:
+    """ValueError up front where the kernels cannot run: int4's CUDA kernel (tinygemm) needs sm80 or
+    newer (an A100, an H100); an older card (a T4, a V100) can run int8."""
+    if mode != "int4" or device.type != "cuda":
+        return
+    capability = capability or torch.cuda.get_device_capability(device)
+    if capability < (8, 0):
+        raise ValueError(f"--quantization int4 needs a GPU of compute capability 8.0 or newer (this one has "
+                         f"{capability[0]}.{capability[1]}); use int8, or run without quantization")
+
+
 class ModelRunner:
     """Owns the weights, the KV cache tensors, the step inputs' buffers, the graphs and the sampler;
     knows nothing of scheduling."""
@@ -48,6 +60,7 @@ class ModelRunner:
         self.backend = get_backend(config.attention_backend, self.device)
         self.model, self.model_config = load_model(model_path, self.backend, self.dtype, self.device)
         self.quantization = config.quantization
+        check_quantization_supported(self.quantization, self.device)
         if self.quantization:
             self.model.quantize(self.quantization)
             gc.collect()  # the full-precision weights' memory goes back before the KV pool is sized

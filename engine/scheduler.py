@@ -214,20 +214,23 @@ class Scheduler:
             if seq.is_finished:
                 continue
             assert item.num_samples <= 1, "a step that forks is taken with update()"
-            seq.num_computed_tokens += item.num_new_tokens
-            self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
-            if item.num_samples:
+            seq.num_computed_tokens += item.num_new_tokens  # its full blocks are cached in resolve():
+            if item.num_samples:  # a step that fails must not have put its KV in the prefix cache
                 seq.token_ids.append(PENDING)
 
     def resolve(self, out: SchedulerOutput, sampled: list[list[int]],
                 logprobs: list[list[Any]] | None = None) -> list[Sequence]:
-        """An advanced step's tokens have arrived: each replaces its sequence's PENDING token.
-        Returns the sequences that received one (a finished one's is dropped; a preempted one keeps
-        its token for its recompute)."""
+        """An advanced step's tokens have arrived: each replaces its sequence's PENDING token, and
+        the blocks the step filled join the prefix cache. Returns the sequences that received one (a
+        finished one's is dropped; a preempted one keeps its token for its recompute)."""
         grew: list[Sequence] = []
         for i, (item, tokens) in enumerate(zip(out.scheduled, sampled)):
             seq = item.seq
-            if not tokens or seq.is_finished:
+            if seq.is_finished:
+                continue
+            if seq.status is SequenceStatus.RUNNING:  # not preempted meanwhile: its KV is computed now
+                self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+            if not tokens:
                 continue
             assert seq.token_ids[-1] == PENDING, (seq.seq_id, seq.token_ids[-3:])
             seq.token_ids[-1] = tokens[0]

@@ -106,5 +106,32 @@ def test_an_abort_with_a_step_in_flight_frees_every_block(engines: dict[bool, LL
     assert stats.used == 0 and stats.free + stats.cached_free == stats.total
 
 
+@pytest.mark.parametrize("ending", [
+    SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True),
+    SamplingParams(temperature=0.0, max_tokens=10, stop_token_ids=(30,), logprobs=0),  # '.' after '1'
+    SamplingParams(temperature=0.0, max_tokens=10, stop=("1.",)),
+], ids=["length", "stop-id", "stop-string"])
+def test_a_sequence_ending_as_a_step_is_taken_at_once_loses_nothing(engines: dict[bool, LLM],
+                                                                     ending: SamplingParams) -> None:
+    """A step left on the device, then one taken at once (a newcomer with a penalty needs its
+    history): a sequence that gets its last tokens across the two keeps every token, text and logprob."""
+    seen = {}
+    for overlap, llm in engines.items():
+        engine = llm.engine
+        prompt = engine.encode_chat([{"role": "user", "content": "List three prime numbers."}])
+        seq = engine.add_request("ends", prompt, ending)
+        outs = []
+        while seq.num_computed_tokens < len(prompt):  # its prompt's last chunk: its first token is drawn
+            outs += engine.step().outputs
+        engine.add_request("penalised", prompt, SamplingParams(temperature=0.0, max_tokens=3, repetition_penalty=1.3))
+        while engine.has_unfinished_requests():
+            outs += engine.step().outputs
+        seen[overlap] = {rid: [(o.delta_token_ids, o.text, o.finished, o.finish_reason, o.num_output_tokens,
+                                None if o.logprobs is None else [lp.token.token_id for lp in o.logprobs])
+                               for o in outs if o.request_id == rid] for rid in ("ends", "penalised")}
+    assert seen[True] == seen[False]
+    assert seen[True]["ends"][-1][2], "it finished"
+
+
 def test_async_scheduling_is_on_by_default_on_a_gpu_only(embedded_model_dir: str) -> None:
     assert LLM(embedded_model_dir, num_blocks=8).engine.async_scheduling is False

@@ -66,3 +66,14 @@ def test_the_embedded_models_perplexity_holds(embedded_model_dir: str) -> None:
         ppl, tokens = perplexity(llm)
         assert abs(ppl / full - 1) <= bound, (mode, ppl, full)
         assert tokens[:4] == full_tokens[:4], mode
+
+
+def test_int4_is_refused_up_front_on_a_gpu_older_than_sm80() -> None:
+    from engine.model_runner import check_quantization_supported
+
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match="compute capability 8.0"):
+        check_quantization_supported("int4", cuda, capability=(7, 5))  # a T4
+    check_quantization_supported("int4", cuda, capability=(9, 0))  # an H100
+    check_quantization_supported("int8", cuda, capability=(7, 0))  # a V100 runs int8
+    check_quantization_supported("int4", torch.device("cpu"))
