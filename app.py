@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.engine_info import EngineInfo
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from engine.engine_thread import EngineThread
-from engine.llm_engine import LLMEngine
+from engine.serving.engine_info import EngineInfo
+from engine.core.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.serving.engine_thread import EngineThread
+from engine.serving.llm_engine import LLMEngine
 from server.access import LOOPBACK, default_allowed_hosts
 from server.foreground import serve
 from server.http_app import build_http_app, build_remote_app, build_replay_app

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_throughput import cpu_name  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
-from engine.embedded_model import embedded_gguf_path  # noqa: E402
+from engine.runner.embedded_model import embedded_gguf_path  # noqa: E402
 
 LLAMA_DIR = ROOT / "benchmarks" / ".llama-cpp"
 TEXT = (ROOT / "assets" / "text" / "lighthouse.txt").read_text()

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from benchmarks.cpu_throughput import cpu_name
 from engine.attention import get_backend
 from engine.attention.backend import AttentionShape
-from engine.forward_metadata import ScheduledChunk
-from engine.step_inputs import build_metadata
-from engine.model_loader import load_model, resolve_model
+from engine.runner.forward_metadata import ScheduledChunk
+from engine.runner.step_inputs import build_metadata
+from engine.runner.model_loader import load_model, resolve_model
 from engine.models import LlamaForCausalLM
 from engine.models.layers import Linear
 

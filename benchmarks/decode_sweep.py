@@ -22,8 +22,8 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.attention.triton_decode import decode_attention  # noqa: E402
-from engine.forward_metadata import ScheduledChunk  # noqa: E402
-from engine.step_inputs import build_metadata  # noqa: E402
+from engine.runner.forward_metadata import ScheduledChunk  # noqa: E402
+from engine.runner.step_inputs import build_metadata  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 16, 8, 128, 16
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from app import build_app  # noqa: E402
 from benchmarks.cpu_throughput import cpu_name  # noqa: E402
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
-from engine.model_loader import resolve_model  # noqa: E402
+from engine.core.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
+from engine.runner.model_loader import resolve_model  # noqa: E402
 from server.uvicorn_thread import ServerThread  # noqa: E402
 
 SETTINGS = {"0 (no cap)": 0, "512": 512, "default (128 on a CPU)": None}

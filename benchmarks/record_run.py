@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
-from engine.engine_thread import EngineThread  # noqa: E402
-from engine.llm_engine import LLMEngine  # noqa: E402
+from engine.core.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
+from engine.serving.engine_thread import EngineThread  # noqa: E402
+from engine.serving.llm_engine import LLMEngine  # noqa: E402
 from server.recording import FeedRecorder, read_recording  # noqa: E402
 from ui.load_generator import LoadGenerator, LoadPolicy, load_prompts  # noqa: E402
 from ui.scenarios import SCENARIOS, run_scenario  # noqa: E402

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.sampler import SampleRow, Sampler, _nucleus, apply_top_k  # noqa: E402
-from engine.triton_sample import sample as sort_free_sample  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
+from engine.runner.sampler import SampleRow, Sampler, _nucleus, apply_top_k  # noqa: E402
+from engine.runner.triton_sample import sample as sort_free_sample  # noqa: E402
+from engine.core.sampling_params import SamplingParams  # noqa: E402
 
 
 def timed(f, n: int = 20) -> float:

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoTokenizer
 
-from engine.guided_decoding import GuidedDecoding
-from engine.structured_output import GrammarCompiler, apply_guides, fill_bitmask
+from engine.core.guided_decoding import GuidedDecoding
+from engine.runner.structured_output import GrammarCompiler, apply_guides, fill_bitmask
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
                                            "age": {"type": "integer"},

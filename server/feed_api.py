@@ -24,12 +24,12 @@ from typing import Any, AsyncIterator, Protocol
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.block_map import BlockMapSnapshot
-from engine.engine_info import EngineInfo
-from engine.request_inspection import RequestInspection
-from engine.request_stream import EngineDeadError
-from engine.engine_thread import EngineThread
-from engine.event_feed import SCHEMA_VERSION, EventFeed
+from engine.serving.block_map import BlockMapSnapshot
+from engine.serving.engine_info import EngineInfo
+from engine.serving.request_inspection import RequestInspection
+from engine.serving.request_stream import EngineDeadError
+from engine.serving.engine_thread import EngineThread
+from engine.serving.event_feed import SCHEMA_VERSION, EventFeed
 from server.device_monitor import DeviceMonitor
 from server.openai_api import SSE_HEADERS
 from server.trace_events import trace_events
@@ -71,7 +71,7 @@ class FeedSource(Protocol):
         ...
 
     def inspect(self, request_id: str) -> RequestInspection | None:
-        """A live request's sequences and blocks (engine.request_inspection), None if unknown."""
+        """A live request's sequences and blocks (engine.serving.request_inspection), None if unknown."""
         ...
 
 

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from engine.engine_thread import EngineThread
+from engine.serving.engine_thread import EngineThread
 from server.access import AccessControl
 from server.body_limit import BodyLimit
 from server.feed_api import EngineFeed, build_feed_router

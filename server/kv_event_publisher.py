@@ -25,7 +25,7 @@ from typing import Callable
 
 import zmq
 
-from engine.kv_cache_events import KVCacheChange
+from engine.core.kv_cache_events import KVCacheChange
 from server.kv_events import EventBatch, batch_from_changes, encode_batch
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import msgspec
 
-from engine.kv_cache_events import CacheCleared, CachedBlocks, EvictedBlocks, KVCacheChange
+from engine.core.kv_cache_events import CacheCleared, CachedBlocks, EvictedBlocks, KVCacheChange
 
 BlockHash = int | bytes
 MEDIUM_GPU = "GPU"

@@ -18,11 +18,11 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.engine_thread import ChatPrompt, EngineThread, Prompt
-from engine.outputs import Logprobs, RequestOutput
-from engine.prompt_encoder import PromptTooLong, check_prompt_chars
-from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
-from engine.sampling_params import SamplingParams
+from engine.serving.engine_thread import ChatPrompt, EngineThread, Prompt
+from engine.core.outputs import Logprobs, RequestOutput
+from engine.serving.prompt_encoder import PromptTooLong, check_prompt_chars
+from engine.serving.request_stream import EngineDeadError, EngineOverloaded, RequestRejected, RequestStream
+from engine.core.sampling_params import SamplingParams
 from server.errors import clip, error_body
 from server.openai_protocol import ChatCompletionRequest, CompletionRequest
 from server.openai_shapes import Shape

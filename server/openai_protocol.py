@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.prompt_encoder import check_text
-from engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from engine.serving.prompt_encoder import check_text
+from engine.core.sampling_params import MAX_LOGPROBS, SamplingParams
 from server.structured_output_request import StructuredOutputFields
 
 

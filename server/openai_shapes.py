@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.outputs import Logprobs, RequestOutput, TokenChoice
+from engine.core.outputs import Logprobs, RequestOutput, TokenChoice
 
 Entries = list[tuple[int, str, Logprobs | None]]  # per token: where its text starts, its text, its logprobs
 

@@ -16,14 +16,14 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from engine.block_map import BlockMapSnapshot, kv_waste
-from engine.engine_info import EngineInfo
-from engine.metrics_history import HistogramView, HistoryView
+from engine.serving.block_map import BlockMapSnapshot, kv_waste
+from engine.serving.engine_info import EngineInfo
+from engine.serving.metrics_history import HistogramView, HistoryView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENGINE_INDEX = "0"  # vLLM labels each engine core; this server has one
 
-# vLLM's family for each histogram of engine.metrics_history.request_histograms
+# vLLM's family for each histogram of engine.serving.metrics_history.request_histograms
 VLLM_HISTOGRAMS = {
     "e2e": ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds."),
     "queue": ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request."),

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from engine.engine_thread import EngineThread
-from engine.event_feed import SCHEMA_VERSION
+from engine.serving.engine_thread import EngineThread
+from engine.serving.event_feed import SCHEMA_VERSION
 from server.feed_api import snapshot_json
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Recording:
     records: list[dict[str, Any]]
 
 
-# schema 3 only added fields, each with a default (engine.event_feed): a schema-2 recording still plays
+# schema 3 only added fields, each with a default (engine.serving.event_feed): a schema-2 recording still plays
 READABLE_SCHEMAS = (2, SCHEMA_VERSION)
 
 

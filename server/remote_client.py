@@ -15,9 +15,9 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-from engine.engine_thread import ChatPrompt
-from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected
-from engine.sampling_params import SamplingParams
+from engine.serving.engine_thread import ChatPrompt
+from engine.serving.request_stream import EngineDeadError, EngineOverloaded, RequestRejected
+from engine.core.sampling_params import SamplingParams
 from server.remote_fleet import RemoteFleet, Replica
 
 TIMEOUT = httpx.Timeout(connect=3.0, read=120.0, write=10.0, pool=10.0)

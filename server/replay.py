@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from engine.event_feed import EventFeed, StepRecord
+from engine.serving.event_feed import EventFeed, StepRecord
 from server.recording import Recording
 
 _RUNNING = {"prefill", "decode", "forked"}

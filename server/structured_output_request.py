@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.guided_decoding import GuidedDecoding
+from engine.core.guided_decoding import GuidedDecoding
 
 JSON_SCHEMA_KEYS = frozenset({"name", "schema", "strict", "description"})
 STRUCTURED_OUTPUTS_KEYS = ("json", "regex", "choice", "grammar", "json_object")

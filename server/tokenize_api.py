@@ -16,9 +16,9 @@ from fastapi import APIRouter
 from pydantic import ConfigDict, Field, model_validator
 
 from engine import __version__
-from engine.engine_thread import ChatPrompt, EngineThread
-from engine.prompt_encoder import check_prompt_chars, check_text
-from engine.request_stream import RequestRejected
+from engine.serving.engine_thread import ChatPrompt, EngineThread
+from engine.serving.prompt_encoder import check_prompt_chars, check_text
+from engine.serving.request_stream import RequestRejected
 from server.openai_api import check_model, error_response
 from server.openai_protocol import ChatMessage, _Strict
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from engine.event_feed import StepRecord
+from engine.serving.event_feed import StepRecord
 
 ENGINE, REQUESTS = 1, 2
 _SLICE_PHASES = {"waiting": "waiting", "forked": "decode", "prefill": "prefill", "decode": "decode",

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk
-from engine.step_inputs import build_metadata
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.runner.step_inputs import build_metadata
 
 
 @dataclass

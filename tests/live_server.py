@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import build_app
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from engine.engine_thread import EngineThread
+from engine.core.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.serving.engine_thread import EngineThread
 from server.limits import ServerLimits
 from server.uvicorn_thread import ServerThread
 from ui.load_generator import LoadGenerator

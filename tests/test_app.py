@@ -13,9 +13,9 @@ from gradio_client.client import Job
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import engine_config, parse_args
-from engine.config import SchedulerConfig
-from engine.controls import Controls
-from engine.sampling_params import SamplingParams
+from engine.core.config import SchedulerConfig
+from engine.core.controls import Controls
+from engine.core.sampling_params import SamplingParams
 from live_server import MODEL_NAME, LiveServer, start_live_server
 
 SYSTEM = "You are a helpful assistant."

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from engine import LLM, SamplingParams
-from engine.sequence import PENDING
+from engine.core.sequence import PENDING
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -8,8 +8,8 @@ import torch
 
 from engine.attention import TorchAttentionBackend, get_backend
 from engine.attention.backend import AttentionShape
-from engine.forward_metadata import ScheduledChunk
-from engine.step_inputs import build_metadata
+from engine.runner.forward_metadata import ScheduledChunk
+from engine.runner.step_inputs import build_metadata
 from attention_cases import build_case, random_specs
 
 NUM_KV_HEADS = 2

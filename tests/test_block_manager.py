@@ -6,7 +6,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.block_manager import BlockManager
+from engine.core.block_manager import BlockManager
 
 
 def test_allocate_and_free_returns_every_block() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.controls import Controls
+from engine.core.controls import Controls
 from live_server import start_live_server
 from test_browser import wait_for_live_view
 from ui.scenarios import SCENARIOS

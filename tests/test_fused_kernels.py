@@ -18,9 +18,9 @@ from triton_interpreter import DEVICE  # noqa: E402  (sets TRITON_INTERPRET with
 from transformers import LlamaConfig, Qwen3Config  # noqa: E402
 
 from engine.attention import TorchAttentionBackend  # noqa: E402
-from engine.config import ModelConfig  # noqa: E402
-from engine.forward_metadata import ScheduledChunk  # noqa: E402
-from engine.step_inputs import build_metadata  # noqa: E402
+from engine.core.config import ModelConfig  # noqa: E402
+from engine.runner.forward_metadata import ScheduledChunk  # noqa: E402
+from engine.runner.step_inputs import build_metadata  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.models.triton_rmsnorm import add_rms_norm, ref_add_rms_norm, ref_rms_norm, rms_norm  # noqa: E402
 from engine.models.triton_rotary import ref_rotate_qk, rotate_qk  # noqa: E402

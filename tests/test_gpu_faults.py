@@ -60,7 +60,7 @@ def test_a_device_side_assert_stops_the_engine(model_dir: Path, tmp_path: Path) 
         import sys, torch
         sys.path.insert(0, {str(ROOT)!r})
         from engine import LLM, SamplingParams
-        from engine.request_stream import DeviceFailure
+        from engine.serving.request_stream import DeviceFailure
         llm = LLM({str(model_dir)!r}, num_blocks=64, max_model_len=256)
         engine, launch = llm.engine, llm.engine.runner.launch
         def asserting(chunks, copies, rows, **feed):

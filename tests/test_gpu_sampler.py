@@ -10,11 +10,11 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from engine.forward_metadata import ScheduledChunk  # noqa: E402
-from engine.logprobs import sampled_logprobs  # noqa: E402
-from engine.sampler import SampleRow, Sampler  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
-from engine.step_inputs import StepInputs, StepLimits  # noqa: E402
+from engine.runner.forward_metadata import ScheduledChunk  # noqa: E402
+from engine.runner.logprobs import sampled_logprobs  # noqa: E402
+from engine.runner.sampler import SampleRow, Sampler  # noqa: E402
+from engine.core.sampling_params import SamplingParams  # noqa: E402
+from engine.runner.step_inputs import StepInputs, StepLimits  # noqa: E402
 
 VOCAB = 49152
 MIXED = [

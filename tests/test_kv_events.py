@@ -12,8 +12,8 @@ import msgspec
 import pytest
 import zmq
 
-from engine.block_manager import BlockManager
-from engine.kv_cache_events import CacheCleared, CachedBlocks, EvictedBlocks
+from engine.core.block_manager import BlockManager
+from engine.core.kv_cache_events import CacheCleared, CachedBlocks, EvictedBlocks
 from server.kv_event_publisher import END_SEQ, KVEventPublisher, engine_sink
 from server.kv_event_subscriber import KVEventSubscriber
 from server.kv_events import (AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, batch_from_changes,
@@ -384,10 +384,10 @@ def test_a_restarted_publisher_resets_the_tree() -> None:
 
 # ---- our engine, end to end --------------------------------------------------------------------
 def test_our_engine_publishes_its_prefix_cache(embedded_model_dir: str, publisher: KVEventPublisher) -> None:
-    from engine.config import CacheConfig, EngineConfig
-    from engine.engine_thread import EngineThread
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
+    from engine.core.config import CacheConfig, EngineConfig
+    from engine.serving.engine_thread import EngineThread
+    from engine.serving.llm_engine import LLMEngine
+    from engine.core.sampling_params import SamplingParams
 
     engine = LLMEngine(EngineConfig(model=embedded_model_dir, device="cpu", check_integrity=True,
                                     cache=CacheConfig(num_blocks=24, block_size=16)))

@@ -10,8 +10,8 @@ import openai
 import pytest
 import torch
 
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from engine.serving.llm import LLM
+from engine.core.sampling_params import SamplingParams
 from live_server import MODEL_NAME, LiveServer, start_live_server
 
 
@@ -198,7 +198,7 @@ def test_text_offsets_follow_the_tokens_while_a_stop_string_holds_text_back(live
 def test_token_strings_read_sentencepiece_spaces_and_byte_fallback() -> None:
     """Llama 2 / Mistral vocabularies: U+2581 is a space and <0xNN> a raw byte, so logprobs' token
     texts join into the text (decode() of a token alone would drop its leading space)."""
-    from engine.token_strings import TokenStrings
+    from engine.serving.token_strings import TokenStrings
 
     class SentencePieceLike:
         backend_tokenizer = None

@@ -6,10 +6,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 from engine.attention import TorchAttentionBackend
-from engine.config import ModelConfig
-from engine.forward_metadata import ScheduledChunk
-from engine.step_inputs import build_metadata
-from engine.model_loader import load_model
+from engine.core.config import ModelConfig
+from engine.runner.forward_metadata import ScheduledChunk
+from engine.runner.step_inputs import build_metadata
+from engine.runner.model_loader import load_model
 from engine.models import LlamaForCausalLM, build_model
 
 BLOCK_SIZE = 4

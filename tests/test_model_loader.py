@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.embedded_model as embedded_model
+import engine.runner.embedded_model as embedded_model
 from engine.attention import TorchAttentionBackend
-from engine.forward_metadata import ScheduledChunk
-from engine.step_inputs import build_metadata
-from engine.model_loader import load_model, load_tokenizer, resolve_model
+from engine.runner.forward_metadata import ScheduledChunk
+from engine.runner.step_inputs import build_metadata
+from engine.runner.model_loader import load_model, load_tokenizer, resolve_model
 
 BLOCK_SIZE = 16
 
@@ -83,7 +83,7 @@ def test_auto_dtype_is_fp16_on_a_gpu_without_bf16() -> None:
     """fp32 on a CPU; bf16 on a GPU that has it; fp16 on one that has not (a T4 on a Space)."""
     import torch
 
-    from engine.model_runner import resolve_dtype
+    from engine.runner.model_runner import resolve_dtype
 
     assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
     assert resolve_dtype("auto", torch.device("cuda"), bf16_supported=True) is torch.bfloat16

@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.config import CacheConfig, EngineConfig
-from engine.engine_thread import EngineThread
-from engine.llm_engine import LLMEngine
+from engine.core.config import CacheConfig, EngineConfig
+from engine.serving.engine_thread import EngineThread
+from engine.serving.llm_engine import LLMEngine
 from server.http_app import build_http_app
 
 MODEL = "my-model"

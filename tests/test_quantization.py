@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.llm import LLM
+from engine.serving.llm import LLM
 from engine.models.quantized_linear import GROUP, dequantize, quantize, quantized_matmul
-from engine.sampling_params import SamplingParams
+from engine.core.sampling_params import SamplingParams
 
 TEXT = (Path(__file__).resolve().parent.parent / "assets" / "text" / "lighthouse.txt").read_text()
 
@@ -69,7 +69,7 @@ def test_the_embedded_models_perplexity_holds(embedded_model_dir: str) -> None:
 
 
 def test_int4_is_refused_up_front_on_a_gpu_older_than_sm80() -> None:
-    from engine.model_runner import check_quantization_supported
+    from engine.runner.model_runner import check_quantization_supported
 
     cuda = torch.device("cuda")
     with pytest.raises(ValueError, match="compute capability 8.0"):

@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from app import build_remote
-from engine.engine_thread import ChatPrompt
-from engine.request_stream import RequestRejected
-from engine.sampling_params import SamplingParams
+from engine.serving.engine_thread import ChatPrompt
+from engine.serving.request_stream import RequestRejected
+from engine.core.sampling_params import SamplingParams
 from server.remote_client import RemoteEngine
 from server.remote_fleet import RemoteFleet, RemoteSpec
 from server.uvicorn_thread import ServerThread, free_port

@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from app import parse_args, remote_specs
-from engine.engine_thread import ChatPrompt
-from engine.request_stream import EngineDeadError, RequestRejected
-from engine.sampling_params import SamplingParams
+from engine.serving.engine_thread import ChatPrompt
+from engine.serving.request_stream import EngineDeadError, RequestRejected
+from engine.core.sampling_params import SamplingParams
 from server.remote_client import RemoteEngine, chat_body, sse_chunk
 from server.remote_fleet import RemoteFleet, RemoteSpec
 from server.uvicorn_thread import ServerThread, free_port

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.event_feed import EventFeed, StepRecord
+from engine.serving.event_feed import EventFeed, StepRecord
 from server.recording import read_recording
 from server.replay import PoolReplica, ReplaySource
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from engine.sampler import INVALID_TOKEN, MIN_TEMPERATURE, Sampler, SampleRow, apply_top_p
-from engine.sampling_params import MAX_N, SamplingParams
+from engine.runner.sampler import INVALID_TOKEN, MIN_TEMPERATURE, Sampler, SampleRow, apply_top_p
+from engine.core.sampling_params import MAX_N, SamplingParams
 
 # A crafted 10-token distribution with clear gaps, so each filter's kept set is unambiguous.
 PROBS = [0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.01, 0.005, 0.003, 0.002]
@@ -275,7 +275,7 @@ def test_top_p_matches_a_full_sort(scale: float) -> None:
 def test_logit_bias_and_output_penalties_follow_openai_and_vllm() -> None:
     """logit_bias adds to its tokens; presence and frequency penalties subtract
     frequency x count + presence for each token of the output (never the prompt's)."""
-    from engine.sampler import apply_logit_bias, apply_output_penalties
+    from engine.runner.sampler import apply_logit_bias, apply_output_penalties
 
     logits = torch.zeros(2, 10)
     params = SamplingParams(temperature=0, presence_penalty=0.5, frequency_penalty=0.25, logit_bias={3: -100, 4: 2})

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import CacheConfig, EngineConfig
-from engine.controls import Controls
-from engine.engine_thread import EngineThread
-from engine.llm_engine import LLMEngine
-from engine.request_stream import EngineDeadError, RequestRejected
-from engine.sampling_params import SamplingParams
+from engine.core.config import CacheConfig, EngineConfig
+from engine.core.controls import Controls
+from engine.serving.engine_thread import EngineThread
+from engine.serving.llm_engine import LLMEngine
+from engine.serving.request_stream import EngineDeadError, RequestRejected
+from engine.core.sampling_params import SamplingParams
 from ui.load_generator import LoadConfig, LoadGenerator, LoadPolicy, LoadRefused, load_prompts, make_request
 from ui.scenarios import SCENARIOS, adjust_controls, controls_for, reset_scenario, run_scenario, scenario
 

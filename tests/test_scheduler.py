@@ -5,11 +5,11 @@ import hypothesis.strategies as st
 from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine.block_manager import BlockManager
-from engine.config import SchedulerConfig
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
-from engine.sequence import PENDING, FinishReason, Sequence
+from engine.core.block_manager import BlockManager
+from engine.core.config import SchedulerConfig
+from engine.core.sampling_params import SamplingParams
+from engine.core.scheduler import Scheduler, SchedulerOutput
+from engine.core.sequence import PENDING, FinishReason, Sequence
 
 
 def make(num_blocks: int = 64, block_size: int = 4, budget: int = 32, max_seqs: int = 8,

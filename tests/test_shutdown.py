@@ -30,8 +30,8 @@ def default_sigint() -> None:
 # app.py whose engine loses its device at the first step (as after a CUDA device-side assert)
 DYING_APP = """
 import sys, app
-from engine.llm_engine import LLMEngine
-from engine.request_stream import DeviceFailure
+from engine.serving.llm_engine import LLMEngine
+from engine.serving.request_stream import DeviceFailure
 def step(self):
     raise DeviceFailure("injected: the device is gone")
 LLMEngine.step = step

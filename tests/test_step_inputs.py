@@ -14,11 +14,11 @@ from benchmarks.synthetic_model import make_model_dir
 from engine import LLM, SamplingParams
 from engine.attention import TorchAttentionBackend
 from engine.attention.backend import AttentionShape
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk
-from engine.sampler import SampleRow, Sampler
-from engine.staging import Staging
-from engine.sequence import PENDING
-from engine.step_inputs import Feed, Padding, StepInputs, StepLimits, build_metadata
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.runner.sampler import SampleRow, Sampler
+from engine.runner.staging import Staging
+from engine.core.sequence import PENDING
+from engine.runner.step_inputs import Feed, Padding, StepInputs, StepLimits, build_metadata
 
 CPU = torch.device("cpu")
 BS = 4

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from engine.serving.llm import LLM
+from engine.core.sampling_params import SamplingParams
 from live_server import MODEL_NAME, LiveServer, start_live_server
 
 CLIENTS, LEAVERS = 64, 16

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from engine.guided_decoding import GuidedDecoding
-from engine.llm import LLM
-from engine.sampler import SampleRow, Sampler
-from engine.sampling_params import SamplingParams
-from engine.structured_output import GrammarCompiler, apply_guides, fill_bitmask, unpack_bitmask
+from engine.core.guided_decoding import GuidedDecoding
+from engine.serving.llm import LLM
+from engine.runner.sampler import SampleRow, Sampler
+from engine.core.sampling_params import SamplingParams
+from engine.runner.structured_output import GrammarCompiler, apply_guides, fill_bitmask, unpack_bitmask
 
 EOS = 2  # SmolLM2's <|im_end|>
 # small, and bounded (maxLength, an enum, no free whitespace): a 135M model cannot ramble past max_tokens

@@ -14,8 +14,8 @@ import random
 import pytest
 import torch
 
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk
-from engine.step_inputs import build_metadata
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.runner.step_inputs import build_metadata
 
 pytestmark = [
     pytest.mark.gpu,

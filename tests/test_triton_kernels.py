@@ -24,8 +24,8 @@ from engine.attention.triton_decode import choose_num_splits, decode_attention, 
 from engine.attention.triton_prefill import (plan_tiles, prefill_attention, ref_prefill_attention,  # noqa: E402
                                              tile_shape)
 from engine.attention.triton_store_kv import ref_store_kv, store_kv  # noqa: E402
-from engine.forward_metadata import ScheduledChunk  # noqa: E402
-from engine.step_inputs import build_metadata  # noqa: E402
+from engine.runner.forward_metadata import ScheduledChunk  # noqa: E402
+from engine.runner.step_inputs import build_metadata  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}  # atol = rtol
 
@@ -307,7 +307,7 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     """The GPU's sampling kernel (top-p and min-p by rejection, no sort): the same tokens as its
     torch reference; over many seeds the reference's draws follow the nucleus renormalised, and
     nothing outside it is ever drawn."""
-    from engine.triton_sample import ref_sample, sample
+    from engine.runner.triton_sample import ref_sample, sample
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(48, 300, generator=gen) * 2

@@ -15,10 +15,10 @@ from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
-from engine.engine_thread import ChatPrompt, EngineThread
-from engine.prompt_encoder import check_text
-from engine.request_stream import EngineDeadError, EngineOverloaded, RequestRejected
-from engine.sampling_params import SamplingParams
+from engine.serving.engine_thread import ChatPrompt, EngineThread
+from engine.serving.prompt_encoder import check_text
+from engine.serving.request_stream import EngineDeadError, EngineOverloaded, RequestRejected
+from engine.core.sampling_params import SamplingParams
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and briefly."
 EXAMPLES = ["Explain how a paged KV cache works, in three sentences.", "Write a haiku about GPUs.",

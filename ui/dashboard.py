@@ -10,11 +10,11 @@ from typing import Callable
 
 import gradio as gr
 
-from engine.engine_info import EngineInfo
-from engine.engine_thread import EngineThread
+from engine.serving.engine_info import EngineInfo
+from engine.serving.engine_thread import EngineThread
 from ui.kv_formula import kv_formula_markdown
 from ui.live_view import live_view
-from engine.controls import Controls
+from engine.core.controls import Controls
 from ui.load_generator import LoadGenerator, LoadRefused, owner_label
 from ui.scenarios import SCENARIOS, adjust_controls, run_scenario, scenario
 

@@ -1,7 +1,7 @@
 """The KV-cache size of one token, explained with the served model's own numbers."""
 from __future__ import annotations
 
-from engine.engine_info import EngineInfo
+from engine.serving.engine_info import EngineInfo
 
 
 def human_bytes(n: float) -> str:

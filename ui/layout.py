@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from engine.engine_info import EngineInfo
-from engine.engine_thread import EngineThread
+from engine.serving.engine_info import EngineInfo
+from engine.serving.engine_thread import EngineThread
 from ui.chat import TextStream, build_chat, engine_texts
 from ui.dashboard import build_dashboard, load_controls, load_line, scenario_controls
 from ui.live_view import fleet_view, live_view

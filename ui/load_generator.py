@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from engine.engine_thread import ChatPrompt, EngineThread
-from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
-from engine.sampling_params import SamplingParams
+from engine.serving.engine_thread import ChatPrompt, EngineThread
+from engine.serving.request_stream import EngineDeadError, RequestRejected, RequestStream
+from engine.core.sampling_params import SamplingParams
 
 
 class Submitter(Protocol):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.controls import Controls
-from engine.engine_thread import EngineThread
+from engine.core.controls import Controls
+from engine.serving.engine_thread import EngineThread
 from ui.load_generator import OPERATOR, LoadConfig, LoadGenerator, LoadRefused
 
 # About 700 tokens, the same for every user: after the first request, its full blocks are prefix-cache hits.

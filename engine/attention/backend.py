@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.forward_metadata import ForwardMetadata
-from engine.staging import Stage
+from engine.runner.forward_metadata import ForwardMetadata
+from engine.runner.staging import Stage
 
 
 @dataclass(frozen=True)

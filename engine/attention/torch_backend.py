@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention.backend import AttentionBackend, AttentionShape, Stage
-from engine.forward_metadata import ForwardMetadata, cache_slots
+from engine.runner.forward_metadata import ForwardMetadata, cache_slots
 
 
 @dataclass

@@ -18,7 +18,7 @@ from engine.attention.backend import AttentionBackend, AttentionShape, Stage
 from engine.attention.triton_decode import choose_num_splits, decode_attention
 from engine.attention.triton_prefill import PrefillTiles, plan_tiles, prefill_attention, tile_shape
 from engine.attention.triton_store_kv import store_kv
-from engine.forward_metadata import ForwardMetadata
+from engine.runner.forward_metadata import ForwardMetadata
 
 
 @dataclass(frozen=True)

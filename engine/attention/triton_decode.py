@@ -26,7 +26,7 @@ import triton.language as tl
 
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.attention.triton_paged_loop import paged_softmax_loop
-from engine.forward_metadata import ForwardMetadata
+from engine.runner.forward_metadata import ForwardMetadata
 
 LOG2E = math.log2(math.e)
 PROGRAMS_PER_SM = 2  # enough programs in flight to hide load latency (H100 sweep: 2 beats 1 and 4)

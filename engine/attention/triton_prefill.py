@@ -28,7 +28,7 @@ from engine.attention.backend import Stage, copy_stage
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.attention.triton_decode import dot_precision
 from engine.attention.triton_paged_loop import paged_softmax_loop
-from engine.forward_metadata import ForwardMetadata
+from engine.runner.forward_metadata import ForwardMetadata
 
 LOG2E = math.log2(math.e)
 DEFAULT_BLOCK_M = 64  # query rows (tokens x group heads) per program

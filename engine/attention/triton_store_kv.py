@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from engine.attention.torch_backend import TorchAttentionBackend
-from engine.forward_metadata import ForwardMetadata
+from engine.runner.forward_metadata import ForwardMetadata
 
 _MAX_ELEMENTS = 2048  # heads x head_dim one program moves: 16 KiB of K and V in bf16
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 
 from engine.attention.backend import AttentionBackend
-from engine.config import ModelConfig
+from engine.core.config import ModelConfig
 from engine.models.llama import LlamaForCausalLM
 
 # Mistral runs as full attention (its sliding window ignored); Qwen2 differs by q/k/v bias,

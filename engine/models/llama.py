@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.attention.backend import AttentionBackend
-from engine.config import ModelConfig
-from engine.forward_metadata import ForwardMetadata
+from engine.core.config import ModelConfig
+from engine.runner.forward_metadata import ForwardMetadata
 from engine.models import layers
 from engine.models.blocked_matmul import block_weight, linear
 from engine.models.layers import Linear, RMSNorm, RotaryEmbedding

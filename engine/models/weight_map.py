@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.core.config import ModelConfig
 
 # HF projection name -> (our fused parameter's module name, shard index within it)
 FUSED: dict[str, tuple[str, int]] = {

@@ -1,7 +1,7 @@
 // PagedChat live view, part 1: the engine's state rebuilt in the browser from its event feed.
 //
 // Plain logic, no drawing: a snapshot (GET /api/feed's first event) sets the pool; each step
-// record (engine/event_feed.py documents the schema) moves it on. Everything a view draws is read
+// record (engine/serving/event_feed.py documents the schema) moves it on. Everything a view draws is read
 // from here, so a recording replayed through the same endpoint draws the same dashboard.
 (function (root) {
   "use strict";

@@ -12,8 +12,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from engine.outputs import TokenLogprobs
-from engine.sampler import on_device
+from engine.core.outputs import TokenLogprobs
+from engine.runner.sampler import on_device
 
 
 @dataclass(slots=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from engine.block_manager import BlockManager, BlockStats
-from engine.sequence import Sequence
+from engine.core.block_manager import BlockManager, BlockStats
+from engine.core.sequence import Sequence
 
 
 @dataclass(frozen=True)

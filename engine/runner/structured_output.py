@@ -30,7 +30,7 @@ import llguidance
 import llguidance.hf
 import torch
 
-from engine.guided_decoding import GuidedDecoding
+from engine.core.guided_decoding import GuidedDecoding
 
 # Compact JSON, as json.dumps writes it: no other whitespace may be drawn.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}

@@ -5,7 +5,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.sampling_params import SamplingParams
+from engine.core.sampling_params import SamplingParams
 
 
 # A token still being sampled on the device (overlapped scheduling: the next step is planned and
@@ -56,7 +56,7 @@ class Sequence:
     last_token_time: float | None = None
     children: list["Sequence"] = field(default_factory=list, repr=False)
     new_logprobs: Any = field(default=None, repr=False)  # the newest token's TokenLogprobs, if asked for
-    # structured output: its Guide (engine/structured_output.py), made at its first sampling; a fork
+    # structured output: its Guide (engine/runner/structured_output.py), made at its first sampling; a fork
     # gets none and replays its own output into a fresh one; a preemption keeps it (outputs are kept)
     guide: Any = field(default=None, repr=False)
     # prompt_logprobs, when asked: one TokenLogprobs per prompt token after the first, filled as the

@@ -7,16 +7,16 @@ import torch
 
 from engine.attention import get_backend
 from engine.attention.backend import AttentionShape
-from engine.config import CacheConfig, EngineConfig, ModelConfig
-from engine.cuda_graphs import DecodeGraphs
-from engine.device_peaks import measure_peaks
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk
-from engine.model_loader import load_model
-from engine.prefill_graphs import PrefillGraphs
-from engine.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
-from engine.outputs import TokenLogprobs
-from engine.sampler import SampleRow, Sampler
-from engine.step_inputs import Feed, StepInputs, StepLimits, build_metadata
+from engine.core.config import CacheConfig, EngineConfig, ModelConfig
+from engine.runner.cuda_graphs import DecodeGraphs
+from engine.runner.device_peaks import measure_peaks
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.runner.model_loader import load_model
+from engine.runner.prefill_graphs import PrefillGraphs
+from engine.runner.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
+from engine.core.outputs import TokenLogprobs
+from engine.runner.sampler import SampleRow, Sampler
+from engine.runner.step_inputs import Feed, StepInputs, StepLimits, build_metadata
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -12,7 +12,7 @@ min_p x the top probability before the draws, which leaves the same set as filte
 Top-k and temperature come before, in the logits given (-inf: filtered out).
 
 `ref_sample` is the same algorithm in torch, vectorised over rows: the reference the tests hold the
-kernel to (and a way to read it). The CPU engine keeps its own path (engine.sampler).
+kernel to (and a way to read it). The CPU engine keeps its own path (engine.runner.sampler).
 """
 from __future__ import annotations
 

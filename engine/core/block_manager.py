@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
-from engine.kv_cache_events import CacheChangeLog, KVCacheChange
+from engine.core.kv_cache_events import CacheChangeLog, KVCacheChange
 
 # Chained hash of a full block: depends on every token before it, so equal hashes mean equal prefixes.
 ROOT_HASH = 0

@@ -5,8 +5,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from engine.block_manager import BlockStats
-from engine.sequence import Sequence
+from engine.core.block_manager import BlockStats
+from engine.core.sequence import Sequence
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class FinishedSample:
     request_max_generation_tokens: int | None = None
 
     def observations(self) -> Iterator[tuple[str, float]]:
-        """(histogram, value) pairs, keyed as in engine.metrics_history.request_histograms."""
+        """(histogram, value) pairs, keyed as in engine.serving.metrics_history.request_histograms."""
         yield from (("e2e", self.e2e), ("queue", self.queue), ("prefill", self.prefill), ("decode", self.decode),
                     ("inference", self.inference), ("prompt_tokens", self.prompt_tokens),
                     ("generation_tokens", self.generation_tokens), ("max_tokens", self.max_tokens))

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence as Seq
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import CompletionOutput, GenerationResult
-from engine.sampling_params import SamplingParams
+from engine.core.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.serving.llm_engine import LLMEngine
+from engine.core.outputs import CompletionOutput, GenerationResult
+from engine.core.sampling_params import SamplingParams
 
 Prompt = str | list[int]
 

@@ -11,7 +11,7 @@ import asyncio
 import queue
 from typing import AsyncIterator, Callable, Iterator
 
-from engine.outputs import RequestOutput
+from engine.core.outputs import RequestOutput
 
 
 class RequestRejected(ValueError):

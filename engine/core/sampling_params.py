@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from engine.guided_decoding import GuidedDecoding
+from engine.core.guided_decoding import GuidedDecoding
 
 MAX_N = 16
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs and vLLM's default max_logprobs

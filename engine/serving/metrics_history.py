@@ -12,9 +12,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from engine.block_manager import BlockStats
-from engine.block_map import KvWaste
-from engine.metrics import MetricsSnapshot
+from engine.core.block_manager import BlockStats
+from engine.serving.block_map import KvWaste
+from engine.core.metrics import MetricsSnapshot
 
 # Bucket bounds are vLLM's (vllm/v1/metrics/loggers.py), so that dashboards made for vLLM read ours.
 TTFT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,

@@ -1,6 +1,6 @@
 """What a request's output must match (structured output), as plain hashable data.
 
-The grammar itself is built by `engine/structured_output.py`; this module imports nothing heavy, so
+The grammar itself is built by `engine/runner/structured_output.py`; this module imports nothing heavy, so
 that SamplingParams can carry a GuidedDecoding and stay frozen and hashable.
 """
 from __future__ import annotations

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.cuda_graphs import Forward, capture, replay
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk
-from engine.step_inputs import Padding, StepInputs
+from engine.runner.cuda_graphs import Forward, capture, replay
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.runner.step_inputs import Padding, StepInputs
 
 LADDER = (64, 128, 256, 512, 1024, 2048)
 

@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from engine.block_manager import BlockEvent
+from engine.core.block_manager import BlockEvent
 
 SCHEMA_VERSION = 3  # 2: num_output_tokens, samples, a waiting event's prompt length
 # 3: tokens_stored, num_context_tokens, batching, block_cap; a waiting event's limit, an admission's cached
@@ -152,7 +152,7 @@ class StepRecorder:
 
     def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None, samples: int = 0,
              limit: int = 0, cached: int = 0) -> None:
-        """`seq` is an engine.sequence.Sequence (typed loosely: this module imports no engine state)."""
+        """`seq` is an engine.core.sequence.Sequence (typed loosely: this module imports no engine state)."""
         self._requests.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason,
                                            samples, limit, cached))
 

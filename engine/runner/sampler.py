@@ -14,11 +14,11 @@ INVALID_TOKEN instead of a token; every other row is sampled as if it were not t
 entries are masks, and fine.
 
 On a GPU, after temperature and top-k, the draw is one Triton program per row
-(engine/triton_sample.py): top-p and min-p by rejection, with no sort and no softmax, its noise a
+(engine/runner/triton_sample.py): top-p and min-p by rejection, with no sort and no softmax, its noise a
 hash of the row's seed (row_seed for a seeded row, so still batch-independent; the host's own
 generator for the others). Nothing here waits for the device: per-row parameters and index lists
 go over from pinned host memory without blocking (in the engine the per-row ones ride in the step's
-one copy of its inputs, engine/sampling_tensors.py; otherwise `on_device`), and sizes come from the
+one copy of its inputs, engine/runner/sampling_tensors.py; otherwise `on_device`), and sizes come from the
 host-side parameters, never from a device value. A decode step's sampling is queued behind its
 forward pass and the host goes on; tests run a mixed batch under torch.cuda.set_sync_debug_mode("error").
 """
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.sampling_params import SamplingParams
-from engine.sampling_tensors import SamplingTensors, clip_top_k, gpu_seed, row_seed, sort_free_sampler, stage_sampling
+from engine.core.sampling_params import SamplingParams
+from engine.runner.sampling_tensors import SamplingTensors, clip_top_k, gpu_seed, row_seed, sort_free_sampler, stage_sampling
 
 if TYPE_CHECKING:
-    from engine.staging import Stage
+    from engine.runner.staging import Stage
 
 # Below this a temperature is treated as greedy: dividing by it would only overflow.
 MIN_TEMPERATURE = 1e-5
@@ -56,7 +56,7 @@ class SampleRow:
     sample_index: int = 0  # which of the request's n samples
     step: int = 0  # tokens this sample has generated so far
     banned: tuple[int, ...] = ()  # ids it may not draw now (EOS and stop ids before min_tokens)
-    guide: Any = None  # structured output: its sequence's Guide (engine/structured_output.py)
+    guide: Any = None  # structured output: its sequence's Guide (engine/runner/structured_output.py)
 
     @property
     def greedy(self) -> bool:
@@ -84,7 +84,7 @@ class Sampler:
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert staged is None or staged.vocab_size == logits.shape[1], "staged for another vocabulary"
         if any(r.guide is not None for r in rows):  # before the check: a grammar allowing nothing fails its row
-            from engine.structured_output import apply_guides  # llguidance only where a grammar is used
+            from engine.runner.structured_output import apply_guides  # llguidance only where a grammar is used
             logits = apply_guides(logits, rows)
         # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
         sane = logits.amax(dim=-1).isfinite()

@@ -12,8 +12,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk
-from engine.step_inputs import Padding, StepInputs
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
+from engine.runner.step_inputs import Padding, StepInputs
 
 LADDER = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 

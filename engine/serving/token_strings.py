@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from engine.outputs import Logprobs, TokenChoice, TokenLogprobs
+from engine.core.outputs import Logprobs, TokenChoice, TokenLogprobs
 
 
 @lru_cache(maxsize=1)

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from engine.attention.backend import AttentionBackend
-from engine.config import ModelConfig
-from engine.embedded_model import EMBEDDED_NAME, ensure_converted
+from engine.core.config import ModelConfig
+from engine.runner.embedded_model import EMBEDDED_NAME, ensure_converted
 from engine.models import LlamaForCausalLM, build_model
 
 CACHE_ENV = "PAGEDCHAT_CACHE"

@@ -6,30 +6,30 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from engine.block_manager import BlockManager
-from engine.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
-from engine.config import EngineConfig
-from engine.controls import Controls
-from engine.detokenizer import IncrementalDetokenizer
-from engine.event_feed import EventFeed, StepRecorder
-from engine.kv_cache_events import KVCacheChange
-from engine.forward_metadata import ScheduledChunk
-from engine.step_inputs import Feed
-from engine.metrics import MetricsRecorder, MetricsSnapshot
-from engine.model_loader import load_tokenizer, resolve_model
-from engine.model_runner import ModelRunner, PendingTokens
-from engine.outputs import RequestOutput
-from engine.prompt_encoder import PromptEncoder, check_token_ids
-from engine.request_inspection import RequestInspection, inspect_request
-from engine.request_stream import DeviceFailure, EngineOverloaded
-from engine.sampler import INVALID_TOKEN, SampleRow
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
-from engine.sequence import PENDING, FinishReason, Sequence
-from engine.token_strings import TokenStrings
+from engine.core.block_manager import BlockManager
+from engine.serving.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
+from engine.core.config import EngineConfig
+from engine.core.controls import Controls
+from engine.serving.detokenizer import IncrementalDetokenizer
+from engine.serving.event_feed import EventFeed, StepRecorder
+from engine.core.kv_cache_events import KVCacheChange
+from engine.runner.forward_metadata import ScheduledChunk
+from engine.runner.step_inputs import Feed
+from engine.core.metrics import MetricsRecorder, MetricsSnapshot
+from engine.runner.model_loader import load_tokenizer, resolve_model
+from engine.runner.model_runner import ModelRunner, PendingTokens
+from engine.core.outputs import RequestOutput
+from engine.serving.prompt_encoder import PromptEncoder, check_token_ids
+from engine.serving.request_inspection import RequestInspection, inspect_request
+from engine.serving.request_stream import DeviceFailure, EngineOverloaded
+from engine.runner.sampler import INVALID_TOKEN, SampleRow
+from engine.core.sampling_params import SamplingParams
+from engine.core.scheduler import Scheduler, SchedulerOutput
+from engine.core.sequence import PENDING, FinishReason, Sequence
+from engine.serving.token_strings import TokenStrings
 
 if TYPE_CHECKING:
-    from engine.structured_output import GrammarCompiler, Guide
+    from engine.runner.structured_output import GrammarCompiler, Guide
 
 log = logging.getLogger(__name__)
 _GONE = (FinishReason.ABORT, FinishReason.ERROR)  # no more output for these
@@ -393,7 +393,7 @@ class LLMEngine:
 
     def _grammar_compiler(self) -> GrammarCompiler:
         if self._grammars is None:  # 0.3 s, once: llguidance's view of the tokenizer
-            from engine.structured_output import GrammarCompiler  # llguidance only where a grammar is used
+            from engine.runner.structured_output import GrammarCompiler  # llguidance only where a grammar is used
             self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
         return self._grammars
 

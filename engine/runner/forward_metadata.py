@@ -1,6 +1,6 @@
 """What one forward pass needs besides the weights: the flattened batch, explicitly passed.
 
-engine/step_inputs.py builds it (`StepInputs`, or `build_metadata` for one step alone).
+engine/runner/step_inputs.py builds it (`StepInputs`, or `build_metadata` for one step alone).
 """
 from __future__ import annotations
 

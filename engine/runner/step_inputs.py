@@ -1,7 +1,7 @@
 """One builder of a step's device inputs: the flattened batch, the attention plan, the sampling
 tensors and the block copies, all in persistent buffers and one host-to-device copy.
 
-`StepInputs.build` fills the host buffer (engine/staging.py) with numpy over the scheduler's lists,
+`StepInputs.build` fills the host buffer (engine/runner/staging.py) with numpy over the scheduler's lists,
 asks the attention backend for the step's plan and the sampler for its per-row tensors (both stage
 their arrays into the same buffer), issues the one non-blocking copy and returns the explicit
 `ForwardMetadata` (plan included) and the sampler's tensors, all views of the one device buffer.
@@ -11,7 +11,7 @@ which a replay's build fills again at the same addresses: a replay needs no copy
 A build's tensors are valid until the next build: the buffers are reused every step.
 
 With overlapped scheduling a step is built before the previous step's tokens reach the host: a
-decode row fed such a token holds engine.sequence.PENDING on the host, and a `Feed` names where on
+decode row fed such a token holds engine.core.sequence.PENDING on the host, and a `Feed` names where on
 the device its token is (the previous step's sampled tokens): after the copy, one gather puts it in.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from engine.attention.backend import AttentionBackend, AttentionShape
-from engine.forward_metadata import ForwardMetadata, ScheduledChunk, cache_slots
-from engine.sampler import SampleRow, Sampler
-from engine.sampling_tensors import SamplingTensors
-from engine.staging import ALIGN, NoRoom, Staging
+from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk, cache_slots
+from engine.runner.sampler import SampleRow, Sampler
+from engine.runner.sampling_tensors import SamplingTensors
+from engine.runner.staging import ALIGN, NoRoom, Staging
 
 
 @dataclass(frozen=True)

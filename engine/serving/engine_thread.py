@@ -21,15 +21,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.block_map import BlockMapSnapshot, kv_waste
-from engine.controls import Controls
-from engine.engine_info import EngineInfo, engine_info
-from engine.event_feed import EventFeed
-from engine.metrics import MetricsSnapshot
-from engine.metrics_history import MetricsHistory
-from engine.request_inspection import RequestInspection, with_token_texts
-from engine.request_stream import EngineDeadError, RequestRejected, RequestStream
-from engine.sampling_params import SamplingParams
+from engine.serving.block_map import BlockMapSnapshot, kv_waste
+from engine.core.controls import Controls
+from engine.serving.engine_info import EngineInfo, engine_info
+from engine.serving.event_feed import EventFeed
+from engine.core.metrics import MetricsSnapshot
+from engine.serving.metrics_history import MetricsHistory
+from engine.serving.request_inspection import RequestInspection, with_token_texts
+from engine.serving.request_stream import EngineDeadError, RequestRejected, RequestStream
+from engine.core.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class EngineThread:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._error: BaseException | None = None
         self.on_death = on_death  # called on the engine thread with what killed it
-        # given the prefix cache's changes (engine.kv_cache_events) after each step, on the engine
+        # given the prefix cache's changes (engine.core.kv_cache_events) after each step, on the engine
         # thread: it must not block (the KV-event publisher queues them)
         self._kv_events = kv_events
         if kv_events is not None:

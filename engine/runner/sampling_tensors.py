@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from engine.staging import Stage
+from engine.runner.staging import Stage
 
 if TYPE_CHECKING:
-    from engine.sampler import SampleRow
+    from engine.runner.sampler import SampleRow
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,11 @@ def clip_top_k(k: int, vocab_size: int) -> int:
 
 
 def sort_free_sampler() -> Callable[..., torch.Tensor] | None:
-    """engine.triton_sample.sample, or None where Triton does not import (the torch path serves)."""
+    """engine.runner.triton_sample.sample, or None where Triton does not import (the torch path serves)."""
     global _SORT_FREE
     if _SORT_FREE is None:
         try:
-            from engine.triton_sample import sample
+            from engine.runner.triton_sample import sample
             _SORT_FREE = sample
         except ImportError:
             _SORT_FREE = False
