@@ -211,3 +211,17 @@ def test_token_strings_read_sentencepiece_spaces_and_byte_fallback() -> None:
     spell = TokenStrings(SentencePieceLike())
     assert spell(5) == (" hello", tuple(b" hello")) and spell(7)[0] == "world"
     assert spell(6)[1] == (0xE2,) and spell(1)[0] == "<s>" and spell(99) == ("", ())
+
+
+def test_many_rows_are_scored_in_slices_with_the_same_values() -> None:
+    from engine.runner import logprobs
+
+    torch.manual_seed(0)
+    n = logprobs.SCORE_ROWS * 2 + 37
+    logits, tokens = torch.randn(n, 300), torch.randint(0, 300, (n,))
+    whole = logprobs._score(logits, tokens, 5)
+    sliced = logprobs.score(logits, tokens, 5)
+    for a, b in zip((whole.chosen, whole.rank, whole.top_ids, whole.top_logprobs),
+                    (sliced.chosen, sliced.rank, sliced.top_ids, sliced.top_logprobs)):
+        assert torch.equal(a, b)
+    assert logprobs.score(logits, tokens, 0).top_ids is None

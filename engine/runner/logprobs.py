@@ -37,8 +37,21 @@ class LogprobTensors:
                 for i, (lp, rank, k) in enumerate(zip(self.chosen.tolist(), self.rank.tolist(), ks))]
 
 
+SCORE_ROWS = 256  # rows scored at once: a step scoring thousands of prompt rows holds [256, V] temporaries
+
+
 def score(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> LogprobTensors:
-    """logprobs of `tokens` [L] under `logits` [L, V], their ranks, and the top k of each row."""
+    """logprobs of `tokens` [L] under `logits` [L, V], their ranks, and the top k of each row
+    (SCORE_ROWS rows at a time, so that the log-softmax's copy never holds all L rows)."""
+    if logits.shape[0] > SCORE_ROWS:
+        parts = [_score(logits[i:i + SCORE_ROWS], tokens[i:i + SCORE_ROWS], k)
+                 for i in range(0, logits.shape[0], SCORE_ROWS)]
+        return LogprobTensors(*(None if part[0] is None else torch.cat(part)
+                                for part in zip(*((p.chosen, p.rank, p.top_ids, p.top_logprobs) for p in parts))))
+    return _score(logits, tokens, k)
+
+
+def _score(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> LogprobTensors:
     lsm = logits.float().log_softmax(dim=-1)  # [L, V]
     chosen = lsm.gather(1, tokens.clamp(min=0)[:, None])  # [L, 1]; an INVALID_TOKEN row fails anyway
     rank = (lsm > chosen).sum(dim=-1) + 1
