@@ -107,25 +107,8 @@ class KVEventSubscriber:
 
     def _verify(self) -> None:
         """After a reconnection: is the publisher the one followed so far? (See the module's note.)"""
-        if self.replay_endpoint is None or self.last_seq < 0:
-            self._unverified = False  # nothing to compare (without replay, only a sequence tells)
-            return
-        seq = self.last_seq
-        replies = self._replay(seq)
-        if replies is None:
-            return  # no answer: asked again at the next batch
-        self._unverified = False
-        if replies and replies[0][0] == seq and replies[0][1].ts == self._recent.get(seq):
-            for s, batch in replies[1:]:
-                self._accept(s, batch)  # the same publisher: what was missed while away
-            return
-        if replies and replies[0][0] > seq:
-            for s, batch in replies:  # the batch is gone from its buffer: the same one, as far as
-                self._accept(s, batch)  # can be told; the gap is counted lost
-            return
-        self._restarted()  # it sends another batch under that number, or none: it counts anew
-        for s, batch in self._replay(0) or []:
-            self._accept(s, batch)
+        if self._catch_up(self.last_seq + 1):
+            self._unverified = False  # else no answer: asked again at the next batch
 
     def _live(self, frames: list[bytes]) -> None:
         if self._unverified:
@@ -169,22 +152,29 @@ class KVEventSubscriber:
         if self.on_restart is not None:
             self.on_restart()
 
-    def _catch_up(self, start: int) -> None:
-        """Deliver what the replay socket still has from `start` on (nothing without one).
+    def _catch_up(self, start: int) -> bool:
+        """Deliver what the replay socket still has from `start` on (nothing without one); False if
+        it did not answer.
 
         It asks from the batch before `start` when it has seen that one: the same batch again means
-        the same publisher; another means it restarted (its new stream is then read from 0)."""
+        the same publisher; another one, or none at all (a publisher's numbers only grow), means it
+        restarted, and its new stream is read from 0. A reply that starts later means that batch left
+        the buffer: the same publisher as far as can be told, the gap counted lost."""
         if self.replay_endpoint is None:
-            return
+            return True
         probe = start - 1 if start - 1 in self._recent else start
-        replies = self._replay(probe) or []
-        if replies and probe < start and replies[0][0] == probe:
-            _, batch = replies.pop(0)
-            if batch.ts != self._recent[probe]:
+        replies = self._replay(probe)
+        if replies is None:
+            return False
+        if probe < start:
+            if replies and replies[0][0] == probe and replies[0][1].ts == self._recent[probe]:
+                replies.pop(0)
+            elif not replies or replies[0][0] == probe:
                 self._restarted()
                 replies = self._replay(0) or []
         for seq, batch in replies:
             self._accept(seq, batch)
+        return True
 
     def _replay(self, start: int) -> list[tuple[int, EventBatch]] | None:
         """The batches the replay socket sends from `start` on, up to its end marker (None: no answer)."""

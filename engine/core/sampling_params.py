@@ -40,6 +40,8 @@ class SamplingParams:
     guided: GuidedDecoding | None = None  # structured output: a grammar every sample follows
     # any of logit_bias, the penalties: the sampler's batch skips their passes when no row has one
     adjusts_logits: bool = field(init=False, repr=False, compare=False)
+    # a penalty or a grammar: a row's logits depend on the tokens drawn so far (read on the host)
+    reads_output: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -80,8 +82,9 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
-        object.__setattr__(self, "adjusts_logits", bool(
-            self.logit_bias or self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0))
+        penalised = bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+        object.__setattr__(self, "adjusts_logits", bool(self.logit_bias) or penalised)
+        object.__setattr__(self, "reads_output", penalised or self.guided is not None)
         if self.guided is not None and not isinstance(self.guided, GuidedDecoding):
             raise ValueError("guided must be a GuidedDecoding")
         if any(not s for s in self.stop):

@@ -42,6 +42,10 @@ class _Launched:
     out: SchedulerOutput
     pending: PendingTokens
     sample_rows: dict[int, int]  # seq_id -> its row among the step's sampled tokens
+    num_samples: int  # tokens it draws
+    # it may stay on the device while the next step is planned: no sequence forks, no next row reads
+    # its token on the host (a penalty, a grammar), no prompt logprobs (placed by the computed count)
+    may_leave: bool
     advanced: bool = False
 
 
@@ -243,10 +247,10 @@ class LLMEngine:
         launched, fault = None, None
         if not out.is_empty:
             try:
-                chunks, rows, sample_rows, feed = self._prepare(out, before)
+                chunks, rows, sample_rows, feed, may_leave = self._prepare(out, before)
                 pending = self.runner.launch(chunks, out.copies, rows, feed=feed) if feed else \
                     self.runner.launch(chunks, out.copies, rows)
-                launched = _Launched(out, pending, sample_rows)
+                launched = _Launched(out, pending, sample_rows, len(rows), may_leave)
             except Exception as exc:  # noqa: BLE001 - this step's requests fail, not the engine
                 fault = exc
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
@@ -258,11 +262,11 @@ class LLMEngine:
         if fault is not None:
             outputs += self._fail_step(out, fault)
         elif launched is not None:
-            if self.async_scheduling and self._may_leave(out):
+            if self.async_scheduling and launched.may_leave:
                 self.scheduler.advance(out)  # after `before` is taken: its tokens are in the blocks' hashes
                 launched.advanced = True
                 self._in_flight = launched
-                num_output = sum(item.num_samples for item in out.scheduled)
+                num_output = launched.num_samples
             else:
                 num_output = self._take(launched, outputs)
         self.metrics.total_prompt_tokens += num_prefill
@@ -312,21 +316,6 @@ class LLMEngine:
         return len(tokens)
 
     @staticmethod
-    def _may_leave(out: SchedulerOutput) -> bool:
-        """Can this step stay on the device while the next is planned? Not if a sequence forks, nor
-        if its next row needs this step's token on the host (penalties over its output, a grammar),
-        nor while prompt logprobs are taken (they are placed by the computed count before the step)."""
-        for item in out.scheduled:
-            seq = item.seq
-            if item.num_samples > 1 or seq.needs_prompt_logprobs:
-                return False
-            params = seq.params
-            if item.num_samples and (params.guided is not None or params.repetition_penalty != 1.0
-                                     or params.presence_penalty or params.frequency_penalty):
-                return False
-        return True
-
-    @staticmethod
     def _split(out: SchedulerOutput, tokens: list[Any]) -> list[list[Any]]:
         """The step's sampled tokens (or their logprobs), one list per scheduled sequence."""
         sampled, at = [], 0
@@ -349,10 +338,11 @@ class LLMEngine:
         return outputs
 
     def _prepare(self, out: SchedulerOutput, before: _Launched | None
-                 ) -> tuple[list[ScheduledChunk], list[SampleRow], dict[int, int], Feed | None]:
-        """The step's chunks and sampled rows; each sequence's sample row; and the input tokens that
-        are still on the device, sampled by `before` (a PENDING token: a decode row reads it there)."""
-        chunks, rows, sample_rows, fed = [], [], {}, []
+                 ) -> tuple[list[ScheduledChunk], list[SampleRow], dict[int, int], Feed | None, bool]:
+        """The step's chunks and sampled rows; each sequence's sample row; the input tokens that are
+        still on the device, sampled by `before` (a PENDING token: a decode row reads it there); and
+        whether the step may stay on the device while the next is planned (_Launched.may_leave)."""
+        chunks, rows, sample_rows, fed, may_leave = [], [], {}, [], True
         table = self.block_manager.block_table
         at = 0  # this chunk's first token row
         for item in out.scheduled:
@@ -365,7 +355,10 @@ class LLMEngine:
             if samples == 1:
                 sample_rows[seq.seq_id] = len(rows)
             targets: tuple[int, ...] = ()
+            if samples > 1 or samples and seq.params.reads_output:
+                may_leave = False
             if seq.needs_prompt_logprobs:  # positions start.. predict the prompt tokens after them
+                may_leave = False
                 assert start == len(seq.prompt_logprobs), (start, len(seq.prompt_logprobs))
                 targets = tuple(ids[start + 1:min(start + item.num_new_tokens, seq.num_prompt_tokens - 1) + 1])
             chunks.append(ScheduledChunk(ids[start:start + item.num_new_tokens], start, table(seq.seq_id), samples,
@@ -377,7 +370,7 @@ class LLMEngine:
                 rows.append(SampleRow(seq.params, ids, seq.sample_index, step, banned, guide=guide))
             elif samples:
                 rows.extend(SampleRow(seq.params, ids, k, step, banned, guide=guide) for k in range(samples))
-        return chunks, rows, sample_rows, Feed(before.pending.device_tokens, fed) if fed else None
+        return chunks, rows, sample_rows, Feed(before.pending.device_tokens, fed) if fed else None, may_leave
 
     @staticmethod
     def _keep_prompt_logprobs(out: SchedulerOutput, entries: list[Any]) -> None:
@@ -444,7 +437,7 @@ class LLMEngine:
             self._finish(seq, FinishReason.STOP)
         elif grammar_done:  # nothing more can follow: it ends as if on EOS
             self._finish(seq, FinishReason.STOP)
-        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif seq.num_tokens >= seq.token_limit:  # max_tokens, or the context
             self._finish(seq, FinishReason.LENGTH)
 
     def _detokenize(self, seq: Sequence, at: int, logprobs: Any = None) -> RequestOutput:

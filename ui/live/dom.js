@@ -1,4 +1,4 @@
-// PagedChat live view: the two DOM helpers every view uses.
+// PagedChat live view: the DOM helpers every view uses.
 (function (root) {
   "use strict";
 
@@ -21,5 +21,19 @@
     return b;
   }
 
-  root.PagedChatDom = {el, setText, button};
+  // a grid of titled chart canvases: {element, canvases: {key: canvas}} from [[key, title], ...]
+  function chartGrid(specs) {
+    const element = el("div", "pc-charts");
+    const canvases = {};
+    for (const [key, title] of specs) {
+      const box = el("div", "pc-chart");
+      const c = el("canvas");
+      box.append(el("div", "pc-title", title), c);
+      element.appendChild(box);
+      canvases[key] = c;
+    }
+    return {element, canvases};
+  }
+
+  root.PagedChatDom = {el, setText, button, chartGrid};
 })(typeof window !== "undefined" ? window : globalThis);

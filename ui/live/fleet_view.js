@@ -5,7 +5,7 @@
 // PagedChatFleet.mount(element, config); config: {fleetUrl, treeUrl, presenter}
 (function (root) {
   "use strict";
-  const {el, setText, button} = root.PagedChatDom;
+  const {el, setText, button, chartGrid} = root.PagedChatDom;
   const {drawChart} = root.PagedChatCharts;
 
   // no red and no green: those say down and up
@@ -98,17 +98,10 @@
       tableBox.appendChild(this.table);
       r.appendChild(tableBox);
 
-      const charts = el("div", "pc-charts");
-      this.charts = {};
-      for (const [key, title] of [["tps", "Output tok/s, per replica"], ["reqs", "Requests running + waiting"],
-                                  ["kv", "KV cache usage (%)"], ["lat", "TTFT p50 (solid) and ITL p50 (dashed), ms"]]) {
-        const box = el("div", "pc-chart");
-        const c = el("canvas");
-        box.append(el("div", "pc-title", title), c);
-        charts.appendChild(box);
-        this.charts[key] = c;
-      }
-      r.appendChild(charts);
+      const charts = chartGrid([["tps", "Output tok/s, per replica"], ["reqs", "Requests running + waiting"],
+                                ["kv", "KV cache usage (%)"], ["lat", "TTFT p50 (solid) and ITL p50 (dashed), ms"]]);
+      this.charts = charts.canvases;
+      r.appendChild(charts.element);
 
       const tree = el("div", "pc-tree-box");
       const head = el("div", "pc-map-head");

@@ -6,7 +6,7 @@
 // config: {feedUrl, palette, presenter, replay (a label, or null), traceUrl}
 (function (root) {
   "use strict";
-  const {el, setText, button} = root.PagedChatDom;
+  const {el, setText, button, chartGrid} = root.PagedChatDom;
   const {FeedState} = root.PagedChatFeed;
   const {drawChart, fit, fmt} = root.PagedChatCharts;
 
@@ -105,17 +105,10 @@
       this.panels = new root.PagedChatPanels.ConceptPanels(this);
       root_.appendChild(this.panels.root);
 
-      const charts = el("div", "pc-charts");
-      this.charts = {};
-      for (const [key_, title] of [["tput", "Throughput (tok/s)"], ["lat", "Latency (ms)"],
-                                   ["kv", "KV blocks"], ["batch", "Batch and engine busy"]]) {
-        const box = el("div", "pc-chart");
-        const c = el("canvas");
-        box.append(el("div", "pc-title", title), c);
-        charts.appendChild(box);
-        this.charts[key_] = c;
-      }
-      root_.appendChild(charts);
+      const charts = chartGrid([["tput", "Throughput (tok/s)"], ["lat", "Latency (ms)"],
+                                ["kv", "KV blocks"], ["batch", "Batch and engine busy"]]);
+      this.charts = charts.canvases;
+      root_.appendChild(charts.element);
       this.element.appendChild(root_);
 
       this.canvas.addEventListener("mousemove", (ev) => this._hover(ev));
