@@ -38,6 +38,10 @@ def main() -> None:
     prof.disable()
     print(f"single-stream step {(time.perf_counter() - start) / 63 * 1e3:.2f} ms (profiled)")
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    skinny_vs_cublas(engine.runner.model)
+    prefill_sweep(engine.runner.model.config)
+    single_stream_device(engine, params)
+    ttft_steps(engine)
     prof = cProfile.Profile()
     for i in range(3):
         engine.add_request(f"t{i}", [t + i for t in range(9, 1033)], SamplingParams(temperature=0.0, max_tokens=1))
@@ -49,7 +53,132 @@ def main() -> None:
         prof.disable()
         print(f"lone 1024-token prefill step {(time.perf_counter() - start) * 1e3:.2f} ms")
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    engine.add_request("t3", [t + 3 for t in range(9, 1033)], SamplingParams(temperature=0.0, max_tokens=1))
+    kernels(lambda: engine.step(), 1, "lone 1024-token prefill step")
     batch_of_256(engine)
+
+
+def kernels(fn, steps: int, label: str) -> None:
+    """Run fn `steps` times under torch.profiler: the device's kernel time per step against the wall time,
+    and the kernels that take it."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    device = sum(e.self_device_time_total for e in events) / steps / 1e3
+    count = sum(e.count for e in events) / steps
+    print(f"{label}: wall {wall * 1e3:.3f} ms (profiled), kernels {device:.3f} ms, {count:.0f} kernels per step")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=22, max_name_column_width=60))
+
+
+def skinny_vs_cublas(model) -> None:
+    """Each projection shape of the model at 1, 4 and 16 rows: cuBLAS (F.linear), the Triton skinny
+    kernel at its own tiling, and the best of a sweep of tilings, timed in CUDA graphs."""
+    import itertools
+
+    import torch.nn.functional as F
+    from triton.testing import do_bench_cudagraph
+
+    from engine.models.layers import Linear
+    from engine.models.triton_skinny_matmul import Tiling, skinny_linear, tiling
+
+    shapes = sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, Linear) and m.weight.numel()})
+    sweep = [Tiling(bn, bk, sp, w, st) for bn, bk, sp, w, st in itertools.product(
+        (16, 32, 64), (128, 256, 512), (1, 2, 4, 8), (4,), (3, 5)) if bn * bk <= 16384]
+    print(f"{'N x K':>14} {'rows':>4} {'cuBLAS us':>9} {'TB/s':>5} {'ours us':>8} {'TB/s':>5} {'best us':>8} {'TB/s':>5}  best tiling")
+    for n, k in shapes:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        for rows in (1, 4, 16):
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            t_cublas = do_bench_cudagraph(lambda: F.linear(x, w), rep=30) * 1e3
+            t_ours = do_bench_cudagraph(lambda: skinny_linear(x, w, None, tiling(n, k)), rep=30) * 1e3
+            best = (float("inf"), None)
+            if rows != 4:
+                for tile in sweep:
+                    try:
+                        t = do_bench_cudagraph(lambda tile=tile: skinny_linear(x, w, None, tile), rep=15) * 1e3
+                    except Exception:  # noqa: BLE001 (a tiling past the shared memory)
+                        continue
+                    best = min(best, (t, tile), key=lambda b: b[0])
+            rate = lambda t: w.numel() * 2 / (t * 1e-6) / 1e12  # noqa: E731
+            print(f"{n:>6} x {k:<6} {rows:>4} {t_cublas:>9.2f} {rate(t_cublas):>5.2f} {t_ours:>8.2f} "
+                  f"{rate(t_ours):>5.2f} {best[0]:>8.2f} {rate(best[0]):>5.2f}  {best[1]}")
+
+
+def prefill_sweep(config) -> None:
+    """The lone 1,024-token prompt's attention in one layer, by prefill kernel tiling."""
+    import itertools
+
+    from triton.testing import do_bench
+
+    from engine.attention.triton_prefill import plan_tiles, prefill_attention, tile_shape
+    from engine.runner.forward_metadata import ScheduledChunk
+    from engine.runner.step_inputs import build_metadata
+
+    heads, kv_heads, d = config.num_heads, config.num_kv_heads, config.head_dim
+    blocks = 1024 // 16
+    meta = build_metadata([ScheduledChunk(list(range(1024)), 0, list(range(blocks)), 1)], 16, "cuda")
+    cache = torch.randn(2, blocks, 16, kv_heads, d, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(1024, heads, d, device="cuda", dtype=torch.bfloat16)
+    rows = []
+    for bm, bn, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
+        tiles = plan_tiles(meta, tile_shape(heads // kv_heads, bm)[0])
+        try:
+            t = do_bench(lambda: prefill_attention(q, cache, meta, d ** -0.5, tiles, bm, bn, None, warps, stages),
+                         rep=20) * 1e3
+        except Exception:  # noqa: BLE001
+            continue
+        rows.append((t, bm, bn, warps, stages))
+    rows.sort()
+    default = [r for r in rows if r[1:] == (64, 64, 4, 3)]
+    print(f"prefill attention, 1,024 tokens, one layer: default {default[0][0] if default else float('nan'):.1f} us; "
+          f"best: " + "; ".join(f"{t:.1f} us (block_m {bm}, block_n {bn}, warps {w}, stages {s})"
+                                for t, bm, bn, w, s in rows[:5]))
+
+
+def ttft_steps(engine) -> None:
+    """TTFT of a lone 1,024-token prompt as gpu_w256.py takes it, and each step() call inside it."""
+    for i in range(4):
+        stamps = []
+        start = time.perf_counter()
+        engine.add_request(f"ttft{i}", [(t * 13 + i) % 150000 + 1 for t in range(1024)],
+                           SamplingParams(temperature=0.0, max_tokens=1))
+        while engine.has_unfinished_requests():
+            t0 = time.perf_counter()
+            out = engine.step()
+            stamps.append(f"{(time.perf_counter() - t0) * 1e3:.2f}{'*' if out.outputs else ''}")
+        print(f"TTFT {(time.perf_counter() - start) * 1e3:.2f} ms; step() calls (ms, * = with output): {stamps}")
+
+
+def single_stream_device(engine, params) -> None:
+    """A lone sequence's decode step: wall time, its batch-1 graph replayed alone, and its kernels."""
+    engine.add_request("single-dev", list(range(11, 139)), SamplingParams(temperature=0.0, max_tokens=400,
+                                                                          ignore_eos=True))
+    for _ in range(8):
+        engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(64):
+        engine.step()
+    torch.cuda.synchronize()
+    print(f"single-stream step {(time.perf_counter() - start) / 64 * 1e3:.3f} ms wall")
+    graphs = engine.runner.graphs.graphs
+    replay = graphs[min(graphs)].graph
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(200):
+        replay.replay()
+    torch.cuda.synchronize()
+    print(f"batch-{min(graphs)} graph replayed alone {(time.perf_counter() - start) / 200 * 1e3:.3f} ms")
+    kernels(lambda: engine.step(), 32, "single-stream step")
+    engine.abort("single-dev")
+    while engine.has_unfinished_requests():
+        engine.step()
 
 
 def batch_of_256(engine) -> None:

@@ -7,6 +7,7 @@ one unit in the last place: the kernels follow the references' rounding order.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +26,7 @@ from engine.models import build_model  # noqa: E402
 from engine.models.triton_rmsnorm import add_rms_norm, ref_add_rms_norm, ref_rms_norm, rms_norm  # noqa: E402
 from engine.models.triton_rotary import ref_rotate_qk, rotate_qk  # noqa: E402
 from engine.models.triton_silu_mul import ref_silu_and_mul, silu_and_mul  # noqa: E402
+from engine.models.triton_skinny_matmul import Tiling, ref_skinny_linear, skinny_linear  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16]
 TOKENS = [1, 7, 33]
@@ -131,6 +133,22 @@ def test_silu_and_mul_matches_reference(inter: int, tokens: int, dtype: torch.dt
     assert_close(silu_and_mul(x), ref_silu_and_mul(x))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("out_features, in_features", [(48, 64), (1000, 300)])
+def test_skinny_linear_matches_f_linear(rows: int, out_features: int, in_features: int, dtype: torch.dtype) -> None:
+    """Ragged N and K (past the tiles), with and without a bias, from a strided x (a view of rows);
+    K whole or cut in chunks (summed by the second kernel), some chunks past K."""
+    x = rand(rows, 2 * in_features, dtype=dtype, seed=rows)[:, :in_features]
+    w = rand(out_features, in_features, dtype=dtype, seed=out_features, scale=in_features ** -0.5)
+    b = rand(out_features, dtype=dtype, seed=1)
+    for bias, tile in itertools.product((None, b), (None, Tiling(32, 128, 3), Tiling(16, 64, 8))):
+        out, ref = skinny_linear(x, w, bias, tile), ref_skinny_linear(x, w, bias)
+        tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+        assert out.dtype == ref.dtype and out.shape == ref.shape
+        torch.testing.assert_close(out.float(), ref.float(), **tol)
+
+
 def test_launchers_reject_bad_input() -> None:
     x = rand(3, 64, dtype=torch.float32, seed=0)
     with pytest.raises(AssertionError, match="weight"):
@@ -140,6 +158,8 @@ def test_launchers_reject_bad_input() -> None:
     with pytest.raises(AssertionError, match="unit stride"):
         silu_and_mul(rand(128, 3, dtype=torch.float32, seed=0).t())
     cos, sin = rope_tables(3, 16, torch.float32)
+    with pytest.raises(AssertionError, match="1..16"):
+        skinny_linear(rand(17, 64, dtype=torch.float32, seed=0), rand(32, 64, dtype=torch.float32, seed=0))
     with pytest.raises(AssertionError, match="not \\[T"):
         rotate_qk(rand(3, 7, 16, dtype=torch.float32, seed=0), 4, 2, cos, sin, None, None, EPS)
 

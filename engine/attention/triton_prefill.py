@@ -124,7 +124,7 @@ def plan_tiles(meta: ForwardMetadata, block_q: int, stage: Stage | None = None) 
 def prefill_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float,
     tiles: PrefillTiles | None = None, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, num_warps: int = 4, num_stages: int = 3,
 ) -> torch.Tensor:
     """q [T, H, d] -> [T, H, d]: causal attention of every query over its sequence's cached context.
 
@@ -152,7 +152,7 @@ def prefill_attention(
         tables.stride(0), kv_cache.stride(0), num_kv_heads * head_dim, head_dim, head_dim,
         GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, D_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size, BLOCK_N=block_n, PRECISION=dot_precision(q.dtype),
-        num_warps=4,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out
 

@@ -23,6 +23,8 @@ class Linear(nn.Module):
     After pack() (the CPU path), products of a few rows go through a blocked copy of the
     weight (engine.models.blocked_matmul): the same values, faster. After quantize(), through an
     int8 or int4 copy (engine.models.quantized_linear), and the full-precision weight is dropped.
+    After use_skinny() (CUDA), products of a few rows go through a Triton kernel that reads the
+    weight at the memory's pace (engine.models.triton_skinny_matmul).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
@@ -31,6 +33,13 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.blocked: torch.Tensor | None = None
         self.quantized: QuantizedWeight | None = None
+        self.skinny_rows = 0  # rows up to which skinny_linear runs; 0: never
+        self.skinny_linear: Any = None
+
+    def use_skinny(self) -> None:
+        from engine.models import triton_skinny_matmul  # imports triton: only where the kernel runs
+
+        self.skinny_rows, self.skinny_linear = triton_skinny_matmul.MAX_ROWS, triton_skinny_matmul.skinny_linear
 
     @torch.no_grad()
     def pack(self) -> None:
@@ -51,6 +60,8 @@ class Linear(nn.Module):
         if self.quantized is not None:
             y = quantized_matmul(x.reshape(-1, x.shape[-1]), self.quantized).view(*x.shape[:-1], -1)
             return y if self.bias is None else y.add_(self.bias)
+        if x.dim() == 2 and 0 < x.shape[0] <= self.skinny_rows and x.stride(1) == 1:
+            return self.skinny_linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias, self.blocked)
 
 

@@ -141,6 +141,10 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size)
         self._head_blocked: torch.Tensor | None = None  # tied embeddings as LM head, after pack_for_cpu()
         self._head_quantized: QuantizedWeight | None = None  # tied embeddings as LM head, after quantize()
+        if fused:  # the few rows of small decode steps through the Triton kernel that reads W at full pace
+            for module in self.modules():
+                if isinstance(module, Linear) and module is not self.lm_head:
+                    module.use_skinny()
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
