@@ -142,9 +142,18 @@ def prefill_sweep(config) -> None:
 
 
 def ttft_steps(engine) -> None:
-    """TTFT of a lone 1,024-token prompt as gpu_w256.py takes it, and each step() call inside it."""
-    for i in range(4):
+    """TTFT of a lone 1,024-token prompt as gpu_w256.py takes it, each step() call inside it, whether
+    its prefill replayed a captured graph, and (last round) where the host's time goes."""
+    graphs = engine.runner.prefill_graphs
+    replays = []
+    if graphs is not None:
+        run = graphs.run
+        graphs.run = lambda chunks, meta: replays.append(len(chunks[0].token_ids)) or run(chunks, meta)
+    for i in range(5):
         stamps = []
+        prof = cProfile.Profile()
+        if i == 4:
+            prof.enable()
         start = time.perf_counter()
         engine.add_request(f"ttft{i}", [(t * 13 + i) % 150000 + 1 for t in range(1024)],
                            SamplingParams(temperature=0.0, max_tokens=1))
@@ -152,7 +161,12 @@ def ttft_steps(engine) -> None:
             t0 = time.perf_counter()
             out = engine.step()
             stamps.append(f"{(time.perf_counter() - t0) * 1e3:.2f}{'*' if out.outputs else ''}")
-        print(f"TTFT {(time.perf_counter() - start) * 1e3:.2f} ms; step() calls (ms, * = with output): {stamps}")
+        prof.disable()
+        print(f"TTFT {(time.perf_counter() - start) * 1e3:.2f} ms; step() calls (ms, * = with output): {stamps}; "
+              f"prefill graph replays so far {replays}")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+    if graphs is not None:
+        graphs.run = run
 
 
 def single_stream_device(engine, params) -> None:

@@ -1,6 +1,6 @@
 """Prefill attention in Triton over the paged cache: causal, variable query lengths, one launch.
 
-The grid is (query tile, kv head). A tile is up to BLOCK_Q consecutive query tokens of one sequence
+The grid is (query tile x kv head), the last tiles first. A tile is up to BLOCK_Q consecutive query tokens of one sequence
 times the GROUP query heads of one kv head, flattened into BLOCK_M = BLOCK_Q x GROUP rows (padded), so
 each K/V load serves the whole group. The program reads the sequence's context through its block
 table from position 0 (a cached prefix included: prefix caching, chunked prefill) up to its last
@@ -45,14 +45,17 @@ def _prefill_kernel(
     context_lens_ptr,  # [B] int32
     query_start_loc_ptr,  # [B + 1] int32
     tiles_ptr,  # [2, num_tiles] int32: each tile's sequence, then its first query index in that sequence
-    num_tiles, scale_log2,
+    num_tiles, num_kv_heads, scale_log2,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_bt, v_offset, stride_cache_slot, stride_cache_head, head_dim,
     GROUP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    # the last tiles first: a causal tile's work grows with its position, and the longest started
+    # first leave the short ones to fill the multiprocessors at the end (longest-first scheduling)
+    # (the kv heads of one tile side by side, so every head's longest tile starts in the first wave)
+    kv_head = tl.program_id(0) % num_kv_heads
+    tile = num_tiles - 1 - tl.program_id(0) // num_kv_heads
     seq = tl.load(tiles_ptr + tile)
     first = tl.load(tiles_ptr + num_tiles + tile)
     q_start = tl.load(query_start_loc_ptr + seq)
@@ -145,9 +148,9 @@ def prefill_attention(
     if tiles.num_tiles == 0:
         return out
     tables = meta.block_tables
-    _prefill_kernel[(tiles.num_tiles, num_kv_heads)](
+    _prefill_kernel[(tiles.num_tiles * num_kv_heads,)](
         q, kv_cache, out, tables, meta.context_lens, meta.query_start_loc, tiles.tiles,
-        tiles.num_tiles, scale * LOG2E,
+        tiles.num_tiles, num_kv_heads, scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         tables.stride(0), kv_cache.stride(0), num_kv_heads * head_dim, head_dim, head_dim,
         GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, D_PAD=triton.next_power_of_2(head_dim),
