@@ -33,6 +33,12 @@
     ["e2e", "E2E p50", (p) => (p.e2e_p50 == null ? "–" : `${p.e2e_p50.toFixed(p.e2e_p50 >= 10 ? 0 : 1)} s`), false],
   ];
 
+  // a metric's cell; its header rides along as data-label, which a phone's card layout shows
+  function cell(column, text) {
+    const td = el("td", `pc-c-${column[0]}`, text);
+    td.dataset.label = column[1];
+    return td;
+  }
   function num(v) { return v == null ? "–" : v >= 100 ? Math.round(v).toLocaleString() : String(Math.round(v * 10) / 10); }
   function pct(v) { return v == null ? "–" : `${(v * 100).toFixed(v >= 0.1 ? 0 : 1)}%`; }
   function ms(s) { return s == null ? "–" : s >= 1 ? `${s.toFixed(2)} s` : `${(s * 1000).toFixed(s >= 0.01 ? 0 : 1)} ms`; }
@@ -216,7 +222,7 @@
       const presenter = this.root.classList.contains("pc-presenter");
       const cols = COLUMNS.filter((c) => !presenter || c[3]);
       this.table.replaceChildren();
-      const head = el("tr");
+      const head = el("tr", "pc-r-head");
       head.append(el("th", "", "Replica"), el("th", "", "Health"), ...cols.map((c) => el("th", "", c[1])));
       this.table.appendChild(head);
       for (const r of this.replicas) {
@@ -235,14 +241,14 @@
         else if (r.state === "up" && !r.metrics) health.appendChild(el("div", "pc-r-error", "no vLLM metrics at /metrics"));
         tr.append(name, health);
         const p = this.latest(r.index);
-        for (const c of cols) tr.appendChild(el("td", `pc-c-${c[0]}`, p ? c[2](p, r) : "–"));
+        for (const c of cols) tr.appendChild(cell(c, p ? c[2](p, r) : "–"));
         this.table.appendChild(tr);
       }
       if (this.replicas.length > 1) {
         const t = this._totalPoint();
         const tr = el("tr", "pc-r-total");
         tr.append(el("td", "", "All replicas"), el("td", "", ""));
-        for (const c of cols) tr.appendChild(el("td", `pc-c-${c[0]}`, t ? c[2](t) : "–"));
+        for (const c of cols) tr.appendChild(cell(c, t ? c[2](t) : "–"));
         this.table.appendChild(tr);
       }
     }
