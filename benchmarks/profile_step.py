@@ -135,7 +135,9 @@ def prefill_sweep(config) -> None:
             continue
         rows.append((t, bm, bn, warps, stages))
     rows.sort()
-    default = [r for r in rows if r[1:] == (64, 64, 4, 3)]
+    from engine.attention.triton_prefill import DEFAULT_BLOCK_M, loop_shape
+    loop_n, loop_stages = loop_shape(torch.device("cuda", torch.cuda.current_device()), d)
+    default = [r for r in rows if r[1:] == (DEFAULT_BLOCK_M, loop_n, 4, loop_stages)]
     print(f"prefill attention, 1,024 tokens, one layer: default {default[0][0] if default else float('nan'):.1f} us; "
           f"best: " + "; ".join(f"{t:.1f} us (block_m {bm}, block_n {bn}, warps {w}, stages {s})"
                                 for t, bm, bn, w, s in rows[:5]))
@@ -166,7 +168,7 @@ def ttft_steps(engine) -> None:
               f"prefill graph replays so far {replays}")
     pstats.Stats(prof).sort_stats("tottime").print_stats(20)
     if graphs is not None:
-        graphs.run = run
+        del graphs.run  # the class's method again
 
 
 def single_stream_device(engine, params) -> None:

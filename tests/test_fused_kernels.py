@@ -138,7 +138,7 @@ def test_silu_and_mul_matches_reference(inter: int, tokens: int, dtype: torch.dt
 @pytest.mark.parametrize("out_features, in_features", [(48, 64), (1000, 300)])
 def test_skinny_linear_matches_f_linear(rows: int, out_features: int, in_features: int, dtype: torch.dtype) -> None:
     """Ragged N and K (past the tiles), with and without a bias, from a strided x (a view of rows);
-    K whole or cut in chunks (summed by the second kernel), some chunks past K."""
+    K whole or cut in chunks (summed by the second kernel), the last chunk ragged."""
     x = rand(rows, 2 * in_features, dtype=dtype, seed=rows)[:, :in_features]
     w = rand(out_features, in_features, dtype=dtype, seed=out_features, scale=in_features ** -0.5)
     b = rand(out_features, dtype=dtype, seed=1)

@@ -105,7 +105,8 @@ class PrefillTiles:
 @functools.lru_cache(maxsize=None)
 def loop_shape(device: torch.device, head_dim: int) -> tuple[int, int]:
     """(BLOCK_N, stages) of the context loop. 128 context tokens a round in 2 stages, where the
-    multiprocessor's shared memory holds their keys and values (an H100/H200 has 227 KiB; a lone
+    multiprocessor's shared memory holds their keys and values with room to spare (a conservative
+    rule: it counts 2-byte values and leaves a quarter for the rest; an H100/H200 has 227 KiB; a lone
     1,024-token prompt's attention on an H200: 35.5 us a layer, against 69.8 at 64 in 3 stages,
     benchmarks/profile_step.py); else 64 in 3."""
     if device.type == "cuda":
@@ -150,8 +151,9 @@ def prefill_attention(
     """
     num_tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_dim = kv_cache.shape
-    loop_n, loop_stages = loop_shape(q.device, head_dim)
-    block_n, num_stages = block_n or loop_n, num_stages or loop_stages
+    if block_n is None and num_stages is None:  # the measured pair for this device
+        block_n, num_stages = loop_shape(q.device, head_dim)
+    block_n, num_stages = block_n or DEFAULT_BLOCK_N, num_stages or 3
     _check(q, kv_cache, meta, block_size, num_kv_heads, cache_dim, block_n)
     group = num_heads // num_kv_heads
     block_q, block_m = tile_shape(group, block_m)

@@ -120,7 +120,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _skinny_kernel[(triton.cdiv(n, tile.block_n), split)](
         x, weight, b, dest, m, n, k, chunk, x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, PARTIAL=split > 1,
-        BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.warps, num_stages=tile.stages,
+        BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.warps,
+        num_stages=tile.stages if x.element_size() == 2 else 2,  # fp32 tiles: twice the shared memory a stage
     )
     if split > 1:
         _sum_splits_kernel[(triton.cdiv(m * n, 1024),)](
