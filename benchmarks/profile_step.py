@@ -58,6 +58,16 @@ def main() -> None:
     batch_of_256(engine)
 
 
+def per_call(fn, calls: int) -> float:
+    """Seconds per call of fn, the device's queue drained before and after."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
 def kernels(fn, steps: int, label: str) -> None:
     """Run fn `steps` times under torch.profiler: the device's kernel time per step against the wall time,
     and the kernels that take it."""
@@ -177,20 +187,9 @@ def single_stream_device(engine, params) -> None:
                                                                           ignore_eos=True))
     for _ in range(8):
         engine.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(64):
-        engine.step()
-    torch.cuda.synchronize()
-    print(f"single-stream step {(time.perf_counter() - start) / 64 * 1e3:.3f} ms wall")
+    print(f"single-stream step {per_call(engine.step, 64) * 1e3:.3f} ms wall")
     graphs = engine.runner.graphs.graphs
-    replay = graphs[min(graphs)].graph
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(200):
-        replay.replay()
-    torch.cuda.synchronize()
-    print(f"batch-{min(graphs)} graph replayed alone {(time.perf_counter() - start) / 200 * 1e3:.3f} ms")
+    print(f"batch-{min(graphs)} graph replayed alone {per_call(graphs[min(graphs)].graph.replay, 200) * 1e3:.3f} ms")
     kernels(lambda: engine.step(), 32, "single-stream step")
     engine.abort("single-dev")
     while engine.has_unfinished_requests():
@@ -206,18 +205,8 @@ def batch_of_256(engine) -> None:
         engine.step()
     for _ in range(4):
         engine.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(16):
-        engine.step()
-    wall = (time.perf_counter() - start) / 16
-    replay = engine.runner.graphs.graphs[256].graph
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(16):
-        replay.replay()
-    torch.cuda.synchronize()
-    device = (time.perf_counter() - start) / 16
+    wall = per_call(engine.step, 16)
+    device = per_call(engine.runner.graphs.graphs[256].graph.replay, 16)
     print(f"256-sequence decode step {wall * 1e3:.2f} ms wall; its graph replayed alone {device * 1e3:.2f} ms")
     prof = cProfile.Profile()
     prof.enable()
