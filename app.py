@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
                    help="auto: Triton kernels on CUDA, plain torch elsewhere")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps, lone prefills)")
+    p.add_argument("--compile", action="store_true",
+                   help="on a CPU: torch.compile decode steps (int4: about 1.6x the tokens a second of eager), "
+                        "after a minute or two of compiling at start-up")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="overlapped scheduling: plan and launch the next step while the device runs this one "
                         "(default: on a GPU)")
@@ -123,6 +126,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
                         cache=cache, scheduler=scheduler,
                         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+                        compile_decode=args.compile,
                         async_scheduling=args.async_scheduling,
                         parse_special_in_chat=args.parse_special_tokens_in_chat)
 

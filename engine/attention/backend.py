@@ -92,3 +92,12 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:
         self.store_kv(k, v, kv_cache, meta)
         return self.attend(q, kv_cache, meta, scale)
+
+    def attend_unstored(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+        meta: ForwardMetadata, scale: float,
+    ) -> torch.Tensor:
+        """A pure-decode step's attention as `forward` computes it, but the cache is only read: k and v
+        (each sequence's newest token) stand in at its last position, and the caller stores them
+        later. A step without side effects is one that torch.compile can take whole."""
+        raise NotImplementedError(f"the {self.name} attention backend has no unstored decode attention")

@@ -163,10 +163,28 @@ class TorchAttentionBackend(AttentionBackend):
             out[p.start:p.end] = _attend_prefill(q[p.start:p.end], kv_cache, p, scale)
         return out
 
+    def attend_unstored(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+        meta: ForwardMetadata, scale: float,
+    ) -> torch.Tensor:
+        plan = self.step_plan(meta, q, kv_cache)
+        if plan.prefills or plan.decode is None or plan.decode.rows != slice(0, q.shape[0]):
+            raise ValueError("unstored attention takes pure-decode steps only")
+        return _attend_decode(q, kv_cache, plan.decode, scale, (k, v, meta.context_lens))
 
-def _attend_decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, scale: float) -> torch.Tensor:
-    """q [Bd, heads, d] -> [Bd, heads, d], one query per sequence over its first context_len slots."""
-    k, v = _gather(kv_cache, plan.kv_rows).transpose(2, 3)
+
+def _attend_decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, scale: float,
+                   newest: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """q [Bd, heads, d] -> [Bd, heads, d], one query per sequence over its first context_len slots.
+
+    newest: (k, v [Bd, kv_heads, d], context_lens [Bd]) of tokens not stored yet, read in place of
+    the cache at each sequence's last position."""
+    kv = _gather(kv_cache, plan.kv_rows)  # [2, Bd, L, kv_heads, d]
+    if newest is not None:
+        k_new, v_new, context_lens = newest
+        last = torch.arange(kv.shape[2], device=kv.device) == (context_lens[:, None] - 1)  # [Bd, L]
+        kv = torch.where(last[None, :, :, None, None], torch.stack([k_new, v_new])[:, :, None], kv)
+    k, v = kv.transpose(2, 3)
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), k, v, attn_mask=plan.mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
     )  # [Bd, heads, 1, d]; k, v: [Bd, kv_heads, L, d]

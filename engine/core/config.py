@@ -140,6 +140,9 @@ class EngineConfig:
     parse_special_in_chat: bool = False  # special-token text in chat messages becomes special tokens (unsafe)
     event_feed_capacity: int = 4096  # step records the event feed keeps (0: no feed)
     quantization: str | None = None  # weight-only: int8 | int4 (None: the model's dtype)
+    # torch.compile of pure-decode steps on the CPU (engine/runner/compiled_decode.py): tokens come
+    # faster after a minute of compiling at start-up
+    compile_decode: bool = False
     # overlapped scheduling: plan and launch the next step while the device runs this one
     # (None: on a GPU; on a CPU the forward pass runs on the host, so nothing would overlap)
     async_scheduling: bool | None = None

@@ -53,15 +53,21 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
+        new_kv: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x [T, hidden] -> [T, hidden]; stores this step's K/V into kv_cache on the way."""
+        """x [T, hidden] -> [T, hidden]; stores this step's K/V into kv_cache on the way, or, given
+        new_kv (a pure-decode step), appends them there [2, T, kv_heads, d] and leaves the cache as it was."""
         n_q, n_kv = self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(x.shape[0], n_q + 2 * n_kv, self.head_dim)  # heads: q, then k, then v
         v = qkv[:, n_q + n_kv:]
         q_weight = None if self.q_norm is None else self.q_norm.weight
         k_weight = None if self.k_norm is None else self.k_norm.weight
         q, k = self._rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
-        out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
+        if new_kv is None:
+            out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
+        else:
+            out = self.backend.attend_unstored(q, k, v, kv_cache, meta, self.scale)
+            new_kv.append(torch.stack([k, v]))
         return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim))
 
 
@@ -95,7 +101,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self, h: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
-        kv_cache: torch.Tensor, meta: ForwardMetadata,
+        kv_cache: torch.Tensor, meta: ForwardMetadata, new_kv: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, residual) [T, hidden] -> (this layer's mlp output, residual), residual updated in place.
 
@@ -106,7 +112,7 @@ class LlamaDecoderLayer(nn.Module):
             residual, h = h, self.input_layernorm(h)
         else:
             h = self.input_layernorm(h, residual)
-        h = self.self_attn(h, cos, sin, kv_cache, meta)
+        h = self.self_attn(h, cos, sin, kv_cache, meta, new_kv)
         h = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
@@ -154,13 +160,31 @@ class LlamaForCausalLM(nn.Module):
         kv_caches[i] is layer i's cache [2, num_blocks, block_size, num_kv_heads, head_dim]; this
         step's keys and values are written into it at meta.slot_mapping.
         """
+        return self._forward(input_ids, positions, kv_caches, meta, None)
+
+    def forward_unstored(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pure-decode step that only reads the caches: (final-normed hidden states [T, hidden], this
+        step's keys and values [num_layers, 2, T, num_kv_heads, head_dim]), which the caller stores.
+
+        A function without side effects, for torch.compile: a write into a cache inside a compiled
+        graph costs a copy of the whole cache (engine.runner.compiled_decode)."""
+        new_kv: list[torch.Tensor] = []
+        hidden = self._forward(input_ids, positions, kv_caches, meta, new_kv)
+        return hidden, torch.stack(new_kv)
+
+    def _forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
+        new_kv: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
         if len(kv_caches) != len(self.model.layers):
             raise ValueError(f"{len(kv_caches)} KV caches for {len(self.model.layers)} layers")
         cos, sin = self.model.rotary(positions)  # looked up once, shared by all layers
         h = F.embedding(input_ids, self.model.embed_tokens.weight)  # [T, hidden], a fresh tensor we own
         residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
+            h, residual = layer(h, residual, cos, sin, kv_cache, meta, new_kv)
         if residual is None:  # no layers
             return self.model.norm(h)
         return self.model.norm(h, residual)

@@ -8,6 +8,7 @@ import torch
 from engine.attention import get_backend
 from engine.attention.backend import AttentionShape
 from engine.core.config import CacheConfig, EngineConfig, ModelConfig
+from engine.runner.compiled_decode import CompiledDecode
 from engine.runner.cuda_graphs import DecodeGraphs
 from engine.runner.device_peaks import measure_peaks
 from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
@@ -76,7 +77,7 @@ class ModelRunner:
         # one sequence must always fit the pool, or preemption could never make room for it
         self.max_model_len = min(config.scheduler.max_model_len or self.model_config.max_position_embeddings,
                                  self.num_blocks * self.block_size)
-        self.kv_caches = self._allocate_kv(self.num_blocks)
+        self._allocate_kv(self.num_blocks)
         self.sampler = Sampler(config.seed)
         sched, mc = config.scheduler, self.model_config
         max_blocks = -(-self.max_model_len // self.block_size)
@@ -86,6 +87,12 @@ class ModelRunner:
         shape = AttentionShape(mc.num_heads, mc.num_kv_heads, self.num_blocks * self.block_size, self.device)
         self.inputs = StepInputs(limits, self.block_size, self.device, self.backend, shape, self.sampler,
                                  mc.vocab_size)
+        self.compiled: CompiledDecode | None = None
+        if config.compile_decode:
+            if self.device.type != "cpu" or self.backend.name != "torch":
+                raise ValueError("compile_decode is for the CPU (a GPU replays CUDA graphs instead)")
+            self.compiled = CompiledDecode(self.model, self.kv_pool)
+            self.compiled.warm_up(lambda chunks: self.inputs.build(chunks).meta)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         if self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton":
@@ -97,18 +104,20 @@ class ModelRunner:
     def kv_bytes_per_token(self) -> int:
         return self.model_config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
 
-    def _allocate_kv(self, num_blocks: int) -> list[torch.Tensor]:
-        # per layer [2 (K, V), num_blocks, block_size, kv_heads, head_dim]
+    def _allocate_kv(self, num_blocks: int) -> None:
+        """The pool [layers, 2 (K, V), num_blocks, block_size, kv_heads, head_dim], and a view of each
+        layer's cache in it: a write or a copy across all layers is one op on the pool."""
         mc = self.model_config
-        shape = (2, num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
-        return [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+        shape = (mc.num_layers, 2, num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        self.kv_pool = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_caches = list(self.kv_pool.unbind(0))
 
     @torch.inference_mode()
     def _warm_up(self, num_tokens: int) -> None:
         """One prefill of a full token budget, so activation peaks are taken before the KV pool is sized."""
         per_seq = min(num_tokens, self.model_config.max_position_embeddings - 1)
         blocks = -(-num_tokens // self.block_size)
-        self.kv_caches = self._allocate_kv(blocks)
+        self._allocate_kv(blocks)
         chunks, table, left = [], list(range(blocks)), num_tokens
         while left > 0:
             n = min(per_seq, left)
@@ -118,7 +127,7 @@ class ModelRunner:
         shape = AttentionShape(mc.num_heads, mc.num_kv_heads, blocks * self.block_size, self.device)
         meta = build_metadata(chunks, self.block_size, self.device, self.backend, shape)
         self._logits_of(meta.input_ids, meta.positions, meta)
-        del self.kv_caches
+        del self.kv_caches, self.kv_pool
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
 
@@ -151,6 +160,8 @@ class ModelRunner:
         meta = step.meta
         if graphs is not None:
             logits = graphs.run(chunks, meta)
+        elif self.compiled is not None and self.compiled.accepts(meta):
+            logits = self.compiled.run(meta)
         else:
             logits = self._logits_of(meta.input_ids, meta.positions, meta)
         prompt = None
@@ -189,8 +200,7 @@ class ModelRunner:
         if copies is None:
             return
         src, dst = copies
-        for cache in self.kv_caches:
-            cache[:, dst] = cache[:, src]
+        self.kv_pool[:, :, dst] = self.kv_pool[:, :, src]
 
 
 class PendingTokens:
