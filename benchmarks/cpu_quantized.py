@@ -1,5 +1,5 @@
-"""CPU decode with quantized weights: our engine at fp32, int8 and int4 against llama.cpp on the
-very same GGUF file, in the same run.
+"""CPU decode with quantized weights: our engine at fp32, int8 and int4 (and fp32 and int4 with their
+decode steps compiled, --compile) against llama.cpp on the very same GGUF file, in the same run.
 
 Workloads (greedy, EOS ignored, 2 threads):
 - single: one chat request, 128 new tokens: decode tok/s as a lone visitor feels it;
@@ -12,7 +12,7 @@ compiles llama.cpp for this CPU: minutes) into benchmarks/.llama-cpp (not by CI)
 the 16 prompts one after another (llama-cpp-python serves one sequence at a time). Runs take turns
 (--rounds), since this kind of machine's speed drifts over minutes.
 
-    python benchmarks/cpu_quantized.py [--rounds 2] [--new-tokens 128] [--skip-llama-cpp]
+    python benchmarks/cpu_quantized.py [--rounds 2] [--new-tokens 128] [--skip-llama-cpp] [--no-compile]
 """
 from __future__ import annotations
 
@@ -104,9 +104,14 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-llama-cpp", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the engines that compile their decode steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     engines = {mode: LLM("embedded", quantization=None if mode == "fp32" else mode) for mode in ("fp32", "int8", "int4")}
+    if not args.no_compile:  # decode steps through torch.compile (--compile): compiles here, a minute or two each
+        for mode in ("fp32", "int4"):
+            engines[f"{mode}, compiled"] = LLM("embedded", quantization=None if mode == "fp32" else mode,
+                                               compile_decode=True)
     batch = prompts(engines["fp32"])
     quality_of = {mode: quality(llm) for mode, llm in engines.items()}
     gguf = None
@@ -139,6 +144,13 @@ def main() -> None:
         else:
             print(f"| llama.cpp (llama-cpp-python {getattr(llama_cpp(), '__version__', '?')}), the same GGUF "
                   f"| 76 MiB (Q4_1 + Q8_0) | {single:.1f} | {many:.1f} (one at a time) | | |")
+    best = {name: (max(r[0] for r in v), max(r[1] for r in v)) for name, v in rows.items() if v}
+    for name in ("int4", "int4, compiled"):
+        if name in best:
+            line = f"{name} / fp32: single {best[name][0] / best['fp32'][0]:.2f}x, 16 prompts {best[name][1] / best['fp32'][1]:.2f}x"
+            if "llama.cpp" in best:
+                line += f"; / llama.cpp single {best[name][0] / best['llama.cpp'][0]:.2f}x"
+            print(line)
     print(f"\nrounds: " + "; ".join(f"{k}: " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in v) for k, v in rows.items() if v))
 
 

@@ -14,7 +14,7 @@ from engine.core.sampling_params import SamplingParams
 TEXT = (Path(__file__).resolve().parent.parent / "assets" / "text" / "lighthouse.txt").read_text()
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", "int4", "w8a8"])
 @pytest.mark.parametrize("shape", [(96, 64), (1536, 576), (576, 1536)])
 def test_the_kernels_compute_the_reference_product(mode: str, shape: tuple[int, int]) -> None:
     torch.manual_seed(0)
@@ -25,10 +25,23 @@ def test_the_kernels_compute_the_reference_product(mode: str, shape: tuple[int, 
     got = quantized_matmul(x, qw)
     assert got.dtype == x.dtype and got.shape == (5, shape[0])
     assert (got - ref).abs().max() <= 0.01 * ref.abs().max()  # bf16 activations
-    step = 1 / 127 if mode == "int8" else 1 / 15  # one grid step of the group's range, at most half of it lost
-    span = w.abs().amax(1, keepdim=True) if mode == "int8" else 2 * w.abs().amax(1, keepdim=True)
+    step = 1 / 15 if mode == "int4" else 1 / 127  # one grid step of the group's range, at most half of it lost
+    span = 2 * w.abs().amax(1, keepdim=True) if mode == "int4" else w.abs().amax(1, keepdim=True)
     assert ((dequantize(qw) - w).abs() <= span * step * 0.51 + 1e-3).all()
-    assert qw.nbytes < w.numel() * (1.04 if mode == "int8" else 0.63)  # a quarter (an eighth) of fp32, plus scales
+    # a quarter (int4: an eighth) of fp32, plus scales (w8a8's in fp32)
+    assert qw.nbytes < w.numel() * {"int8": 1.04, "int4": 0.63, "w8a8": 1.07}[mode]
+
+
+def test_w8a8_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
+    """Each row of x gets its own int8 scale and the sums are integers: a row alone and in a batch
+    beside a row 100x larger give the very same logits (a scale per batch would not)."""
+    torch.manual_seed(2)
+    qw = quantize(torch.randn(300, 64) * 0.05, "w8a8")
+    x = torch.randn(4, 64)
+    x[2] *= 100
+    together = quantized_matmul(x, qw)
+    for i in range(4):
+        assert torch.equal(quantized_matmul(x[i:i + 1], qw)[0], together[i])
 
 
 def test_a_q4_1_grid_requantizes_to_itself() -> None:

@@ -204,11 +204,13 @@ class LlamaForCausalLM(nn.Module):
         where int8 costs none (llama.cpp's 4-bit files, the shipped GGUF included, keep it at 8
         bits too). A tied head gets its own quantized copy; the embedding table stays, read one
         row per token."""
+        # on the CPU the head's rows go in as int8 too, which torch._int_mm multiplies 2-3x faster
+        head = "w8a8" if self.model.embed_tokens.weight.device.type == "cpu" else "int8"
         for module in self.modules():
             if isinstance(module, Linear):
-                module.quantize("int8" if module is self.lm_head else mode)
+                module.quantize(head if module is self.lm_head else mode)
         if self.lm_head is None:
-            self._head_quantized = quantize(self.model.embed_tokens.weight, "int8")
+            self._head_quantized = quantize(self.model.embed_tokens.weight, head)
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decode step reads: every projection and the LM head, as stored

@@ -8,6 +8,10 @@ min/max requantization below finds the same grid again, so int4 keeps the weight
 
 Kernels (activations go in and come out as bf16; the layer casts back to the model's dtype):
 - int8: aten._weight_int8pack_mm (CPU and CUDA), weight [N, K] int8, scales [N].
+- w8a8, the LM head on the CPU: int8 weights as int8, and each row of x quantized to int8 as it
+  comes (its own scale: a row's logits never depend on the rest of the batch), multiplied in
+  integers by torch._int_mm (VNNI), scaled back in fp32. int8pack reads the 28 MB head of the
+  embedded model in 2.3 ms for one row and 11 ms for 16; this takes 1.3 and 4.5 ms.
 - int4: aten._weight_int4pack_mm_for_cpu on the CPU, aten._weight_int4pack_mm (tinygemm, CUDA
   sm80+) on the GPU; both want w = (q - 8) * scale + zero, scales and zeros as [K / G, N, 2].
 `dequantize` is the torch reference that the tests hold the kernels to.
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 GROUP = 32  # int4 weights per scale and zero (Q4_1's block)
-MODES = ("int8", "int4")
+MODES = ("int8", "int4")  # what a user picks; "w8a8" is the CPU's LM head (LlamaForCausalLM.quantize)
 
 
 @dataclass
@@ -30,7 +34,7 @@ class QuantizedWeight:
     out_features: int
     in_features: int
     q: torch.Tensor  # int8 [N, K] (int8), or the integer grid 0..15 as uint8 [N, K] (int4, before packing)
-    scales: torch.Tensor  # [N] bf16 (int8), or [N, K / GROUP] fp32 (int4, kept only with keep_grid)
+    scales: torch.Tensor  # [N] bf16 (int8) or fp32 (w8a8), or [N, K / GROUP] fp32 (int4, kept only with keep_grid)
     zeros: torch.Tensor | None = None  # int4: [N, K / GROUP] fp32, the weight value at q = 0
     packed: torch.Tensor | None = None  # int4: the kernel's layout
     scales_and_zeros: torch.Tensor | None = None  # int4: [K / GROUP, N, 2] bf16 (tinygemm's zero: q = 8)
@@ -38,14 +42,14 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         """Bytes a matmul reads: the weights and their scales (and zeros)."""
-        if self.mode == "int8":
-            return self.q.numel() + self.scales.numel() * 2
+        if self.mode in ("int8", "w8a8"):
+            return self.q.numel() + self.scales.numel() * self.scales.element_size()
         return self.out_features * self.in_features // 2 + self.scales_and_zeros.numel() * 2
 
 
 def fits(mode: str, in_features: int, device: torch.device) -> bool:
     """Whether a projection with this many inputs can use the kernel (else it stays unquantized)."""
-    return mode == "int8" or in_features % GROUP == 0
+    return mode != "int4" or in_features % GROUP == 0
 
 
 def inner_k_tiles(in_features: int) -> int:
@@ -56,14 +60,15 @@ def inner_k_tiles(in_features: int) -> int:
 def quantize(weight: torch.Tensor, mode: str, keep_grid: bool = False) -> QuantizedWeight:
     """Quantize an [N, K] weight (any float dtype, any device) for `mode`, packed for its device.
     int4 keeps only what its kernel reads, unless `keep_grid` (tests: `dequantize` needs the grid)."""
-    if mode not in MODES:
+    if mode not in (*MODES, "w8a8"):
         raise ValueError(f"quantization must be one of {', '.join(MODES)}, got {mode!r}")
     w = weight.detach().float()
     n, k = w.shape
-    if mode == "int8":
+    if mode in ("int8", "w8a8"):
         scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
-        return QuantizedWeight(mode, n, k, q, scales.to(torch.bfloat16))  # bf16: what the kernel takes
+        # int8pack takes bf16 scales; w8a8 scales its int32 sums in fp32
+        return QuantizedWeight(mode, n, k, q, scales.to(torch.bfloat16) if mode == "int8" else scales)
     groups = w.view(n, k // GROUP, GROUP)
     low, high = groups.amin(dim=-1), groups.amax(dim=-1)
     scales = ((high - low) / 15).clamp(min=1e-12)
@@ -83,7 +88,7 @@ def quantize(weight: torch.Tensor, mode: str, keep_grid: bool = False) -> Quanti
 def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     """The [N, K] fp32 weight the quantized one stands for (as the kernels see it: int4's scales and
     zeros rounded to bf16)."""
-    if qw.mode == "int8":
+    if qw.mode in ("int8", "w8a8"):
         return qw.q.float() * qw.scales.float()[:, None]
     assert qw.q.numel(), "quantize(..., keep_grid=True) keeps the int4 grid that dequantize needs"
     sz = qw.scales_and_zeros.float()  # [K / G, N, 2]
@@ -94,6 +99,11 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
 
 def quantized_matmul(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     """x [M, K] @ W.T -> [M, N] in x's dtype, through the device's kernel."""
+    if qw.mode == "w8a8":
+        xf = x.float()
+        step = (xf.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)  # [M, 1]: one scale a row
+        xq = (xf / step).round().to(torch.int8)
+        return (torch._int_mm(xq, qw.q.t()).float() * step * qw.scales).to(x.dtype)
     xb = x.to(torch.bfloat16).contiguous()
     if qw.mode == "int8":
         y = torch.ops.aten._weight_int8pack_mm(xb, qw.q, qw.scales)
