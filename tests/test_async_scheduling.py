@@ -82,6 +82,15 @@ def test_overlapped_engine_gives_the_plain_engine_s_outputs(engines: dict[bool, 
     assert engines[True].engine.scheduler.num_preemptions > 0, "the pool is small enough to preempt"
     eos_early = overlapped[len(QUESTIONS)][0]
     assert eos_early[2] == "stop" and len(eos_early[0]) < 60, "a sequence ended on EOS with a step in flight"
+    # the event feed counts the tokens drawn for sequences: not the rows of sequences that ended
+    # on the step before's tokens while this one ran (their tokens are dropped)
+    drawn = {}
+    for overlap, llm in engines.items():
+        records = llm.engine.feed.since(0)[1]
+        for r in records:
+            assert r.num_output_tokens == sum(e.samples for e in r.requests if e.phase in ("prefill", "decode"))
+        drawn[overlap] = sum(r.num_output_tokens for r in records)
+    assert drawn[True] == drawn[False]
 
 
 def test_an_abort_with_a_step_in_flight_frees_every_block(engines: dict[bool, LLM]) -> None:

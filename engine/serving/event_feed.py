@@ -170,6 +170,12 @@ class StepRecorder:
             context += seq.num_computed_tokens + item.num_new_tokens
         self._context = context
 
+    def dropped(self, seq_ids: set[int]) -> None:
+        """These sequences ended on the step before's tokens after this step was launched (overlapped
+        scheduling): their rows ran, but their tokens are dropped, so their events draw no samples."""
+        self._requests = [e._replace(samples=0) if e.seq_id in seq_ids and e.phase in ("decode", "prefill") else e
+                          for e in self._requests]
+
     def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
                    num_output: int, blocks: Any, batching: str = "continuous") -> None:
         """`blocks` is the BlockManager: its events since the last step go into this record."""

@@ -255,10 +255,14 @@ class LLMEngine:
                 fault = exc
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
         outputs: list[RequestOutput] = []
+        ended = 0  # rows of sequences that `before`'s tokens ended: launched anyway, their tokens dropped
         if before is not None:  # its tokens' text is made now too: one call after their launch, as plainly
             self._take(before, outputs)
+            ended = sum(item.num_samples for item in out.scheduled if item.seq.is_finished)
+            if ended and self._recorder:
+                self._recorder.dropped({item.seq.seq_id for item in out.scheduled if item.seq.is_finished})
         outputs = self._detokenize_all() + outputs
-        num_output = 0  # tokens this step samples (the feed's record of it)
+        num_output = 0  # tokens this step samples for its sequences (the feed's record of it)
         if fault is not None:
             outputs += self._fail_step(out, fault)
         elif launched is not None:
@@ -266,9 +270,9 @@ class LLMEngine:
                 self.scheduler.advance(out)  # after `before` is taken: its tokens are in the blocks' hashes
                 launched.advanced = True
                 self._in_flight = launched
-                num_output = launched.num_samples
+                num_output = launched.num_samples - ended
             else:
-                num_output = self._take(launched, outputs)
+                num_output = self._take(launched, outputs) - ended
         self.metrics.total_prompt_tokens += num_prefill
         self.metrics.total_cached_tokens += out.num_cached_tokens
         self.metrics.total_queried_tokens += out.num_queried_tokens
