@@ -6,7 +6,8 @@ q/k RMSNorm before rope (Qwen3), tied embeddings, rope scaling. Mistral's slidin
 
 The residual stream travels beside the hidden state, vLLM style: each norm first adds the previous
 sub-block's output into the residual, so with `fused` (CUDA) a layer runs four elementwise Triton
-kernels (add+norm, q/k norm+rope, add+norm, silu*up); without it, the same functions in plain torch.
+kernels (add+norm, q/k norm+rope with the K/V store, add+norm, silu*up, which decode steps fold into
+the down projection's skinny matmul); without it, the same functions in plain torch.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from engine.runner.forward_metadata import ForwardMetadata
 from engine.models import layers
 from engine.models.blocked_matmul import block_weight, linear
 from engine.models.layers import Linear, RMSNorm, RotaryEmbedding
-from engine.models.quantized_linear import QuantizedWeight, fits, quantize, quantized_matmul
+from engine.models.quantized_linear import QuantizedWeight, quantize, quantized_matmul
 from engine.models.weight_map import load_into
 
 
@@ -45,11 +46,13 @@ class LlamaAttention(nn.Module):
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.eps = config.rms_norm_eps
         if fused:
-            from engine.models.triton_rotary import rotate_qk  # imports triton: only where the kernels run
+            from engine.models.triton_rotary import rotate_qk, rotate_qk_store_kv  # imports triton: only where they run
 
             self._rotate_qk = rotate_qk  # q/k norm and rope in one launch, in place in qkv
+            self._rotate_qk_store_kv = rotate_qk_store_kv  # the same launch stores k and v into the cache too
         else:
             self._rotate_qk = layers.rotate_qk
+            self._rotate_qk_store_kv = None
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
@@ -62,6 +65,10 @@ class LlamaAttention(nn.Module):
         v = qkv[:, n_q + n_kv:]
         q_weight = None if self.q_norm is None else self.q_norm.weight
         k_weight = None if self.k_norm is None else self.k_norm.weight
+        if self._rotate_qk_store_kv is not None and new_kv is None:  # fused: one launch less than store + attend
+            q, _ = self._rotate_qk_store_kv(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps, kv_cache, meta)
+            out = self.backend.attend(q, kv_cache, meta, self.scale)
+            return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim))
         q, k = self._rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
         if new_kv is None:
             out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
@@ -86,7 +93,7 @@ class LlamaMLP(nn.Module):
             self._act = layers.silu_and_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self._act(self.gate_up_proj(x)))
+        return self.down_proj.forward_silu_mul(self.gate_up_proj(x), self._act)  # fused decode: in one kernel
 
 
 class LlamaDecoderLayer(nn.Module):
