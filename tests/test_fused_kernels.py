@@ -26,9 +26,7 @@ from engine.models import build_model  # noqa: E402
 from engine.models.triton_rmsnorm import add_rms_norm, ref_add_rms_norm, ref_rms_norm, rms_norm  # noqa: E402
 from engine.models.triton_rotary import ref_rotate_qk, rotate_qk  # noqa: E402
 from engine.models.triton_silu_mul import ref_silu_and_mul, silu_and_mul  # noqa: E402
-from engine.models.layers import Linear  # noqa: E402
-from engine.models.triton_skinny_matmul import (Tiling, ref_skinny_linear, ref_skinny_silu_mul_linear,  # noqa: E402
-                                                skinny_linear, skinny_silu_mul_linear)
+from engine.models.triton_skinny_matmul import Tiling, ref_skinny_linear, skinny_linear  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16]
 TOKENS = [1, 7, 33]
@@ -151,51 +149,6 @@ def test_skinny_linear_matches_f_linear(rows: int, out_features: int, in_feature
         torch.testing.assert_close(out.float(), ref.float(), **tol)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 5, 16])
-@pytest.mark.parametrize("out_features, inter", [(48, 64), (1000, 300)])
-def test_skinny_silu_mul_linear_matches_reference(rows: int, out_features: int, inter: int, dtype: torch.dtype) -> None:
-    """silu(gate) * up folded into the down projection's skinny matmul: F.linear of layers.silu_and_mul
-    to the matmul's rounding, and the very bits of the Triton silu_and_mul then skinny_linear on the
-    same tiles (the activation rounded as that kernel rounds it). Ragged N and K, with and without a
-    bias, K whole or in chunks, from a strided gate_up (a view of rows)."""
-    gate_up = rand(rows, 3 * inter, dtype=dtype, seed=rows, scale=3.0)[:, :2 * inter]
-    w = rand(out_features, inter, dtype=dtype, seed=out_features, scale=inter ** -0.5)
-    b = rand(out_features, dtype=dtype, seed=1)
-    for bias, tile in itertools.product((None, b), (None, Tiling(32, 128, 3), Tiling(16, 64, 8))):
-        out, ref = skinny_silu_mul_linear(gate_up, w, bias, tile), ref_skinny_silu_mul_linear(gate_up, w, bias)
-        tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
-        assert out.dtype == ref.dtype and out.shape == ref.shape
-        torch.testing.assert_close(out.float(), ref.float(), **tol)
-        torch.testing.assert_close(out, skinny_linear(silu_and_mul(gate_up), w, bias, tile), atol=0, rtol=0)
-
-
-def test_linear_folds_silu_mul_into_the_skinny_kernel_only() -> None:
-    """Linear.forward_silu_mul runs the activation itself only where the skinny kernel does not: past
-    16 rows (a prefill), in a layer without use_skinny (the CPU path) or a quantized one."""
-    skinny, plain = Linear(96, 40).to(DEVICE), Linear(96, 40).to(DEVICE)
-    w = rand(40, 96, dtype=torch.float32, seed=2, scale=0.1)
-    with torch.no_grad():
-        skinny.weight.copy_(w)
-        plain.weight.copy_(w)
-    skinny.use_skinny()
-    acted = []
-
-    def act(x: torch.Tensor) -> torch.Tensor:
-        acted.append(x.shape[0])
-        return silu_and_mul(x)
-
-    for rows in (1, 16, 17):
-        gate_up = rand(rows, 192, dtype=torch.float32, seed=rows, scale=3.0)
-        ref = ref_skinny_silu_mul_linear(gate_up, w)
-        assert_close(skinny.forward_silu_mul(gate_up, act), ref)
-        assert_close(plain.forward_silu_mul(gate_up, act), ref)
-    assert acted == [1, 16, 17, 17], "the skinny layer ran the activation below 17 rows"
-    assert skinny.quantize("int8")
-    skinny.forward_silu_mul(rand(3, 192, dtype=torch.float32, seed=3), act)
-    assert acted[-1] == 3, "a quantized layer keeps its own matmul, after the activation"
-
-
 def test_launchers_reject_bad_input() -> None:
     x = rand(3, 64, dtype=torch.float32, seed=0)
     with pytest.raises(AssertionError, match="weight"):
@@ -207,8 +160,6 @@ def test_launchers_reject_bad_input() -> None:
     cos, sin = rope_tables(3, 16, torch.float32)
     with pytest.raises(AssertionError, match="1..16"):
         skinny_linear(rand(17, 64, dtype=torch.float32, seed=0), rand(32, 64, dtype=torch.float32, seed=0))
-    with pytest.raises(AssertionError, match="not \\[M, 2 \\* 64\\]"):
-        skinny_silu_mul_linear(rand(3, 64, dtype=torch.float32, seed=0), rand(32, 64, dtype=torch.float32, seed=0))
     with pytest.raises(AssertionError, match="not \\[T"):
         rotate_qk(rand(3, 7, 16, dtype=torch.float32, seed=0), 4, 2, cos, sin, None, None, EPS)
 

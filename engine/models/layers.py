@@ -7,7 +7,6 @@ dtype to place them (see engine.models.build_model).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,13 +35,11 @@ class Linear(nn.Module):
         self.quantized: QuantizedWeight | None = None
         self.skinny_rows = 0  # rows up to which skinny_linear runs; 0: never
         self.skinny_linear: Any = None
-        self.skinny_silu_mul_linear: Any = None
 
     def use_skinny(self) -> None:
         from engine.models import triton_skinny_matmul  # imports triton: only where the kernel runs
 
         self.skinny_rows, self.skinny_linear = triton_skinny_matmul.MAX_ROWS, triton_skinny_matmul.skinny_linear
-        self.skinny_silu_mul_linear = triton_skinny_matmul.skinny_silu_mul_linear
 
     @torch.no_grad()
     def pack(self) -> None:
@@ -63,20 +60,9 @@ class Linear(nn.Module):
         if self.quantized is not None:
             y = quantized_matmul(x.reshape(-1, x.shape[-1]), self.quantized).view(*x.shape[:-1], -1)
             return y if self.bias is None else y.add_(self.bias)
-        if self._skinny(x):
+        if x.dim() == 2 and 0 < x.shape[0] <= self.skinny_rows and x.stride(1) == 1:
             return self.skinny_linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias, self.blocked)
-
-    def forward_silu_mul(self, gate_up: torch.Tensor,
-                         silu_and_mul: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """self(silu_and_mul(gate_up)) for gate_up [T, 2 * in_features] (an MLP's down projection): where
-        the skinny kernel runs, in its one launch that applies the activation as it loads each tile."""
-        if self.quantized is None and self._skinny(gate_up):
-            return self.skinny_silu_mul_linear(gate_up, self.weight, self.bias)
-        return self(silu_and_mul(gate_up))
-
-    def _skinny(self, x: torch.Tensor) -> bool:
-        return x.dim() == 2 and 0 < x.shape[0] <= self.skinny_rows and x.stride(1) == 1
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

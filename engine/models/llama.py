@@ -6,8 +6,8 @@ q/k RMSNorm before rope (Qwen3), tied embeddings, rope scaling. Mistral's slidin
 
 The residual stream travels beside the hidden state, vLLM style: each norm first adds the previous
 sub-block's output into the residual, so with `fused` (CUDA) a layer runs four elementwise Triton
-kernels (add+norm, q/k norm+rope with the K/V store, add+norm, silu*up, which decode steps fold into
-the down projection's skinny matmul); without it, the same functions in plain torch.
+kernels (add+norm, q/k norm+rope with the K/V store, add+norm, silu*up); without it, the same
+functions in plain torch.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class LlamaMLP(nn.Module):
             self._act = layers.silu_and_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj.forward_silu_mul(self.gate_up_proj(x), self._act)  # fused decode: in one kernel
+        return self.down_proj(self._act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -15,15 +15,6 @@ _BLOCK = 1024  # columns per program
 
 
 @triton.jit
-def silu_mul(gate, up):
-    """silu(gate) * up in their dtype, computed in fp32 with silu rounded to the dtype before the product
-    (layers.silu_and_mul's rounding); shared with the skinny matmul, which applies it as it loads x."""
-    g = gate.to(tl.float32)
-    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)
-    return (act * up.to(tl.float32)).to(gate.dtype)
-
-
-@triton.jit
 def _silu_mul_kernel(
     x_ptr, out_ptr,  # x [T, 2I], out [T, I], unit stride over columns
     stride_x, stride_o, inter,
@@ -32,9 +23,11 @@ def _silu_mul_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
-    up = tl.load(x_ptr + row * stride_x + inter + cols, mask=mask, other=0.0)
-    tl.store(out_ptr + row * stride_o + cols, silu_mul(gate, up), mask=mask)
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * stride_x + inter + cols, mask=mask, other=0.0).to(tl.float32)
+    dtype = out_ptr.dtype.element_ty
+    act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (act * up).to(dtype), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -53,4 +46,4 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-__all__ = ["ref_silu_and_mul", "silu_and_mul", "silu_mul"]
+__all__ = ["ref_silu_and_mul", "silu_and_mul"]

@@ -18,11 +18,6 @@ lower. Small layers stay far from the 4.8 TB/s the memory gives: a launch and it
 
 The reference is F.linear (layers.Linear's path everywhere else); products accumulate in fp32, in
 another order than cuBLAS's, so the two agree to a unit or so in the last place of bf16.
-
-skinny_silu_mul_linear is the MLP's down projection with the activation before it folded in: x is
-the gate-up output [M, 2K], and silu(gate) * up is computed tile by tile as it is loaded (rounded as
-triton_silu_mul rounds it), which saves the activation's launch at every layer of a decode step.
-Its reference is layers.silu_and_mul, then F.linear.
 """
 from __future__ import annotations
 
@@ -33,9 +28,6 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from engine.models.layers import silu_and_mul
-from engine.models.triton_silu_mul import silu_mul
-
 MAX_ROWS = 16  # rows up to which this kernel runs (tl.dot's smallest M tile): a decode step's few sequences
 
 
@@ -44,7 +36,6 @@ def _skinny_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,  # x [M, K], w [N, K], bias [N] (if HAS_BIAS), out [M, N] or [SPLIT, M, N] fp32
     M, N, K, k_chunk, stride_x, stride_w, stride_o,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, PARTIAL: tl.constexpr,
-    SILU_MUL: tl.constexpr,  # x is [M, 2K], gate then up: multiply by silu(gate) * up
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program (n, s): output columns n * BLOCK_N.., over K's s-th chunk of k_chunk (all of K when
@@ -61,11 +52,7 @@ def _skinny_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
         k_ok = (k + ks)[None, :] < k_end
-        if SILU_MUL:
-            gate = tl.load(x_ptrs + k, mask=row_ok & k_ok, other=0.0)
-            x = silu_mul(gate, tl.load(x_ptrs + K + k, mask=row_ok & k_ok, other=0.0))  # 0 where masked
-        else:
-            x = tl.load(x_ptrs + k, mask=row_ok & k_ok, other=0.0)
+        x = tl.load(x_ptrs + k, mask=row_ok & k_ok, other=0.0)
         w = tl.load(w_ptrs + k, mask=col_ok & k_ok, other=0.0)
         if IEEE:  # fp32 weights: full fp32 products, not tf32
             acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
@@ -120,24 +107,10 @@ def tiling(n: int, k: int) -> Tiling:
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   tile: Tiling | None = None) -> torch.Tensor:
     """x [M, K] (M <= MAX_ROWS, unit stride along K) @ weight.T [N, K] (+ bias) -> a new [M, N]."""
-    assert weight.shape[1] == x.shape[1], f"x {tuple(x.shape)} and W {tuple(weight.shape)} differ in K"
-    return _launch(x, weight, bias, tile, fold_silu_mul=False)
-
-
-def skinny_silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                           tile: Tiling | None = None) -> torch.Tensor:
-    """silu(gate) * up @ weight.T [N, K] (+ bias) -> a new [M, N], from gate_up [M, 2K] (M <= MAX_ROWS,
-    gate then up, unit stride along columns) in one launch (two with split-K), with no [M, K] between."""
-    assert gate_up.shape[1] == 2 * weight.shape[1], f"gate_up {tuple(gate_up.shape)} is not [M, 2 * {weight.shape[1]}]"
-    return _launch(gate_up, weight, bias, tile, fold_silu_mul=True)
-
-
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: Tiling | None,
-            fold_silu_mul: bool) -> torch.Tensor:
-    m = x.shape[0]
-    n, k = weight.shape
+    m, k = x.shape
+    n = weight.shape[0]
     assert 0 < m <= MAX_ROWS, f"{m} rows: the skinny kernel takes 1..{MAX_ROWS}"
-    assert x.stride(1) == 1 and weight.stride(1) == 1, "x and W need unit stride along K"
+    assert weight.shape[1] == k and x.stride(1) == 1 and weight.stride(1) == 1, "x and W need unit stride along K"
     tile = tile or tiling(n, k)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     chunk = triton.cdiv(triton.cdiv(k, tile.split), tile.block_k) * tile.block_k
@@ -146,7 +119,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ti
     b = bias if bias is not None else weight
     _skinny_kernel[(triton.cdiv(n, tile.block_n), split)](
         x, weight, b, dest, m, n, k, chunk, x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, PARTIAL=split > 1, SILU_MUL=fold_silu_mul,
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, PARTIAL=split > 1,
         BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.warps,
         num_stages=tile.stages if x.element_size() == 2 else 2,  # fp32 tiles: twice the shared memory a stage
     )
@@ -161,10 +134,4 @@ def ref_skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return F.linear(x, weight, bias)
 
 
-def ref_skinny_silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor,
-                               bias: torch.Tensor | None = None) -> torch.Tensor:
-    return F.linear(silu_and_mul(gate_up), weight, bias)
-
-
-__all__ = ["MAX_ROWS", "Tiling", "ref_skinny_linear", "ref_skinny_silu_mul_linear", "skinny_linear",
-           "skinny_silu_mul_linear", "tiling"]
+__all__ = ["MAX_ROWS", "Tiling", "ref_skinny_linear", "skinny_linear", "tiling"]
