@@ -45,14 +45,12 @@ class LlamaAttention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.eps = config.rms_norm_eps
+        # fused: q/k norm, rope and the K/V store in one launch (Triton); else rotate_qk, then the backend stores
+        self._rotate_qk_store_kv = None
         if fused:
-            from engine.models.triton_rotary import rotate_qk, rotate_qk_store_kv  # imports triton: only where they run
+            from engine.models.triton_rotary import rotate_qk_store_kv  # imports triton: only where it runs
 
-            self._rotate_qk = rotate_qk  # q/k norm and rope in one launch, in place in qkv
-            self._rotate_qk_store_kv = rotate_qk_store_kv  # the same launch stores k and v into the cache too
-        else:
-            self._rotate_qk = layers.rotate_qk
-            self._rotate_qk_store_kv = None
+            self._rotate_qk_store_kv = rotate_qk_store_kv
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
@@ -65,14 +63,14 @@ class LlamaAttention(nn.Module):
         v = qkv[:, n_q + n_kv:]
         q_weight = None if self.q_norm is None else self.q_norm.weight
         k_weight = None if self.k_norm is None else self.k_norm.weight
-        if self._rotate_qk_store_kv is not None and new_kv is None:  # fused: one launch less than store + attend
+        if self._rotate_qk_store_kv is not None:
             q, _ = self._rotate_qk_store_kv(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps, kv_cache, meta)
-            out = self.backend.attend(q, kv_cache, meta, self.scale)
-            return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim))
-        q, k = self._rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
-        if new_kv is None:
-            out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
+            out = self.backend.attend(q, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
+        elif new_kv is None:
+            q, k = layers.rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
+            out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)
         else:
+            q, k = layers.rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
             out = self.backend.attend_unstored(q, k, v, kv_cache, meta, self.scale)
             new_kv.append(torch.stack([k, v]))
         return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim))

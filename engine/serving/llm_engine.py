@@ -258,9 +258,10 @@ class LLMEngine:
         ended = 0  # rows of sequences that `before`'s tokens ended: launched anyway, their tokens dropped
         if before is not None:  # its tokens' text is made now too: one call after their launch, as plainly
             self._take(before, outputs)
-            ended = sum(item.num_samples for item in out.scheduled if item.seq.is_finished)
-            if ended and self._recorder:
-                self._recorder.dropped({item.seq.seq_id for item in out.scheduled if item.seq.is_finished})
+            gone = [item for item in out.scheduled if item.seq.is_finished]
+            ended = sum(item.num_samples for item in gone)
+            if gone and self._recorder:
+                self._recorder.dropped({item.seq.seq_id for item in gone})
         outputs = self._detokenize_all() + outputs
         num_output = 0  # tokens this step samples for its sequences (the feed's record of it)
         if fault is not None:
