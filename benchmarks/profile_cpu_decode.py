@@ -1,7 +1,7 @@
 """Where a CPU decode token goes: single-request greedy decode of the embedded model, timed, then
 under cProfile (the ops with the most time of their own).
 
-    python benchmarks/profile_cpu_decode.py [--quantization int4|int8] [--tokens 64]
+    python benchmarks/profile_cpu_decode.py [--quantization int4|int8] [--tokens 64] [--compile]
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quantization", choices=["int8", "int4"], default=None)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="decode steps through torch.compile (--compile)")
     args = ap.parse_args()
-    llm = LLM(resolve_model("embedded"), device="cpu", quantization=args.quantization, num_blocks=64)
+    llm = LLM(resolve_model("embedded"), device="cpu", quantization=args.quantization, num_blocks=64,
+              compile_decode=args.compile)
     engine = llm.engine
     params = SamplingParams(temperature=0.0, max_tokens=args.tokens, ignore_eos=True)
     prompt = engine.encode_chat([{"role": "user", "content": "Tell me about lighthouses."}])
@@ -41,7 +43,7 @@ def main() -> None:
 
     rates = [decode(), decode()]
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"SmolLM2-135M-Instruct (embedded), {args.quantization or 'fp32'}, one greedy request, {args.tokens} tokens")
+          f"SmolLM2-135M-Instruct (embedded), {args.quantization or 'fp32'}{', compiled' if args.compile else ''}, one greedy request, {args.tokens} tokens")
     print(f"decode tok/s: {rates[0]:.1f}, {rates[1]:.1f}")
     profile = cProfile.Profile()
     profile.enable()

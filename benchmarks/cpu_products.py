@@ -1,0 +1,56 @@
+"""The CPU's quantized products on the embedded model's shapes (SmolLM2-135M: 30 layers of qkv
+[960 x 576], o [576 x 576], gate-up [3072 x 576], down [576 x 1536]; the LM head [49152 x 576]):
+the int4 kernel at 1, 4 and 16 rows, and the LM head at int8 (int8pack, bf16 rows) against w8a8
+(int8 rows, torch._int_mm). Random weights of those shapes, streamed from memory as a decode step
+reads them (each layer its own), best of 3 repeats.
+
+    python benchmarks/cpu_products.py
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from engine.models.quantized_linear import quantize, quantized_matmul  # noqa: E402
+
+LAYERS = 30
+SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
+HEAD = (49152, 576)
+
+
+def best_ms(fn, repeats: int = 3, calls: int = 10) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return min(times) * 1e3
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    print(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    layers = [quantize(torch.randn(n, k) * 0.02, "int4") for _ in range(LAYERS) for n, k in SHAPES]
+    print("\n| int4 products of a decode step (120) | 1 row | 4 rows | 16 rows |\n| --- | ---: | ---: | ---: |")
+    cells = []
+    for rows in (1, 4, 16):
+        xs = {k: torch.randn(rows, k) for _, k in SHAPES}
+        cells.append(best_ms(lambda: [quantized_matmul(xs[w.in_features], w) for w in layers]))
+    print("| ms | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    weight = torch.randn(*HEAD) * 0.02
+    heads = {mode: quantize(weight, mode) for mode in ("int8", "w8a8")}
+    print("\n| LM head [49152 x 576] | 1 row ms | 16 rows ms |\n| --- | ---: | ---: |")
+    for mode, head in heads.items():
+        row = [best_ms(lambda: quantized_matmul(torch.randn(rows, HEAD[1]), head)) for rows in (1, 16)]
+        print(f"| {mode} | {row[0]:.2f} | {row[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
