@@ -10,8 +10,8 @@ Kernels (activations go in and come out as bf16; the layer casts back to the mod
 - int8: aten._weight_int8pack_mm (CPU and CUDA), weight [N, K] int8, scales [N].
 - w8a8, the LM head on the CPU: int8 weights as int8, and each row of x quantized to int8 as it
   comes (its own scale: a row's logits never depend on the rest of the batch), multiplied in
-  integers by torch._int_mm (VNNI), scaled back in fp32. int8pack reads the 28 MB head of the
-  embedded model in 2.3 ms for one row and 11 ms for 16; this takes 1.3 and 4.5 ms.
+  integers by torch._int_mm (VNNI), scaled back in fp32: faster than int8pack's bf16 rows on the
+  embedded model's head, most at 16 rows (benchmarks/cpu_products.py).
 - int4: aten._weight_int4pack_mm_for_cpu on the CPU, aten._weight_int4pack_mm (tinygemm, CUDA
   sm80+) on the GPU; both want w = (q - 8) * scale + zero, scales and zeros as [K / G, N, 2].
 `dequantize` is the torch reference that the tests hold the kernels to.
