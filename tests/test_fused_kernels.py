@@ -26,7 +26,9 @@ from engine.models import build_model  # noqa: E402
 from engine.models.triton_rmsnorm import add_rms_norm, ref_add_rms_norm, ref_rms_norm, rms_norm  # noqa: E402
 from engine.models.triton_rotary import ref_rotate_qk, rotate_qk  # noqa: E402
 from engine.models.triton_silu_mul import ref_silu_and_mul, silu_and_mul  # noqa: E402
-from engine.models.triton_skinny_matmul import Tiling, ref_skinny_linear, skinny_linear  # noqa: E402
+from engine.models.triton_skinny_matmul import (  # noqa: E402
+    SplitSums, Tiling, ref_skinny_linear, ref_skinny_silu_mul, skinny_linear, skinny_silu_mul,
+)
 
 DTYPES = [torch.float32, torch.bfloat16]
 TOKENS = [1, 7, 33]
@@ -149,6 +151,52 @@ def test_skinny_linear_matches_f_linear(rows: int, out_features: int, in_feature
         torch.testing.assert_close(out.float(), ref.float(), **tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("inter, in_features", [(48, 64), (500, 300)])
+def test_skinny_silu_mul_matches_the_two_kernels(rows: int, inter: int, in_features: int, dtype: torch.dtype) -> None:
+    """silu(gate) * up inside the gate-up product: the reference's values, and where the tiles are
+    the same, the very values of the product kernel followed by silu_and_mul (the same rounding).
+    Ragged I and K; tiles cut in chunks along K are declined (silu needs whole sums)."""
+    x = rand(rows, 2 * in_features, dtype=dtype, seed=rows)[:, :in_features]
+    w = rand(2 * inter, in_features, dtype=dtype, seed=inter, scale=in_features ** -0.5)
+    tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+    for tile in (None, Tiling(32, 128, 1), Tiling(64, 64, 1)):
+        out = skinny_silu_mul(x, w, tile)
+        assert out is not None and out.dtype == dtype and out.shape == (rows, inter)
+        torch.testing.assert_close(out.float(), ref_skinny_silu_mul(x, w).float(), **tol)
+    half = Tiling(16, 64, 1)  # a GLU tile of 32 columns is two of 16: the same dots as the product kernel's
+    torch.testing.assert_close(skinny_silu_mul(x, w, Tiling(32, 64, 1)), silu_and_mul(skinny_linear(x, w, tile=half)),
+                               atol=0, rtol=0)
+    assert skinny_silu_mul(x, w, Tiling(32, 64, 2)) is None and skinny_silu_mul(x, w, Tiling(16, 64, 1)) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 7])
+def test_add_rms_norm_adds_up_split_sums_as_the_sum_kernel_does(rows: int, dtype: torch.dtype) -> None:
+    """A product left as its K chunks' sums, added up inside add_rms_norm: the same residual and the
+    same output, bit for bit, as the sum kernel followed by add_rms_norm; with and without a bias."""
+    hidden, k = 96, 300
+    x = rand(rows, k, dtype=dtype, seed=3)
+    w = rand(hidden, k, dtype=dtype, seed=4, scale=k ** -0.5)
+    norm_w = rand(hidden, dtype=dtype, seed=5, scale=0.2, shift=1.0)
+    residual = rand(rows, hidden, dtype=dtype, seed=6)
+    for bias in (None, rand(hidden, dtype=dtype, seed=7)):
+        sums = skinny_linear(x, w, bias, Tiling(16, 64, 3), defer_sum=True)
+        assert isinstance(sums, SplitSums) and sums.parts.shape == (3, rows, hidden)
+        fused_res, unfused_res = residual.clone(), residual.clone()
+        out = add_rms_norm(sums, fused_res, norm_w, EPS)
+        ref = add_rms_norm(sums.total(), unfused_res, norm_w, EPS)
+        assert torch.equal(fused_res, unfused_res), "the residual"
+        assert torch.equal(out, ref), "the output"
+        # against F.linear's product: a unit in the last place of bf16 there can carry through the sum
+        tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(out, ref_add_rms_norm(ref_skinny_linear(x, w, bias), residual.clone(), norm_w, EPS),
+                                   **tol)
+    whole = skinny_linear(x, w, None, Tiling(16, 64, 1), defer_sum=True)
+    assert isinstance(whole, torch.Tensor), "a product over all of K has nothing to defer"
+
+
 def test_launchers_reject_bad_input() -> None:
     x = rand(3, 64, dtype=torch.float32, seed=0)
     with pytest.raises(AssertionError, match="weight"):
@@ -174,9 +222,17 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fused_model_matches_unfused(name: str) -> None:
-    """A prefill beside a chunk over a cached prefix, then a decode step: the same logits either way."""
+def test_fused_model_matches_unfused(name: str, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefill beside a chunk over a cached prefix, then a decode step: the same logits either way.
+    split: the skinny kernels cut o_proj's and down_proj's K in chunks (whose sums the next
+    add_rms_norm adds up), and gate-up's not (silu*up inside it); the tiny model's own tiles cut none."""
+    if split:
+        from engine.models import triton_skinny_matmul
+
+        monkeypatch.setattr(triton_skinny_matmul, "tiling",
+                            lambda n, k: Tiling(32, 32, 1) if n == 2 * TINY["intermediate_size"] else Tiling(16, 32, 2))
     config = ModelConfig.from_hf(CONFIGS[name]())
     models = [build_model(config, TorchAttentionBackend(), torch.float32, DEVICE, fused=f) for f in (False, True)]
     assert models[1].fused and not models[0].fused

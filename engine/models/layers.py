@@ -35,11 +35,13 @@ class Linear(nn.Module):
         self.quantized: QuantizedWeight | None = None
         self.skinny_rows = 0  # rows up to which skinny_linear runs; 0: never
         self.skinny_linear: Any = None
+        self.skinny_silu_mul: Any = None
 
     def use_skinny(self) -> None:
         from engine.models import triton_skinny_matmul  # imports triton: only where the kernel runs
 
         self.skinny_rows, self.skinny_linear = triton_skinny_matmul.MAX_ROWS, triton_skinny_matmul.skinny_linear
+        self.skinny_silu_mul = triton_skinny_matmul.skinny_silu_mul
 
     @torch.no_grad()
     def pack(self) -> None:
@@ -56,13 +58,27 @@ class Linear(nn.Module):
         self.blocked = None
         return True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, defer_sum: bool = False) -> Any:
+        """x [..., in] -> [..., out]. defer_sum: the skinny kernel may return its K chunks' sums
+        (triton_skinny_matmul.SplitSums) for a fused add_rms_norm to add up; otherwise a tensor."""
         if self.quantized is not None:
             y = quantized_matmul(x.reshape(-1, x.shape[-1]), self.quantized).view(*x.shape[:-1], -1)
             return y if self.bias is None else y.add_(self.bias)
-        if x.dim() == 2 and 0 < x.shape[0] <= self.skinny_rows and x.stride(1) == 1:
-            return self.skinny_linear(x, self.weight, self.bias)
+        if self._skinny(x):
+            return self.skinny_linear(x, self.weight, self.bias, defer_sum=defer_sum)
         return linear(x, self.weight, self.bias, self.blocked)
+
+    def silu_mul(self, x: torch.Tensor, act: Any) -> torch.Tensor:
+        """act(self(x)) for a fused gate-up projection (act: silu_and_mul); in one launch with the
+        skinny kernel where it can (no [T, 2I] round trip)."""
+        if self.quantized is None and self.bias is None and self._skinny(x):
+            out = self.skinny_silu_mul(x, self.weight)
+            if out is not None:
+                return out
+        return act(self(x))
+
+    def _skinny(self, x: torch.Tensor) -> bool:
+        return x.dim() == 2 and 0 < x.shape[0] <= self.skinny_rows and x.stride(1) == 1
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

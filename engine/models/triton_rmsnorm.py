@@ -1,4 +1,5 @@
-"""RMSNorm in Triton: one program per row, optionally fused with the residual add before it.
+"""RMSNorm in Triton: one program per row, optionally fused with the residual add before it, and
+that add with the sum of a skinny product's K chunks before it (triton_skinny_matmul.SplitSums).
 
 The references (and the CPU path) are layers.rms_norm and layers.add_rms_norm. The kernels follow
 their numerics: fp32 math, and HF's rounding order, where the normalised value is rounded to the
@@ -12,6 +13,7 @@ import triton.language as tl
 
 from engine.models.layers import add_rms_norm as ref_add_rms_norm
 from engine.models.layers import rms_norm as ref_rms_norm
+from engine.models.triton_skinny_matmul import SplitSums
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -58,6 +60,30 @@ def _add_rms_norm_kernel(
     tl.store(x_ptr + row * stride_x + cols, y.to(x_ptr.dtype.element_ty), mask=mask)  # the row is all read
 
 
+@triton.jit
+def _add_sums_rms_norm_kernel(
+    parts_ptr, b_ptr, res_ptr, w_ptr, out_ptr,  # parts [SPLIT, T, n] fp32; bias [n]; residual, out [T, n]; w [n]
+    stride_r, stride_o, T, n, eps,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """_add_rms_norm_kernel whose x is the sum of the parts (+ bias), added in _sum_splits' order and
+    rounded to the dtype as it rounds: the same x, without its launch and its round trip."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    x = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        x += tl.load(parts_ptr + s * T * n + row * n + cols, mask=mask, other=0.0)
+    if HAS_BIAS:
+        x += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dtype = res_ptr.dtype.element_ty
+    r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+    r = (r + x.to(dtype).to(tl.float32)).to(dtype)
+    tl.store(res_ptr + row * stride_r + cols, r, mask=mask)
+    y = _normalise(r.to(tl.float32), w_ptr, cols, mask, n, eps)
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _block_and_warps(n: int) -> tuple[int, int]:
     block = triton.next_power_of_2(n)
     return block, 4 if block <= 2048 else 8 if block <= 8192 else 16
@@ -87,11 +113,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def add_rms_norm(x: torch.Tensor | SplitSums, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """residual += x; return rms_norm(residual), in one kernel over x, residual [T, n].
 
-    Both are updated in place: residual holds the sum, x the normalised output (returned).
+    Both are updated in place: residual holds the sum, x the normalised output (returned). x may be
+    a skinny product's SplitSums: the kernel adds them up first, and the output is a new tensor.
     """
+    if isinstance(x, SplitSums):
+        return _add_sums_rms_norm(x, residual, weight, eps)
     assert x.dim() == 2 and residual.shape == x.shape, f"x {tuple(x.shape)}, residual {tuple(residual.shape)}"
     _check(x, weight)
     assert residual.dtype == x.dtype and residual.stride(1) == 1 and residual.device == x.device, \
@@ -103,6 +132,20 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
         x, residual, weight, x.stride(0), residual.stride(0), x.shape[1], eps, BLOCK=block, num_warps=warps,
     )
     return x
+
+
+def _add_sums_rms_norm(x: SplitSums, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    split, tokens, n = x.parts.shape
+    assert residual.shape == (tokens, n) and x.dtype == residual.dtype == weight.dtype, \
+        f"sums of {(tokens, n)} {x.dtype}, residual {tuple(residual.shape)} {residual.dtype}, weight {weight.dtype}"
+    assert residual.stride(1) == 1 and x.parts.is_contiguous() and weight.shape == (n,), "unit strides, weight [n]"
+    out = torch.empty((tokens, n), dtype=residual.dtype, device=residual.device)
+    block, warps = _block_and_warps(n)
+    _add_sums_rms_norm_kernel[(tokens,)](
+        x.parts, x.bias if x.bias is not None else weight, residual, weight, out, residual.stride(0), out.stride(0),
+        tokens, n, eps, SPLIT=split, HAS_BIAS=x.bias is not None, BLOCK=block, num_warps=warps,
+    )
+    return out
 
 
 __all__ = ["add_rms_norm", "ref_add_rms_norm", "ref_rms_norm", "rms_norm"]
