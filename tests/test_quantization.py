@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.serving.llm import LLM
-from engine.models.quantized_linear import GROUP, dequantize, quantize, quantized_matmul
+from engine.models.quantized_linear import DENSE_ROWS, GROUP, dequantize, quantize, quantized_matmul, unpack_cpu_int4
 from engine.core.sampling_params import SamplingParams
 
 TEXT = (Path(__file__).resolve().parent.parent / "assets" / "text" / "lighthouse.txt").read_text()
@@ -30,6 +30,28 @@ def test_the_kernels_compute_the_reference_product(mode: str, shape: tuple[int, 
     assert ((dequantize(qw) - w).abs() <= span * step * 0.51 + 1e-3).all()
     # a quarter (int4: an eighth) of fp32, plus scales (w8a8's in fp32)
     assert qw.nbytes < w.numel() * {"int8": 1.04, "int4": 0.63, "w8a8": 1.07}[mode]
+
+
+@pytest.mark.parametrize("shape", [(192, 64), (960, 576), (576, 1536), (112, 64)])
+def test_a_prefill_sized_int4_product_dequantizes_the_kernels_own_layout(shape: tuple[int, int]) -> None:
+    """From DENSE_ROWS rows on, the CPU int4 product reads the grid back out of the kernel's packed
+    layout and multiplies in bf16: the same grid, and the reference's product to bf16's precision.
+    A width the layout's 64-row blocks do not divide keeps the kernel."""
+    torch.manual_seed(1)
+    w = torch.randn(shape) * 0.05
+    qw = quantize(w, "int4", keep_grid=True)
+    grid = unpack_cpu_int4(qw.packed, *shape)
+    if shape[0] % 64:
+        assert grid is None
+    else:
+        assert grid is not None and torch.equal(grid.t(), qw.q)
+    x = torch.randn(DENSE_ROWS + 3, shape[1])
+    ref = x.to(torch.bfloat16).float() @ dequantize(qw).t()
+    got = quantized_matmul(x, qw)
+    assert got.dtype == x.dtype and got.shape == (DENSE_ROWS + 3, shape[0])
+    assert (got - ref).abs().max() <= 0.01 * ref.abs().max()
+    # the same rows through the kernel (a few rows): the two paths agree to bf16's precision
+    torch.testing.assert_close(got[:4], quantized_matmul(x[:4], qw), atol=0.01 * float(ref.abs().max()), rtol=0)
 
 
 def test_w8a8_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
