@@ -1,8 +1,10 @@
 """The CPU's quantized products on the embedded model's shapes (SmolLM2-135M: 30 layers of qkv
 [960 x 576], o [576 x 576], gate-up [3072 x 576], down [576 x 1536]; the LM head [49152 x 576]):
-the int4 kernel at 1, 4 and 16 rows, and the LM head at int8 (int8pack, bf16 rows) against w8a8
-(int8 rows, torch._int_mm). Random weights of those shapes, streamed from memory as a decode step
-reads them (each layer its own), best of 3 repeats.
+the int4 kernel at 1, 4 and 16 rows (decode steps); at 256 and 636 rows (prefills: 636 is the 16
+chat prompts of cpu_quantized.py at once) the kernel against quantized_matmul's prefill path,
+which dequantizes each matrix to bf16 first (DENSE_ROWS); and the LM head at int8 (int8pack, bf16
+rows) against w8a8 (int8 rows, torch._int_mm). Random weights of those shapes, streamed from
+memory as a step reads them (each layer its own), best of 3 repeats.
 
     python benchmarks/cpu_products.py
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from engine.models import quantized_linear  # noqa: E402
 from engine.models.quantized_linear import quantize, quantized_matmul  # noqa: E402
 
 LAYERS = 30
@@ -44,6 +47,16 @@ def main() -> None:
         xs = {k: torch.randn(rows, k) for _, k in SHAPES}
         cells.append(best_ms(lambda: [quantized_matmul(xs[w.in_features], w) for w in layers]))
     print("| ms | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    print("\n| int4 products of a prefill step (120) | 256 rows ms | 636 rows ms |\n| --- | ---: | ---: |")
+    dense_rows = quantized_linear.DENSE_ROWS
+    for name, threshold in (("the int4 kernel", 10**9), ("dequantized to bf16 first (the engine's path)", dense_rows)):
+        quantized_linear.DENSE_ROWS = threshold
+        row = []
+        for rows in (256, 636):
+            xs = {k: torch.randn(rows, k) for _, k in SHAPES}
+            row.append(best_ms(lambda: [quantized_matmul(xs[w.in_features], w) for w in layers], calls=1))
+        print(f"| {name} | {row[0]:.0f} | {row[1]:.0f} |")
+    quantized_linear.DENSE_ROWS = dense_rows
     weight = torch.randn(*HEAD) * 0.02
     heads = {mode: quantize(weight, mode) for mode in ("int8", "w8a8")}
     print("\n| LM head [49152 x 576] | 1 row ms | 16 rows ms |\n| --- | ---: | ---: |")
