@@ -20,7 +20,7 @@ A prefill is another matter: hundreds of rows multiply every weight, so the prod
 arithmetic, not by the bytes of the weights, and the CPU int4 kernel redoes its dequantization
 for every 4 rows. From DENSE_ROWS rows on, a CPU int4 product first dequantizes the weight to bf16, one matrix at a time (a few MiB, still in cache for the product that follows), then
 multiplies it at bf16's rate (oneDNN): the 16 chat prompts' 636-token prefill of the embedded
-model at int4 takes about 0.5 s instead of 0.9 (benchmarks/cpu_products.py). Nothing more is kept:
+model at int4 takes about 0.5 s instead of 1.0 (benchmarks/cpu_products.py). Nothing more is kept:
 int4 reads the nibbles out of the int4pack layout itself (`unpack_cpu_int4`).
 """
 from __future__ import annotations
