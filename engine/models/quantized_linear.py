@@ -18,10 +18,11 @@ Kernels (activations go in and come out as bf16; the layer casts back to the mod
 
 A prefill is another matter: hundreds of rows multiply every weight, so the product is bound by
 arithmetic, not by the bytes of the weights, and the CPU int4 kernel redoes its dequantization
-for every 4 rows. From DENSE_ROWS rows on, a CPU int4 product first dequantizes the weight to bf16, one matrix at a time (a few MiB, still in cache for the product that follows), then
-multiplies it at bf16's rate (oneDNN): the 16 chat prompts' 636-token prefill of the embedded
-model at int4 takes about 0.5 s instead of 1.0 (benchmarks/cpu_products.py). Nothing more is kept:
-int4 reads the nibbles out of the int4pack layout itself (`unpack_cpu_int4`).
+for every 4 rows. From DENSE_ROWS rows on, a CPU int4 product first dequantizes the weight to
+bf16, one matrix at a time (a few MiB, still in cache for the product that follows), then
+multiplies it at bf16's rate (oneDNN): the products of the 16 chat prompts' 636-token prefill of
+the embedded model take about 0.5 s instead of 1.0 (benchmarks/cpu_products.py). Nothing more is
+kept: the nibbles are read out of the int4pack layout itself (`unpack_cpu_int4`).
 """
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
 
 def unpack_cpu_int4(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor | None:
     """The int4 grid [K, N] (uint8, 0..15, W's transpose) out of the CPU kernel's layout, or None
-    where that layout is not the one this reads (checked at quantize time: `_cpu_layout_reads`).
+    where that layout is not the one this reads (tried once, at the first call: `_cpu_layout_reads`).
 
     aten._convert_weight_to_int4pack_for_cpu packs N in blocks of 64 rows: byte [b, k, j] (of
     [N / 64, K, 32]) holds row 64b + j's weight k in its low nibble and row 64b + 32 + j's in its high."""
