@@ -114,6 +114,14 @@ def unpack_cpu_int4(packed: torch.Tensor, out_features: int, in_features: int) -
     [N / 64, K, 32]) holds row 64b + j's weight k in its low nibble and row 64b + 32 + j's in its high."""
     if out_features % _CPU_BLOCK_N or not _cpu_layout_reads():
         return None
+    return _unpack(packed, out_features, in_features)
+
+
+_CPU_BLOCK_N = 64
+_cpu_layout_known: bool | None = None
+
+
+def _unpack(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
     blocks = packed.view(out_features // _CPU_BLOCK_N, in_features, _CPU_BLOCK_N // 2)
     grid = torch.empty(in_features, out_features // _CPU_BLOCK_N, _CPU_BLOCK_N, dtype=torch.uint8)
     torch.bitwise_and(blocks, 15, out=grid[..., :_CPU_BLOCK_N // 2].permute(1, 0, 2))
@@ -121,23 +129,16 @@ def unpack_cpu_int4(packed: torch.Tensor, out_features: int, in_features: int) -
     return grid.view(in_features, out_features)
 
 
-_CPU_BLOCK_N = 64
-_cpu_layout_known: bool | None = None
-
-
 def _cpu_layout_reads() -> bool:
-    """Whether unpack_cpu_int4 reads this torch build's CPU int4 layout back (tried once, on a grid
-    with every row and column distinct): a build that packs otherwise keeps the int4 kernel."""
+    """Whether _unpack reads this torch build's CPU int4 layout back (tried once, on a grid with
+    every row and column distinct): a build that packs otherwise keeps the int4 kernel."""
     global _cpu_layout_known
     if _cpu_layout_known is None:
         n, k = 2 * _CPU_BLOCK_N, 2 * GROUP
-        grid = ((torch.arange(n)[:, None] * 7 + torch.arange(k)[None, :] * 3) % 16).to(torch.int32)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(grid, 1)
-        _cpu_layout_known = packed.shape == (n, k // 2) and packed.dtype == torch.uint8
-        if _cpu_layout_known:
-            blocks = packed.view(n // _CPU_BLOCK_N, k, _CPU_BLOCK_N // 2)
-            back = torch.cat([blocks & 15, blocks >> 4], dim=2).permute(1, 0, 2).reshape(k, n)
-            _cpu_layout_known = torch.equal(back.t().to(torch.int32), grid)
+        grid = ((torch.arange(n)[:, None] * 7 + torch.arange(k)[None, :] * 3) % 16).to(torch.uint8)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(grid.to(torch.int32), 1)
+        _cpu_layout_known = packed.shape == (n, k // 2) and packed.dtype == torch.uint8 and \
+            torch.equal(_unpack(packed, n, k).t(), grid)
     return _cpu_layout_known
 
 

@@ -45,43 +45,30 @@ def _rms_norm_kernel(
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr,  # x, residual [T, n], unit stride over n; w [n]
-    stride_x, stride_r, n, eps,
+    x_ptr, b_ptr, res_ptr, w_ptr, out_ptr,  # x [T, n] (or SPLIT parts [SPLIT, T, n] fp32), bias [n]; residual, out [T, n]
+    stride_x, stride_r, stride_o, T, n, eps,
+    SPLIT: tl.constexpr,  # 0: x is a tensor in the model dtype; else the sums of a split product, added up here
+    HAS_BIAS: tl.constexpr,  # with SPLIT: the product's bias, added after the sums
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-    r = (r + x).to(res_ptr.dtype.element_ty)  # the sum is stored, and normalised, in the model dtype
-    tl.store(res_ptr + row * stride_r + cols, r, mask=mask)
-    y = _normalise(r.to(tl.float32), w_ptr, cols, mask, n, eps)
-    tl.store(x_ptr + row * stride_x + cols, y.to(x_ptr.dtype.element_ty), mask=mask)  # the row is all read
-
-
-@triton.jit
-def _add_sums_rms_norm_kernel(
-    parts_ptr, b_ptr, res_ptr, w_ptr, out_ptr,  # parts [SPLIT, T, n] fp32; bias [n]; residual, out [T, n]; w [n]
-    stride_r, stride_o, T, n, eps,
-    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """_add_rms_norm_kernel whose x is the sum of the parts (+ bias), added in _sum_splits' order and
-    rounded to the dtype as it rounds: the same x, without its launch and its round trip."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n
-    x = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT):
-        x += tl.load(parts_ptr + s * T * n + row * n + cols, mask=mask, other=0.0)
-    if HAS_BIAS:
-        x += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     dtype = res_ptr.dtype.element_ty
+    if SPLIT == 0:
+        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    else:  # in _sum_splits' order, rounded as it rounds: the x that its launch would have written
+        x = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in tl.static_range(SPLIT):
+            x += tl.load(x_ptr + s * T * n + row * n + cols, mask=mask, other=0.0)
+        if HAS_BIAS:
+            x += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = x.to(dtype).to(tl.float32)
     r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-    r = (r + x.to(dtype).to(tl.float32)).to(dtype)
+    r = (r + x).to(dtype)  # the sum is stored, and normalised, in the model dtype
     tl.store(res_ptr + row * stride_r + cols, r, mask=mask)
     y = _normalise(r.to(tl.float32), w_ptr, cols, mask, n, eps)
-    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)  # x's row is all read
 
 
 def _block_and_warps(n: int) -> tuple[int, int]:
@@ -119,8 +106,11 @@ def add_rms_norm(x: torch.Tensor | SplitSums, residual: torch.Tensor, weight: to
     Both are updated in place: residual holds the sum, x the normalised output (returned). x may be
     a skinny product's SplitSums: the kernel adds them up first, and the output is a new tensor.
     """
+    split = 0
     if isinstance(x, SplitSums):
-        return _add_sums_rms_norm(x, residual, weight, eps)
+        split, parts, bias = x.parts.shape[0], x.parts, x.bias
+        assert parts.is_contiguous() and x.dtype == residual.dtype, f"sums of {x.dtype}, residual {residual.dtype}"
+        x = torch.empty(parts.shape[1:], dtype=x.dtype, device=parts.device)  # the output
     assert x.dim() == 2 and residual.shape == x.shape, f"x {tuple(x.shape)}, residual {tuple(residual.shape)}"
     _check(x, weight)
     assert residual.dtype == x.dtype and residual.stride(1) == 1 and residual.device == x.device, \
@@ -128,24 +118,12 @@ def add_rms_norm(x: torch.Tensor | SplitSums, residual: torch.Tensor, weight: to
     if x.shape[0] == 0:
         return x
     block, warps = _block_and_warps(x.shape[1])
+    source, b = (x, weight) if not split else (parts, bias if bias is not None else weight)
     _add_rms_norm_kernel[(x.shape[0],)](
-        x, residual, weight, x.stride(0), residual.stride(0), x.shape[1], eps, BLOCK=block, num_warps=warps,
+        source, b, residual, weight, x, x.stride(0), residual.stride(0), x.stride(0), x.shape[0], x.shape[1], eps,
+        SPLIT=split, HAS_BIAS=bool(split) and bias is not None, BLOCK=block, num_warps=warps,
     )
     return x
-
-
-def _add_sums_rms_norm(x: SplitSums, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    split, tokens, n = x.parts.shape
-    assert residual.shape == (tokens, n) and x.dtype == residual.dtype == weight.dtype, \
-        f"sums of {(tokens, n)} {x.dtype}, residual {tuple(residual.shape)} {residual.dtype}, weight {weight.dtype}"
-    assert residual.stride(1) == 1 and x.parts.is_contiguous() and weight.shape == (n,), "unit strides, weight [n]"
-    out = torch.empty((tokens, n), dtype=residual.dtype, device=residual.device)
-    block, warps = _block_and_warps(n)
-    _add_sums_rms_norm_kernel[(tokens,)](
-        x.parts, x.bias if x.bias is not None else weight, residual, weight, out, residual.stride(0), out.stride(0),
-        tokens, n, eps, SPLIT=split, HAS_BIAS=x.bias is not None, BLOCK=block, num_warps=warps,
-    )
-    return out
 
 
 __all__ = ["add_rms_norm", "ref_add_rms_norm", "ref_rms_norm", "rms_norm"]
