@@ -162,6 +162,18 @@ def test_graph_paddings_are_the_captured_layouts() -> None:
     assert inputs.layout == layout
 
 
+def test_a_fresh_padding_gives_each_context_as_its_query() -> None:
+    """Padding(fresh=True), a prompt from position 0 in a prefill graph: the host lists say the
+    context is the query (a backend may plan it otherwise: triton_backend), the device the real one."""
+    inputs = make_inputs()
+    meta = inputs.build([ScheduledChunk([7, 8, 9], 0, [3], 1)], pad=Padding(1, 8, 6, fresh=True)).meta
+    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [8]
+    assert meta.context_lens.tolist() == [3] and meta.slot_mapping.tolist() == [3 * BS, 3 * BS + 1, 3 * BS + 2] + [-1] * 5
+    layout = inputs.layout
+    capture = inputs.build([], pad=Padding(1, 8, 6, fresh=True)).meta
+    assert capture.query_lens_cpu == capture.context_lens_cpu == [8] and inputs.layout == layout
+
+
 def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:
     inputs = make_inputs()
     rows = [SampleRow(SamplingParams(temperature=0.0), [1]),

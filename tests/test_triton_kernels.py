@@ -333,6 +333,55 @@ def test_backend_forward_matches_torch_backend(specs: list[tuple[int, int]]) -> 
     assert (plan.num_splits is not None) == case.meta.is_pure_decode
 
 
+@pytest.mark.parametrize("group, dtype", [(1, torch.float32), (3, torch.bfloat16)])
+def test_a_fresh_prompt_alone_attends_over_its_own_keys(group: int, dtype: torch.dtype) -> None:
+    """One sequence from position 0 is planned dense: SDPA over the step's own k and v (strided views
+    of one qkv tensor, as the model passes them) gives the paged attention, and the cache is written
+    all the same. Without k and v, or with dense_prefill off, the paged kernel runs."""
+    case = make_case([(0, 37)], 8, group, seed=21, dtype=dtype)
+    heads, kv_heads = case.q.shape[1], case.new_k.shape[1]
+    qkv = torch.cat([case.q, case.new_k, case.new_v], dim=1)
+    q, k, v = qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
+    backend = TritonAttentionBackend()
+    plan = backend.step_plan(case.meta, q, case.cache)
+    assert plan.dense and plan.tiles is None and plan.num_splits is None
+    ours, ref_cache = case.cache.clone(), case.cache.clone()
+    out = backend.forward(q, k, v, ours, case.meta, 0.25)
+    ref = TorchAttentionBackend().forward(case.q, case.new_k, case.new_v, ref_cache, case.meta, 0.25)
+    torch.testing.assert_close(ours, ref_cache, atol=0, rtol=0, equal_nan=True)
+    assert_close(out, ref, dtype)
+    assert_close(backend.attend(q, ours, case.meta, 0.25), ref, dtype)  # no k, v: the paged kernel
+    paged = TritonAttentionBackend(dense_prefill=False)
+    assert not paged.step_plan(case.meta, q, ours).dense
+    assert_close(paged.attend(q, ours, case.meta, 0.25, k, v), ref, dtype)
+
+
+@pytest.mark.parametrize("specs", [
+    [(8, 20)],  # after a cached prefix: the context is not all in this step's keys
+    [(0, 20), (0, 9)],  # two prompts
+    [(0, 1)],  # one token: a decode step
+])
+def test_only_a_fresh_prompt_alone_is_planned_dense(specs: list[tuple[int, int]]) -> None:
+    case = make_case(specs, 8, 2, seed=4)
+    plan = TritonAttentionBackend().step_plan(case.meta, case.q, case.cache)
+    assert not plan.dense and (plan.tiles is not None) != (plan.num_splits is not None)
+
+
+def test_dense_attention_leaves_real_tokens_blind_to_padding() -> None:
+    """A captured graph pads a prompt with tokens after it: causal, so the real tokens' rows are those
+    of the unpadded prompt whatever the padding holds."""
+    from engine.attention.triton_backend import dense_causal_attention
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(24, h, 16, generator=gen) for h in (4, 2, 2))
+    out = dense_causal_attention(q, k, v, 0.25)
+    padded = [torch.cat([x, torch.randn(8, x.shape[1], 16, generator=gen) * 100]) for x in (q, k, v)]
+    torch.testing.assert_close(dense_causal_attention(*padded, 0.25)[:24], out)
+    ref = torch.softmax((q.transpose(0, 1) @ k.repeat_interleave(2, 1).permute(1, 2, 0) * 0.25).masked_fill(
+        torch.ones(24, 24, dtype=torch.bool).triu(1), float("-inf")), -1) @ v.repeat_interleave(2, 1).transpose(0, 1)
+    torch.testing.assert_close(out, ref.transpose(0, 1))
+
+
 def test_the_plan_travels_in_the_metadata() -> None:
     """Built with the backend, a step's metadata carries its plan (the tiles staged with the step's
     inputs); for other heads the backend plans at the call."""

@@ -79,11 +79,14 @@ class AttentionBackend(ABC):
         """Write k, v [T, num_kv_heads, head_dim] at meta.slot_mapping."""
 
     @abstractmethod
-    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float,
+               k: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """Causal attention of q [T, num_heads, head_dim] over each sequence's cached context.
 
         Query token j of sequence i sits at position context_lens[i] - query_len[i] + j and attends
-        to cache positions 0..that position. Returns [T, num_heads, head_dim].
+        to cache positions 0..that position. Returns [T, num_heads, head_dim]. k and v [T, kv_heads,
+        head_dim], where given, are this step's keys and values, already stored: a backend may read
+        them instead of the cache where the step's whole context is in them (a fresh prompt).
         """
 
     def forward(
@@ -91,7 +94,7 @@ class AttentionBackend(ABC):
         meta: ForwardMetadata, scale: float,
     ) -> torch.Tensor:
         self.store_kv(k, v, kv_cache, meta)
-        return self.attend(q, kv_cache, meta, scale)
+        return self.attend(q, kv_cache, meta, scale, k, v)
 
     def attend_unstored(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,

@@ -151,8 +151,10 @@ class TorchAttentionBackend(AttentionBackend):
     def max_staged_bytes(max_tokens: int, max_seqs: int) -> int:
         return 2 * 8 * max_seqs  # decode sequences and their rows, int64 each
 
-    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float) -> torch.Tensor:
-        """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context."""
+    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float,
+               k: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context
+        (read from the cache: k and v are not used)."""
         plan = self.step_plan(meta, q, kv_cache)
         if plan.decode is not None and not plan.prefills:  # pure decode: every row is a decode, in order
             return _attend_decode(q, kv_cache, plan.decode, scale)

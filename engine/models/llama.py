@@ -66,8 +66,8 @@ class LlamaAttention(nn.Module):
         q_weight = None if self.q_norm is None else self.q_norm.weight
         k_weight = None if self.k_norm is None else self.k_norm.weight
         if self._rotate_qk_store_kv is not None:
-            q, _ = self._rotate_qk_store_kv(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps, kv_cache, meta)
-            out = self.backend.attend(q, kv_cache, meta, self.scale)  # [T, n_q, head_dim]
+            q, k = self._rotate_qk_store_kv(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps, kv_cache, meta)
+            out = self.backend.attend(q, kv_cache, meta, self.scale, k, v)  # [T, n_q, head_dim]
         elif new_kv is None:
             q, k = layers.rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
             out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)

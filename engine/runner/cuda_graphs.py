@@ -8,7 +8,7 @@ the graph replays. Pad rows write nowhere (slot -1) and their logits are dropped
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Hashable, NamedTuple
 
 import torch
 
@@ -27,9 +27,10 @@ class Captured(NamedTuple):
     layout: tuple  # StepInputs.layout at capture: a replay's build must put its arrays there
 
 
-def capture(forward: Forward, inputs: StepInputs, paddings: dict[int, Padding],
-            device: torch.device) -> dict[int, Captured]:
-    """One graph per size, over the StepInputs views of its padded (all-padding) step.
+def capture(forward: Forward, inputs: StepInputs, paddings: dict[Hashable, Padding],
+            device: torch.device) -> dict[Hashable, Captured]:
+    """One graph per key (a size, or a size and a variant), over the StepInputs views of its padded
+    (all-padding) step.
 
     Largest first, so the smaller ones reuse its memory pool: only one replays at a time, and its
     logits are consumed (sampled) on the stream before the next replay. Each size's inputs are built

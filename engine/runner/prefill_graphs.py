@@ -5,7 +5,9 @@ thousand tokens the GPU finishes them faster than Python can launch them: the ho
 to first token. So the prefill of one sequence (a whole prompt, or a chunk of one, after a cached
 prefix or not) is captured at a ladder of token counts and replayed, like decode steps are.
 
-A step pads its tokens to the next captured count. Pad tokens write nowhere (slot -1), belong to
+Each count is captured twice: for a fresh prompt (from position 0, which the Triton backend
+attends densely over the step's own keys and values: triton_backend) and for a chunk after a
+cached prefix (the paged kernel). A step pads its tokens to the next captured count. Pad tokens write nowhere (slot -1), belong to
 no sequence (the attention kernel's tiles past the real query length do nothing), and only the
 last real token's logits are read. Steps of several sequences, or of several samples, run eagerly.
 """
@@ -35,7 +37,8 @@ class PrefillGraphs:
         self.inputs = inputs
         self.max_blocks = max_blocks
         self.sizes = prefill_sizes(max_tokens)
-        self.graphs = capture(forward, inputs, {s: Padding(1, s, max_blocks) for s in self.sizes}, device)
+        self.graphs = capture(forward, inputs, {(s, fresh): Padding(1, s, max_blocks, fresh)
+                                                for s in self.sizes for fresh in (True, False)}, device)
 
     def accepts(self, chunks: list[ScheduledChunk]) -> bool:
         """One sequence feeding 2..max tokens (a prefill or a chunk of one), sampling at most once."""
@@ -48,8 +51,8 @@ class PrefillGraphs:
     def padding(self, chunks: list[ScheduledChunk]) -> Padding:
         """The captured shape a step of these chunks is built in."""
         length = len(chunks[0].token_ids)
-        return Padding(1, next(s for s in self.sizes if s >= length), self.max_blocks)
+        return Padding(1, next(s for s in self.sizes if s >= length), self.max_blocks, chunks[0].start_pos == 0)
 
     def run(self, chunks: list[ScheduledChunk], meta: ForwardMetadata) -> torch.Tensor:
         """Logits [1, vocab] of the chunk's last token, its inputs just built with `padding(chunks)`."""
-        return replay(self.graphs[meta.num_tokens], self.inputs)
+        return replay(self.graphs[meta.num_tokens, chunks[0].start_pos == 0], self.inputs)

@@ -71,13 +71,15 @@ class Padding:
     Pad sequences come first: one token each (id 0, position 0, slot -1: written nowhere), context
     length 1 through an all-zero table row, one logits row. Pad tokens follow (id 0, position 0,
     slot -1), in no sequence on the device. On the host the lists are those of the capture: every
-    context the table width's longest, the pad tokens in the last sequence's query. Every sequence
-    has one logits row, at its last real token.
+    context the table width's longest (or, `fresh`, its query: a prompt from position 0, which an
+    attention backend may plan otherwise), the pad tokens in the last sequence's query. Every
+    sequence has one logits row, at its last real token.
     """
 
     num_seqs: int
     num_tokens: int
     table_width: int
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class StepInputs:
             logits[b:] = t + np.arange(extra)
             query_lens += [1] * extra  # the host lists as captured
             query_lens[-1] += tokens - t - extra
-            context_lens = [width * bs] * seqs
+            context_lens = list(query_lens) if pad.fresh else [width * bs] * seqs
         return ForwardMetadata(
             input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
             query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
