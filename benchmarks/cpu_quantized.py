@@ -17,6 +17,7 @@ the 16 prompts one after another (llama-cpp-python serves one sequence at a time
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -46,8 +47,13 @@ def llama_cpp():
         pass
     if not (LLAMA_DIR / "llama_cpp").exists():
         print("building llama-cpp-python (once; minutes) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(LLAMA_DIR), "--no-deps",
-                        "llama-cpp-python", "diskcache", "jinja2"], check=True)
+        # built for this CPU, AMX left out: a VM may list AMX in /proc/cpuinfo and still refuse its
+        # instructions (llama.cpp died of SIGILL on such a 2-vCPU Xeon); a one-row decode, bound by
+        # reading the weights, gains little from it
+        no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        env = {**os.environ, "CMAKE_ARGS": f"-DCMAKE_C_FLAGS='{no_amx}' -DCMAKE_CXX_FLAGS='{no_amx}'"}
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", "--target", str(LLAMA_DIR),
+                        "--no-deps", "llama-cpp-python", "diskcache", "jinja2"], check=True, env=env)
     sys.path.insert(0, str(LLAMA_DIR))
     import llama_cpp
     return llama_cpp

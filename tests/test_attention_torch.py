@@ -95,3 +95,21 @@ def test_get_backend() -> None:
     assert isinstance(get_backend("auto", "cpu"), TorchAttentionBackend)
     with pytest.raises(ValueError, match="unknown attention backend"):
         get_backend("flash", "cpu")
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_compiled_unstored_decode_matches_the_dense_reference(group: int) -> None:
+    """Under torch.compile a pure-decode step's attention is products and sums over the cache rows
+    (_attend_decode_fused), the newest keys and values standing in at each last position: it gives
+    the naive attention over the whole context, ragged contexts, padding past them untouched (NaN)."""
+    specs = [(40, 1), (0, 1), (17, 1), (63, 1)]
+    case = build_case(specs, 16, group, seed=group, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM)
+    backend, scale = TorchAttentionBackend(), HEAD_DIM ** -0.5
+    before = case.cache.clone()
+    attend = torch.compile(lambda q, k, v, cache: backend.attend_unstored(q, k, v, cache, case.meta, scale),
+                           fullgraph=True)
+    out = attend(case.q, case.new_k, case.new_v, case.cache)
+    ref = torch.cat([naive_attention(q.double(), k.double(), v.double(), scale)
+                     for q, k, v in zip(case.qs, case.full_k, case.full_v)])
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(case.cache, before, equal_nan=True)  # read only

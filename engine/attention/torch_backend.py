@@ -181,6 +181,8 @@ def _attend_decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, sc
 
     newest: (k, v [Bd, kv_heads, d], context_lens [Bd]) of tokens not stored yet, read in place of
     the cache at each sequence's last position."""
+    if torch.compiler.is_compiling():  # a compiled decode step (engine/runner/compiled_decode.py)
+        return _attend_decode_fused(q, kv_cache, plan, scale, newest)
     kv = _gather(kv_cache, plan.kv_rows)  # [2, Bd, L, kv_heads, d]
     if newest is not None:
         k_new, v_new, context_lens = newest
@@ -191,6 +193,36 @@ def _attend_decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, sc
         q.unsqueeze(2), k, v, attn_mask=plan.mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
     )  # [Bd, heads, 1, d]; k, v: [Bd, kv_heads, L, d]
     return out.squeeze(2)
+
+
+def _attend_decode_fused(q: torch.Tensor, kv_cache: torch.Tensor, plan: DecodePlan, scale: float,
+                         newest: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """_attend_decode as products, a softmax and sums over the cache rows, for torch.compile: inductor
+    fuses them into loops that read the context through its rows, with no copy of it and no SDPA
+    call. Eager, the same expressions would build [Bd, L, heads, d] products in memory.
+
+    On the embedded model at int4, compiled (2-core Xeon), the gather and SDPA took 2.7 ms of a
+    16.5 ms decode step (90 us a layer); this made single-request decode 6-14% faster and 16 prompts
+    8-13% (A/B in one process, four and three rounds)."""
+    bd, heads, d = q.shape
+    kv_heads = kv_cache.shape[-2]
+    group = heads // kv_heads
+    flat = kv_cache.view(-1, kv_heads, d)  # [2 * num_slots, kv_heads, d]
+    k, v = flat[plan.kv_rows[0]], flat[plan.kv_rows[1]]  # [Bd, L, kv_heads, d]
+    length = k.shape[1]
+    if newest is not None:
+        k_new, v_new, context_lens = newest
+        last = (torch.arange(length, device=q.device) == (context_lens[:, None] - 1))[:, :, None, None]
+        k = torch.where(last, k_new[:, None], k)
+        v = torch.where(last, v_new[:, None], v)
+    valid = plan.mask.view(bd, length, 1, 1)
+    qg = q.view(bd, 1, kv_heads, group, d).float()
+    scores = (qg * k[:, :, :, None, :].float()).sum(-1) * scale  # [Bd, L, kv_heads, group]
+    probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
+    # padding rows read a stand-in slot, which (a one-token context's, unstored) may hold anything
+    v = torch.where(valid, v, 0)
+    out = (probs[..., None] * v[:, :, :, None, :].float()).sum(1)  # [Bd, kv_heads, group, d]
+    return out.view(bd, heads, d).to(q.dtype)
 
 
 def _attend_prefill(q: torch.Tensor, kv_cache: torch.Tensor, plan: PrefillPlan, scale: float) -> torch.Tensor:
