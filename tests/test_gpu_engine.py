@@ -98,6 +98,24 @@ def test_chunked_prefill_through_graphs_equals_eager(fp32_dir: Path) -> None:
     assert outs[False] == outs[True]
 
 
+def test_prefill_graphs_attend_densely_only_when_captured_fresh(bf16_dir: Path) -> None:
+    """Each prefill size is captured twice: the fresh prompt's graph attends densely (SDPA), the graph
+    of a chunk after a cached prefix through the paged kernel, even at the size where the padded
+    step's host lists coincide (1,024 tokens = the table's 64 blocks of 16). Then a prompt alone, and
+    one whose first 320 tokens are cached (its 680-token chunk padded to 1,024), each replay theirs."""
+    llm = LLM(str(bf16_dir), dtype="bfloat16", num_blocks=512, max_model_len=1024)
+    graphs = llm.engine.runner.prefill_graphs
+    assert 1024 in graphs.sizes and graphs.max_blocks * 16 == 1024
+    for (size, fresh), captured in graphs.graphs.items():
+        assert captured.meta.fresh_prompt == fresh and captured.meta.plan.dense == fresh, (size, fresh)
+    replayed = spy_prefill_graphs(llm.engine.runner)
+    prompt = [random.Random(8).randrange(1000, 100000) for _ in range(1000)]
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    llm.generate([prompt[:320]], params)
+    llm.generate([prompt], params)
+    assert replayed == [(0, 320), (320, 680)]
+
+
 def test_bf16_greedy_tokens_are_hf_argmax_within_tolerance(bf16_dir: Path) -> None:
     llm = LLM(str(bf16_dir), dtype="bfloat16", num_blocks=512, max_model_len=1024)
     params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)

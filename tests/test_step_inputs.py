@@ -154,7 +154,7 @@ def test_graph_paddings_are_the_captured_layouts() -> None:
     assert meta.slot_mapping.tolist() == [1 * BS + 1, 1 * BS + 2, 1 * BS + 3] + [-1] * 5
     assert meta.query_start_loc.tolist() == [0, 3] and meta.context_lens.tolist() == [8]
     assert meta.logits_indices.tolist() == [2]  # the last real token's row, sampled or not
-    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [6 * BS]
+    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [6 * BS] and not meta.fresh_prompt
     layout = inputs.layout
     capture = inputs.build([], pad=Padding(1, 8, 6)).meta  # what the graph was captured on: all padding
     assert capture.slot_mapping.tolist() == [-1] * 8 and capture.query_start_loc.tolist() == [0, 1]
@@ -167,7 +167,7 @@ def test_a_fresh_padding_gives_each_context_as_its_query() -> None:
     context is the query (a backend may plan it otherwise: triton_backend), the device the real one."""
     inputs = make_inputs()
     meta = inputs.build([ScheduledChunk([7, 8, 9], 0, [3], 1)], pad=Padding(1, 8, 6, fresh=True)).meta
-    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [8]
+    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [8] and meta.fresh_prompt
     assert meta.context_lens.tolist() == [3] and meta.slot_mapping.tolist() == [3 * BS, 3 * BS + 1, 3 * BS + 2] + [-1] * 5
     layout = inputs.layout
     capture = inputs.build([], pad=Padding(1, 8, 6, fresh=True)).meta

@@ -333,20 +333,30 @@ def test_backend_forward_matches_torch_backend(specs: list[tuple[int, int]]) -> 
     assert (plan.num_splits is not None) == case.meta.is_pure_decode
 
 
-@pytest.mark.parametrize("group, dtype", [(1, torch.float32), (3, torch.bfloat16)])
-def test_a_fresh_prompt_alone_attends_over_its_own_keys(group: int, dtype: torch.dtype) -> None:
-    """One sequence from position 0 is planned dense: SDPA over the step's own k and v (strided views
-    of one qkv tensor, as the model passes them) gives the paged attention, and the cache is written
-    all the same. Without k and v, or with dense_prefill off, the paged kernel runs."""
+@pytest.mark.parametrize("group, dtype, dense", [(1, torch.bfloat16, True), (3, torch.float16, True),
+                                                 (2, torch.float32, False)])
+def test_a_fresh_prompt_alone_attends_over_its_own_keys(group: int, dtype: torch.dtype, dense: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sequence from position 0 is planned dense: in 16 bits, SDPA over the step's own k and v
+    (strided views of one qkv tensor, as the model passes them) gives the paged attention, and the
+    cache is written all the same. In fp32, without k and v, or with dense_prefill off, the paged
+    kernel runs on the tiles planned with it."""
+    from engine.attention import triton_backend
+
+    calls = []
+    dense_attention = triton_backend.dense_causal_attention
+    monkeypatch.setattr(triton_backend, "dense_causal_attention", lambda *a: calls.append(1) or dense_attention(*a))
     case = make_case([(0, 37)], 8, group, seed=21, dtype=dtype)
+    assert case.meta.fresh_prompt
     heads, kv_heads = case.q.shape[1], case.new_k.shape[1]
     qkv = torch.cat([case.q, case.new_k, case.new_v], dim=1)
     q, k, v = qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
     backend = TritonAttentionBackend()
     plan = backend.step_plan(case.meta, q, case.cache)
-    assert plan.dense and plan.tiles is None and plan.num_splits is None
+    assert plan.dense and plan.tiles is not None and plan.num_splits is None
     ours, ref_cache = case.cache.clone(), case.cache.clone()
     out = backend.forward(q, k, v, ours, case.meta, 0.25)
+    assert len(calls) == dense
     ref = TorchAttentionBackend().forward(case.q, case.new_k, case.new_v, ref_cache, case.meta, 0.25)
     torch.testing.assert_close(ours, ref_cache, atol=0, rtol=0, equal_nan=True)
     assert_close(out, ref, dtype)
@@ -354,6 +364,25 @@ def test_a_fresh_prompt_alone_attends_over_its_own_keys(group: int, dtype: torch
     paged = TritonAttentionBackend(dense_prefill=False)
     assert not paged.step_plan(case.meta, q, ours).dense
     assert_close(paged.attend(q, ours, case.meta, 0.25, k, v), ref, dtype)
+    assert len(calls) == dense
+
+
+def test_a_graphs_padding_is_planned_dense_only_when_captured_fresh() -> None:
+    """A prefill graph's padded step says whether it is a fresh prompt's as its Padding does, never
+    by its host lists: padded for a chunk after a prefix, its context list can equal its query list
+    (the table's width times the block size equal to the padded tokens) and it stays paged."""
+    from engine.runner.step_inputs import Padding, StepInputs, StepLimits
+
+    backend = TritonAttentionBackend()
+    shape = AttentionShape(num_heads=4, num_kv_heads=2, num_slots=64, device=torch.device(DEVICE))
+    inputs = StepInputs(StepLimits(16, 1, 2, 1), 8, torch.device(DEVICE), backend, shape)
+    for chunks in ([], [ScheduledChunk([1] * 5, 8, [0, 1], 1)]):  # the capture, a chunk after a prefix
+        meta = inputs.build(chunks, pad=Padding(1, 16, 2)).meta
+        assert meta.query_lens_cpu == meta.context_lens_cpu == [16]  # the coincidence
+        assert not meta.fresh_prompt and not meta.plan.dense
+    for chunks in ([], [ScheduledChunk([1] * 5, 0, [0], 1)]):  # the capture, a fresh prompt
+        meta = inputs.build(chunks, pad=Padding(1, 16, 2, fresh=True)).meta
+        assert meta.fresh_prompt and meta.plan.dense
 
 
 @pytest.mark.parametrize("specs", [

@@ -4,10 +4,11 @@ A step is routed by its host-side query lengths, never by reading the device:
 - pure decode (every query length 1): the split-KV decode kernel. Its grid and scratch depend only
   on (batch, kv heads, block_tables width), so the step is capturable in a CUDA graph;
 - a fresh prompt alone (one sequence from position 0, no cached prefix: the lone user's time to
-  first token): causal attention over the step's own keys and values, which are contiguous in the
-  projection's output, through PyTorch's SDPA (cuDNN's fused attention where it runs: a lone
-  1,024-token prompt of Qwen3-0.6B's shape on an H200, 23.6 us a layer against 57.6 for the paged
-  kernel, timed alone with triton's do_bench); the step's keys and values are stored all the same;
+  first token; `ForwardMetadata.fresh_prompt`), in bf16 or fp16: causal attention over the step's
+  own keys and values, views of the qkv projection's output, through PyTorch's SDPA (cuDNN's fused
+  attention where it runs: a lone 1,024-token prompt of Qwen3-0.6B's shape on an H200, 23.6 us a
+  layer against 57.6 for the paged kernel, timed alone with triton's do_bench). The step's keys
+  and values are stored all the same, and its tiles planned (the paged kernel's fallback);
 - anything else (prefills, chunks after a cached prefix, decodes mixed in): the prefill kernel for
   every row in one launch, its decode rows as one-token tiles.
 The launch parameters are planned with the step's metadata (`StepInputs`), the query tiles going to
@@ -35,32 +36,29 @@ class TritonPlan:
     num_heads: int
     num_kv_heads: int
     num_splits: int | None  # pure decode: splits of the decode kernel
-    tiles: PrefillTiles | None  # a prefill through the paged kernel: its query tiles
-    dense: bool = False  # a fresh prompt alone: SDPA over the step's own keys and values
-
-
-def is_fresh_prompt(meta: ForwardMetadata) -> bool:
-    """One sequence feeding several tokens from position 0 (nothing of it cached before this step),
-    by the host lists: its context is its query."""
-    return meta.num_seqs == 1 and meta.query_lens_cpu[0] > 1 and meta.context_lens_cpu[0] == meta.query_lens_cpu[0]
+    tiles: PrefillTiles | None  # otherwise: the prefill kernel's query tiles
+    dense: bool = False  # a fresh prompt alone (ForwardMetadata.fresh_prompt): SDPA where attend can
 
 
 def build_plan(meta: ForwardMetadata, shape: AttentionShape, stage: Stage, dense_prefill: bool = True) -> TritonPlan:
     """Plan from shapes and host lists only: no device read. A pure-decode step's splits depend on its
-    batch and table width alone (so a captured graph's hold for every replay); a fresh prompt alone
-    goes dense where `dense_prefill`; other steps' tiles are staged."""
+    batch and table width alone (so a captured graph's hold for every replay); other steps' tiles
+    are staged, and a fresh prompt alone is marked dense where `dense_prefill`."""
     if meta.is_pure_decode:
         batch, max_blocks = meta.block_tables.shape
         splits = choose_num_splits(batch, shape.num_kv_heads, max_blocks, meta.block_size, shape.device)
         return TritonPlan(shape.num_heads, shape.num_kv_heads, splits, None)
-    if dense_prefill and is_fresh_prompt(meta):
-        return TritonPlan(shape.num_heads, shape.num_kv_heads, None, None, dense=True)
     block_q, _ = tile_shape(shape.num_heads // shape.num_kv_heads)
-    return TritonPlan(shape.num_heads, shape.num_kv_heads, None, plan_tiles(meta, block_q, stage))
+    # a fresh prompt keeps its tiles too: attend falls back on them (no k and v given, fp32)
+    return TritonPlan(shape.num_heads, shape.num_kv_heads, None, plan_tiles(meta, block_q, stage),
+                      dense=dense_prefill and meta.fresh_prompt)
 
 
-# cuDNN's fused attention first, then flash; the math backend where neither runs (the CPU, in tests)
+# cuDNN's fused attention first, then flash; the math backend where neither runs (the CPU, in tests).
+# Both take 16-bit values only: an fp32 step would fall to the math backend, which builds the
+# [heads, T, T] scores in memory, so fp32 stays on the paged kernel.
 _DENSE_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+DENSE_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -105,11 +103,8 @@ class TritonAttentionBackend(AttentionBackend):
         """q [T, heads, head_dim] -> [T, heads, head_dim], causal over each sequence's cached context
         (a fresh prompt's over k and v, this step's keys and values, where they are given)."""
         plan = self.step_plan(meta, q, kv_cache)
-        if plan.dense and k is not None and v is not None:
+        if plan.dense and k is not None and v is not None and q.dtype in DENSE_DTYPES:
             return dense_causal_attention(q, k, v, scale)
-        if plan.tiles is None and plan.num_splits is None:  # planned dense, but no k and v given
-            block_q, _ = tile_shape(plan.num_heads // plan.num_kv_heads)
-            return prefill_attention(q, kv_cache, meta, scale, tiles=plan_tiles(meta, block_q))
         if plan.num_splits is not None:
             return decode_attention(q, kv_cache, meta, scale, num_splits=plan.num_splits)
         return prefill_attention(q, kv_cache, meta, scale, tiles=plan.tiles)

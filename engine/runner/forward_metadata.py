@@ -33,6 +33,10 @@ class ForwardMetadata:
     query_lens_cpu: list[int]
     context_lens_cpu: list[int]
     block_size: int
+    # one sequence's prompt from position 0, several tokens: its whole context is this step's keys
+    # and values (said by the host, never read off the device or the lists above, which a graph's
+    # padding fills as captured)
+    fresh_prompt: bool = False
     # the attention backend's plan of this step, shared by every layer (split counts, query tiles,
     # gather rows: see each backend's `plan`); None where the metadata was built without a backend
     # (tests, references), and then the backend plans at each call

@@ -175,6 +175,7 @@ class StepInputs:
         qsl[0] = 0
         qsl[1:b + 1] = ends
         query_lens, context_lens = q_lens.tolist(), (starts + q_lens).tolist()
+        fresh = b == 1 and int(starts[0]) == 0 and int(q_lens[0]) > 1
         if not pad:
             logits[:] = _logits_rows(ends, firsts, samples, p_lens)
         else:
@@ -186,10 +187,11 @@ class StepInputs:
             query_lens += [1] * extra  # the host lists as captured
             query_lens[-1] += tokens - t - extra
             context_lens = list(query_lens) if pad.fresh else [width * bs] * seqs
+            fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
         return ForwardMetadata(
             input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
             query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
-            context_lens_cpu=context_lens, block_size=bs,
+            context_lens_cpu=context_lens, block_size=bs, fresh_prompt=fresh,
         )
 
 
