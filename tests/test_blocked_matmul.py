@@ -1,5 +1,6 @@
-"""The CPU's blocked weight layout gives F.linear's products: exactly from 16 rows, within fp32
-rounding below; padding of odd output sizes is invisible; empty and large inputs take F.linear."""
+"""The CPU's blocked weight layout gives F.linear's products within fp32 rounding (bit for bit from 16
+rows on a 2-core EPYC, not on a 2-core Xeon: MKL picks its kernels by CPU); padding of odd output
+sizes is invisible; empty and large inputs take F.linear."""
 from __future__ import annotations
 
 import pytest
@@ -19,10 +20,7 @@ def test_blocked_product_equals_f_linear(n: int, k: int, rows: int) -> None:
     assert blocked.shape == (-(-n // BLOCK), k, BLOCK) and blocked.is_contiguous()
     out, ref = blocked_linear(x, blocked, n), F.linear(x, w)
     assert out.shape == (rows, n) and out.is_contiguous()
-    if rows >= 16:
-        assert torch.equal(out, ref)
-    else:
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * k ** 0.5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * k ** 0.5)
 
 
 def test_padded_panels_hold_zeros_past_the_outputs() -> None:

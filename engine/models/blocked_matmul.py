@@ -4,10 +4,10 @@ For the few rows of a decode step (one per sequence), torch's F.linear on an [N,
 a fraction of the machine's memory bandwidth (MKL's small-M path; measured on a 2-core EPYC: 46
 GFLOP/s for SmolLM2's 49152 x 576 LM head at 16 rows). The same product over panels of BLOCK output
 columns stored contiguously, [N / BLOCK, K, BLOCK], is a batched matmul whose every panel streams
-once: 1.4-2x faster for up to ~64 rows. From 16 rows the result is bit-for-bit F.linear's; below,
-MKL takes another kernel for F.linear and the two differ by fp32 rounding (relative ~1e-5). Beyond
-MAX_ROWS (prefill)
-F.linear on the original layout is faster again, so a packed layer keeps both (the weights' memory
+once: 1.4-2x faster for up to ~64 rows. The two differ by fp32 rounding (relative ~1e-5): MKL picks
+its kernels by CPU and by shape (on a 2-core EPYC the results were bit for bit F.linear's from 16
+rows; on a 2-core Xeon, not at 64 rows of K = 1536). Beyond MAX_ROWS (prefill) F.linear on the
+original layout is faster again, so a packed layer keeps both (the weights' memory
 twice: about 0.5 GB more for SmolLM2-135M in fp32).
 """
 from __future__ import annotations
