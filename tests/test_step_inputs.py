@@ -162,16 +162,23 @@ def test_graph_paddings_are_the_captured_layouts() -> None:
     assert inputs.layout == layout
 
 
-def test_a_fresh_padding_gives_each_context_as_its_query() -> None:
-    """Padding(fresh=True), a prompt from position 0 in a prefill graph: the host lists say the
-    context is the query (a backend may plan it otherwise: triton_backend), the device the real one."""
+def test_a_fresh_prompt_is_marked_eager_and_padded() -> None:
+    """ForwardMetadata.fresh_prompt: one sequence's several tokens from position 0, from the chunks
+    in an eager step, from Padding(fresh=True) in a prefill graph's (as captured and as replayed),
+    where the host lists stay the capture's and the device's are the real ones."""
     inputs = make_inputs()
-    meta = inputs.build([ScheduledChunk([7, 8, 9], 0, [3], 1)], pad=Padding(1, 8, 6, fresh=True)).meta
-    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [8] and meta.fresh_prompt
-    assert meta.context_lens.tolist() == [3] and meta.slot_mapping.tolist() == [3 * BS, 3 * BS + 1, 3 * BS + 2] + [-1] * 5
+    fresh = ScheduledChunk([7, 8, 9], 0, [3], 1)
+    assert inputs.build([fresh]).meta.fresh_prompt
+    assert not inputs.build([ScheduledChunk([7, 8, 9], 4, [3, 5], 1)]).meta.fresh_prompt  # after a prefix
+    assert not inputs.build([fresh, ScheduledChunk([6, 5], 0, [4], 1)]).meta.fresh_prompt  # two prompts
+    assert not inputs.build([ScheduledChunk([7], 0, [3], 1)]).meta.fresh_prompt  # one token: a decode
+    meta = inputs.build([fresh], pad=Padding(1, 8, 6, fresh=True)).meta
+    assert meta.query_lens_cpu == [8] and meta.context_lens_cpu == [6 * BS] and meta.fresh_prompt
+    assert meta.context_lens.tolist() == [3]
+    assert meta.slot_mapping.tolist() == [3 * BS, 3 * BS + 1, 3 * BS + 2] + [-1] * 5
     layout = inputs.layout
     capture = inputs.build([], pad=Padding(1, 8, 6, fresh=True)).meta
-    assert capture.query_lens_cpu == capture.context_lens_cpu == [8] and inputs.layout == layout
+    assert capture.fresh_prompt and inputs.layout == layout
 
 
 def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:

@@ -71,9 +71,9 @@ class Padding:
     Pad sequences come first: one token each (id 0, position 0, slot -1: written nowhere), context
     length 1 through an all-zero table row, one logits row. Pad tokens follow (id 0, position 0,
     slot -1), in no sequence on the device. On the host the lists are those of the capture: every
-    context the table width's longest (or, `fresh`, its query: a prompt from position 0, which an
-    attention backend may plan otherwise), the pad tokens in the last sequence's query. Every
-    sequence has one logits row, at its last real token.
+    context the table width's longest, the pad tokens in the last sequence's query. Every sequence
+    has one logits row, at its last real token. `fresh`: the graph of a prompt from position 0
+    (ForwardMetadata.fresh_prompt, which an attention backend may plan otherwise).
     """
 
     num_seqs: int
@@ -186,7 +186,7 @@ class StepInputs:
             logits[b:] = t + np.arange(extra)
             query_lens += [1] * extra  # the host lists as captured
             query_lens[-1] += tokens - t - extra
-            context_lens = list(query_lens) if pad.fresh else [width * bs] * seqs
+            context_lens = [width * bs] * seqs
             fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
         return ForwardMetadata(
             input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
