@@ -128,6 +128,19 @@ def query_range(url: str, expr: str, start: float, end: float) -> list[dict]:
     return reply["data"]["result"]
 
 
+def assert_scrapes_succeeded(url: str, start: float, end: float) -> None:
+    """Every scrape in [start, end] read a valid exposition. A scrape that failed fast (a parse error,
+    a 5xx) fails the test; one that ran into the 1 s scrape timeout is allowed, twice at most: a loaded
+    2-core CI machine has stalled the whole process for a second (CI of stop 23, once in 13 scrapes)."""
+    up = query_range(url, 'up{job="pagedchat"}', start, end)
+    assert up, "prometheus recorded no scrape"
+    duration = dict(query_range(url, 'scrape_duration_seconds{job="pagedchat"}', start, end)[0]["values"])
+    failed = [(t, float(duration.get(t, "nan"))) for t, v in up[0]["values"] if v != "1"]
+    fast = [(t, d) for t, d in failed if not d >= 0.9 * SCRAPE_S]
+    assert not fast, f"scrapes that failed before the timeout (t, seconds): {fast}"
+    assert len(failed) <= 2, f"{len(failed)} of {len(up[0]['values'])} scrapes timed out: {failed}"
+
+
 @pytest.mark.slow
 def test_every_panel_of_vllms_grafana_dashboard_draws(live: LiveServer, prometheus: str) -> None:
     queries = dashboard_queries()
@@ -142,8 +155,7 @@ def test_every_panel_of_vllms_grafana_dashboard_draws(live: LiveServer, promethe
     time.sleep(2.5 * SCRAPE_S)  # the last counts scraped
     end = time.time()
     assert not errors, errors[:3]
-    up = query_range(prometheus, 'up{job="pagedchat"}', start, end)
-    assert up and all(v == "1" for _, v in up[0]["values"]), up
+    assert_scrapes_succeeded(prometheus, start, end)
 
     empty = []
     for title, expr in queries:
