@@ -86,3 +86,49 @@ def test_the_compiled_engine_generates_what_the_eager_one_does(model_dir: Path,
 def test_compiled_decode_is_refused_off_the_cpu_path(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="compile_decode"):
         LLM(str(model_dir), device="cpu", attention_backend="triton", compile_decode=True)
+
+
+
+def test_a_quantized_compiled_engine_times_its_products_and_keeps_the_eager_logits(
+        model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quantized model's steps compile with its weights frozen and each product's kernel timed
+    (TUNED_PRODUCTS), set only while they run; a compiled step's logits are the eager step's to
+    within bf16's rounding of the dequantized weights (inductor's int4 template dequantizes into
+    bf16, PyTorch's kernel into fp32: greedy tokens agree until two logits nearly tie)."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor import compile_fx
+
+    frozen = []
+    freeze = compile_fx.fw_compiler_freezing
+    def spy(*args, **kwargs):  # inductor compiles a graph with its weights frozen, and times products
+        frozen.append(inductor_config.max_autotune_gemm)
+        return freeze(*args, **kwargs)
+    monkeypatch.setattr(compile_fx, "fw_compiler_freezing", spy)
+    llm = LLM(str(model_dir), device="cpu", num_blocks=64, block_size=8, quantization="int4",
+              compile_decode=True, max_num_seqs=8)
+    compiled, runner = llm.engine.runner.compiled, llm.engine.runner
+    assert compiled.tune_products
+    assert frozen and all(frozen), frozen  # every graph the warm-up compiled
+    assert not inductor_config.freezing and not inductor_config.max_autotune_gemm  # only while it ran
+    rng = random.Random(2)
+    prompts = [[rng.randrange(500) for _ in range(n)] for n in (5, 21, 12, 30, 9, 17)]
+    tables = [[k * 4 + j for j in range(4)] for k in range(len(prompts))]
+    with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
+        meta = runner.inputs.build([ScheduledChunk(p, 0, t, 1) for p, t in zip(prompts, tables)]).meta
+        runner.model(meta.input_ids, meta.positions, runner.kv_caches, meta)
+        for batch in (1, len(prompts)):
+            decode = [ScheduledChunk([rng.randrange(500)], len(p), t, 1) for p, t in zip(prompts, tables)][:batch]
+            meta = runner.inputs.build(decode).meta
+            eager, _ = CompiledDecode._logits_and_kv(compiled, meta.input_ids, meta.positions, runner.kv_pool, meta)
+            before = runner.kv_pool.clone()
+            logits = compiled.run(meta)
+            runner.kv_pool.copy_(before)
+            # this model's weights are large (initializer_range 0.3): its logits reach about 9, and the
+            # bf16 rounding of its dequantized weights moved a logit by up to 0.24 (of 9.1) in a trial
+            scale, diff = eager.abs().max().item(), (logits - eager).abs()
+            assert diff.max().item() < 0.05 * scale and diff.mean().item() < 0.01 * scale, (batch, diff.max(), scale)
+            assert torch.equal(logits.argmax(-1), eager.argmax(-1))
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    with torch.compiler.set_stance("fail_on_recompile"):  # the warm-up compiled every size it meets
+        out = llm.generate(prompts, params)
+    assert all(len(r.outputs[0].token_ids) == 6 for r in out)

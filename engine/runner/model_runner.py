@@ -91,8 +91,8 @@ class ModelRunner:
         if config.compile_decode:
             if self.device.type != "cpu" or self.backend.name != "torch":
                 raise ValueError("compile_decode is for the CPU (a GPU replays CUDA graphs instead)")
-            self.compiled = CompiledDecode(self.model, self.kv_pool)
-            self.compiled.warm_up(lambda chunks: self.inputs.build(chunks).meta)
+            self.compiled = CompiledDecode(self.model, self.kv_pool, tune_products=bool(self.quantization))
+            self.compiled.warm_up(lambda chunks: self.inputs.build(chunks).meta, sched.max_num_seqs)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         if self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton":
