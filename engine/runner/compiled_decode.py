@@ -66,6 +66,10 @@ class CompiledDecode:
         self.model = model
         self.kv_pool = kv_pool  # [layers, 2, num_blocks, block_size, kv_heads, head_dim]
         self.tune_products = tune_products
+        self._settings: Any = contextlib.nullcontext
+        if tune_products:  # inductor's config module takes over a second to import: only where it is used
+            import torch._inductor.config as inductor_config
+            self._settings = lambda: inductor_config.patch(TUNED_PRODUCTS)
         # dynamo keeps compiled graphs per code object, and (_options) no longer
         # tells one model from another: each engine compiles a code object of its own
         step = types.MethodType(_own_code(CompiledDecode._logits_and_kv), self)
@@ -82,8 +86,7 @@ class CompiledDecode:
 
     def run(self, meta: ForwardMetadata) -> torch.Tensor:
         # a compile can happen at any call (a new shape); the settings cost about 30 us a step
-        settings = torch._inductor.config.patch(TUNED_PRODUCTS) if self.tune_products else contextlib.nullcontext()
-        with settings:
+        with self._settings():
             logits, new_kv = self._step(meta.input_ids, meta.positions, self.kv_pool, meta)
         store_new_kv(self.kv_pool, new_kv, meta.slot_mapping)
         return logits
