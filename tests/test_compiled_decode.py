@@ -88,7 +88,6 @@ def test_compiled_decode_is_refused_off_the_cpu_path(model_dir: Path) -> None:
         LLM(str(model_dir), device="cpu", attention_backend="triton", compile_decode=True)
 
 
-
 def test_a_quantized_compiled_engine_times_its_products_and_keeps_the_eager_logits(
         model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A quantized model's steps compile with its weights frozen and each product's kernel timed

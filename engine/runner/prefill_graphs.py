@@ -8,8 +8,9 @@ prefix or not) is captured at a ladder of token counts and replayed, like decode
 Each count is captured twice: for a fresh prompt (from position 0, which the Triton backend
 attends densely over the step's own keys and values: triton_backend) and for a chunk after a
 cached prefix (the paged kernel). A step pads its tokens to the next captured count. Pad tokens
-write nowhere (slot -1), belong to no sequence (the attention kernel's tiles past the real query length do nothing), and only the
-last real token's logits are read. Steps of several sequences, or of several samples, run eagerly.
+write nowhere (slot -1), belong to no sequence (the attention kernel's tiles past the real query
+length do nothing), and only the last real token's logits are read. Steps of several sequences, or
+of several samples, run eagerly.
 """
 from __future__ import annotations
 
