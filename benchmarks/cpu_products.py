@@ -3,8 +3,11 @@
 the int4 kernel at 1, 4 and 16 rows (decode steps); at 256 and 636 rows (prefills: 636 is the 16
 chat prompts of cpu_quantized.py at once) the kernel against quantized_matmul's prefill path,
 which dequantizes each matrix to bf16 first (DENSE_ROWS); and the LM head at int8 (int8pack, bf16
-rows) against w8a8 (int8 rows, torch._int_mm). Random weights of those shapes, streamed from
-memory as a step reads them (each layer its own), best of 3 repeats.
+rows) against w8a8 (int8 rows, torch._int_mm); and the decode step's int4 products compiled as a
+quantized engine's compiled steps are (compiled_decode.TUNED_PRODUCTS: the weights frozen, inductor
+timing its C++ GEMM templates against the kernel) against the kernel itself, at 1, 16 and 32 rows.
+Random weights of those shapes, streamed from memory as a step reads them (each layer its own),
+best of 3 repeats.
 
     python benchmarks/cpu_products.py
 """
@@ -16,10 +19,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.models import quantized_linear  # noqa: E402
 from engine.models.quantized_linear import quantize, quantized_matmul  # noqa: E402
+from engine.runner.compiled_decode import TUNED_PRODUCTS  # noqa: E402
 
 LAYERS = 30
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
@@ -63,6 +68,37 @@ def main() -> None:
     for mode, head in heads.items():
         row = [best_ms(lambda: quantized_matmul(torch.randn(rows, HEAD[1]), head)) for rows in (1, 16)]
         print(f"| {mode} | {row[0]:.2f} | {row[1]:.2f} |")
+
+    print("\n| int4 products of a decode step (120) | 1 row ms | 16 rows ms | 32 rows ms |\n| --- | ---: | ---: | ---: |")
+    products = IntFourProducts(layers).eval()
+    kernel, tuned = [], []
+    for rows in (1, 16, 32):
+        xs = {k: torch.randn(rows, k).to(torch.bfloat16) for _, k in SHAPES}
+        # as the engine runs them: grad off (a guard: with it on, dynamo compiles again, unfrozen) and
+        # the settings on around each call
+        with torch.no_grad(), inductor_config.patch(TUNED_PRODUCTS):
+            compiled = torch.compile(products, dynamic=False)
+            kernel.append(best_ms(lambda: products(xs)))
+            tuned.append(best_ms(lambda: compiled(xs)))
+        torch._dynamo.reset()
+    print("| the kernel (aten._weight_int4pack_mm_for_cpu) | " + " | ".join(f"{c:.1f}" for c in kernel) + " |")
+    print("| compiled, frozen, timed (TUNED_PRODUCTS) | " + " | ".join(f"{c:.1f}" for c in tuned) + " |")
+
+
+class IntFourProducts(torch.nn.Module):
+    """The step's int4 products as a module whose packed weights are buffers (constants once frozen)."""
+
+    def __init__(self, layers: list) -> None:
+        super().__init__()
+        self.in_features = [w.in_features for w in layers]
+        for i, w in enumerate(layers):
+            self.register_buffer(f"packed{i}", w.packed)
+            self.register_buffer(f"scales{i}", w.scales_and_zeros)
+
+    def forward(self, xs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.ops.aten._weight_int4pack_mm_for_cpu(xs[k], getattr(self, f"packed{i}"), quantized_linear.GROUP,
+                                                           getattr(self, f"scales{i}"))
+                for i, k in enumerate(self.in_features)]
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ product and keep the faster (TUNED_PRODUCTS). PyTorch's int4 kernel dequantizes 
 for every 4 rows; inductor's int4 template dequantizes a tile once for 16 or 32 rows and multiplies
 it on AMX where the CPU has it (4th-generation Xeon on), and the int8 LM head becomes a oneDNN
 or AMX int8 product. On a 2-core Xeon with AMX, the embedded model's 120 int4 products of a
-16-row step took 13.7 ms instead of 33.8, and of a 1-row step 5.5 instead of 6.3. The choice is
+16-row step took 12.4 ms instead of 28.8, of 32 rows 20.2 instead of 59.3, and of one row about
+the same (6.3 and 5.7; benchmarks/cpu_products.py). The choice is
 made once per graph, at the sizes it is compiled for, so `warm_up` compiles the many-sequence
 graph at 16 sequences. The price is start-up time: inductor does not cache a graph with frozen
 weights, so every start compiles its graphs afresh (the embedded model at int4, on that machine:
 6.9 minutes with inductor's on-disk cache empty, 4.1 with it holding the kernels and timings; 4.0
-and seconds without the tuning).
+and seconds without the tuning: benchmarks/compile_startup.py).
 """
 from __future__ import annotations
 
