@@ -5,7 +5,7 @@ Medians over 200 prompts, the whole and per part (parts nest; a part that runs t
 the detokenizing step, is counted per call).
 
 On the CPU (default) the model's forward is stubbed out (a tiny random model whose logits are a
-constant), so all that is left is the Python around a step. With --gpu it is the real thing, as
+constant) and overlapped scheduling on, as on the GPU, so all that is left is the Python around a step. With --gpu it is the real thing, as
 gpu_w256.py times it (random-weight Qwen3-0.6B shape, bf16, the same engine settings), and the TTFT
 is also split on its critical path: the host before the step is on the device (arrival to the
 launch's return), the wait for the token, and the host after it (the token to the step's return).
@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="the real model on the GPU, nothing stubbed")
     parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--profile", action="store_true", help="then the same prompts under cProfile: top functions")
     args = parser.parse_args()
     if args.gpu:
         llm = LLM(str(make_model_dir("/tmp/qwen3-0.6b-random")), dtype="bfloat16", max_num_seqs=256,
@@ -51,8 +52,9 @@ def main() -> None:
         llm.generate([list(range(5, 133))] * 8, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
     else:
         torch.set_num_threads(1)
+        # overlapped scheduling as on the GPU: the same steps in the same order
         llm = LLM(str(make_model_dir("/tmp/ttft-host-tiny", TINY, dtype=torch.float32, seed=1)), device="cpu",
-                  max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048)
+                  max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048, async_scheduling=True)
         vocab = TINY["vocab_size"]
         logits = torch.zeros(1, vocab)
         llm.engine.runner._logits_of = lambda ids, pos, meta: logits.expand(meta.logits_indices.shape[0], -1)
@@ -79,6 +81,7 @@ def main() -> None:
             (engine, "add_request", "arrival", None), (engine.scheduler, "schedule", "schedule", None),
             (engine, "_prepare", "prepare", None), (runner, "launch", "launch", "launched"),
             (runner.inputs, "build", "  launch: the step's inputs", None),
+            *([(runner.prefill_graphs, "run", "  launch: the graph's replay", "replayed")] if runner.prefill_graphs else []),
             (engine, "_take", "take the token", None), (PendingTokens, "result", "  take: wait", "ready"),
             (engine.scheduler, "update", "  take: scheduler update", None),
             (engine.scheduler, "resolve", "  take: scheduler resolve", None),
@@ -88,7 +91,8 @@ def main() -> None:
         timed(owner, name, label, stamp)
     rng = random.Random(0)
     lone = [rng.randrange(vocab) for _ in range(1024)]
-    spans: dict[str, list[float]] = {"before the device (arrival to launched)": [],
+    spans: dict[str, list[float]] = {"before the device (arrival to the graph's replay)": [],
+                                     "arrival to launched": [],
                                      "the wait (launched to the token on the host)": [],
                                      "after (the token to the last step's return)": []}
 
@@ -99,7 +103,8 @@ def main() -> None:
             engine.step()
         end = time.perf_counter()
         launched, ready = stamps["launched"], stamps["ready"]
-        for span, value in zip(spans.values(), (launched - start, ready - launched, end - ready)):
+        replayed = stamps.get("replayed", launched)
+        for span, value in zip(spans.values(), (replayed - start, launched - start, ready - launched, end - ready)):
             span.append(value)
         return end - start
 
@@ -117,6 +122,16 @@ def main() -> None:
         print(f"  {label}: {_median(times) * 1e3:.3f} ms")
     for label, times in parts.items():
         print(f"  {label}: {_median(times) * 1e3:.3f} ms median of {len(times)} calls")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for i in range(n):
+            ttft(5000 + i)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":
