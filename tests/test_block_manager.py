@@ -185,19 +185,31 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.seqs: dict[int, tuple[list[int], int]] = {}  # seq id -> (tokens, tokens computed)
         self.next_id = 0
 
-    @rule(which=st.integers(0, 2), tail=st.lists(st.integers(0, 20), min_size=1, max_size=10))
-    def add(self, which: int, tail: list[int]) -> None:
+    @rule(which=st.integers(0, 2), tail=st.lists(st.integers(0, 20), min_size=1, max_size=10), ahead=st.booleans())
+    def add(self, which: int, tail: list[int], ahead: bool) -> None:
         tokens = self.PREFIXES[which] + tail
         prefix = self.bm.match_prefix(tokens)
         cached = len(prefix) * self.bm.block_size
         before = self.bm.stats()
         if self.bm.allocate_slots(self.next_id, cached, len(tokens) - cached, prefix):
-            self.bm.cache_full_blocks(self.next_id, tokens, len(tokens))
+            self.cache(self.next_id, tokens, ahead)
             self.seqs[self.next_id] = (tokens, len(tokens))
             self.within_cap(before.used)
         else:
             assert self.bm.stats() == before
         self.next_id += 1
+
+    def cache(self, seq_id: int, tokens: list[int], ahead: bool) -> None:
+        """Register the full blocks, hashed ahead (as while the device computes them) or not: either
+        way the prefix cache then holds every full block of `tokens`, with the right tokens."""
+        if ahead:
+            self.bm.hash_ahead(seq_id, tokens, len(tokens))
+        self.bm.cache_full_blocks(seq_id, tokens, len(tokens))
+        bs = self.bm.block_size
+        found = self.bm.match_prefix(tokens + [0])
+        assert len(found) == len(tokens) // bs, "a full block is missing from the prefix cache"
+        for i, block_id in enumerate(found):
+            assert self.bm.blocks[block_id].token_ids == tuple(tokens[i * bs:(i + 1) * bs])
 
     def within_cap(self, used_before: int) -> None:
         """An allocation brings blocks into use only up to the cap (those already over it stay),
@@ -205,15 +217,15 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert self.bm.stats().used <= max(used_before, self.bm.cap) or len(self.seqs) == 1
 
     @precondition(lambda self: self.seqs)
-    @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5))
-    def append(self, data: st.DataObject, new: list[int]) -> None:
+    @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5), ahead=st.booleans())
+    def append(self, data: st.DataObject, new: list[int], ahead: bool) -> None:
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
         tokens, done = self.seqs[seq_id]
         used_before = self.bm.stats().used
         if self.bm.allocate_slots(seq_id, done, len(new)):
             self.within_cap(used_before)
             tokens = tokens + new
-            self.bm.cache_full_blocks(seq_id, tokens, len(tokens))
+            self.cache(seq_id, tokens, ahead)
             self.seqs[seq_id] = (tokens, len(tokens))
             for src, dst in self.bm.take_copies():
                 assert src != dst and self.bm.blocks[dst].ref_count == 1

@@ -118,7 +118,7 @@ def loop_shape(device: torch.device, head_dim: int) -> tuple[int, int]:
 
 def tile_shape(group: int, block_m: int = DEFAULT_BLOCK_M) -> tuple[int, int]:
     """(BLOCK_Q, BLOCK_M): query tokens per tile and rows (tokens x group heads, padded) per program."""
-    block_m = max(block_m, 16, triton.next_power_of_2(group))
+    block_m = max(block_m, 16, 1 << (group - 1).bit_length())  # the next power of two, in plain Python
     return block_m // group, block_m
 
 
@@ -128,15 +128,23 @@ def plan_tiles(meta: ForwardMetadata, block_q: int, stage: Stage | None = None) 
     The tiles go to the device through `stage` (StepInputs': in the step's one copy); by default
     in a copy of their own.
     """
-    lens = np.asarray(meta.query_lens_cpu, dtype=np.int64)
+    if stage is None:
+        stage = copy_stage(meta.query_start_loc.device)
+    return PrefillTiles(block_q, stage(_tiles(tuple(meta.query_lens_cpu), block_q)))
+
+
+@functools.lru_cache(maxsize=256)
+def _tiles(query_lens: tuple[int, ...], block_q: int) -> np.ndarray:
+    """[2, num_tiles] int32 (read-only: shared by every step of these query lengths, such as a
+    captured prefill graph's replays, whose host lists are those of its capture)."""
+    lens = np.asarray(query_lens, dtype=np.int64)
     counts = -(-lens // block_q)  # [B] tiles per sequence
     total = int(counts.sum())
     seqs = np.repeat(np.arange(len(lens)), counts)  # [num_tiles]
     firsts = (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)) * block_q
-    tiles = np.stack([seqs, firsts]).astype(np.int32)  # [2, num_tiles]
-    if stage is None:
-        stage = copy_stage(meta.query_start_loc.device)
-    return PrefillTiles(block_q, stage(tiles))
+    tiles = np.stack([seqs, firsts]).astype(np.int32)
+    tiles.flags.writeable = False
+    return tiles
 
 
 def prefill_attention(

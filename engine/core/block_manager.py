@@ -76,6 +76,9 @@ class _SeqState:
     table: list[int] = field(default_factory=list)
     num_tokens: int = 0  # slots this sequence has claimed in its table
     hashes: list[int] = field(default_factory=list)  # chained hashes of its leading full blocks
+    # (hash, tokens) of the full blocks after those, hashed ahead while the device fills them
+    # (hash_ahead); cache_full_blocks takes them instead of hashing again
+    ahead: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
 
 class BlockManager:
@@ -216,19 +219,23 @@ class BlockManager:
             state.table.extend(prefix)
         if cow:
             self._copy_on_write(state, num_computed // self.block_size, seq_id)
-        state.table.extend(self._pop_fresh(seq_id) for _ in range(fresh))
+        state.table.extend(self._pop_fresh_many(seq_id, fresh))
         if end > state.num_tokens:
             self._grow_fill(state, end)
         return True
 
     def _grow_fill(self, state: _SeqState, end: int) -> None:
-        bs = self.block_size
+        bs, fills, table = self.block_size, self._fill, state.table
+        grown = 0
         for idx in range(state.num_tokens // bs, self.blocks_needed(end)):
-            block_id = state.table[idx]
-            fill = min(bs, end - idx * bs)
-            if fill > self._fill[block_id]:
-                self._tokens_stored += fill - self._fill[block_id]
-                self._fill[block_id] = fill
+            block_id = table[idx]
+            fill = end - idx * bs
+            if fill > bs:
+                fill = bs
+            if fill > fills[block_id]:
+                grown += fill - fills[block_id]
+                fills[block_id] = fill
+        self._tokens_stored += grown
         state.num_tokens = end
 
     def _needs_copy(self, state: _SeqState, num_computed: int, num_new: int) -> bool:
@@ -282,6 +289,22 @@ class BlockManager:
                 self._free.append(block_id)
         self._note("released" if block.ref_count else "freed", block_id, seq_id)
 
+    def _pop_fresh_many(self, seq_id: int, n: int) -> list[int]:
+        """n blocks for a sequence, as n calls of _pop_fresh give them (free ones first, then the
+        least recently freed cached ones), with a loop of its own for the free ones: a long prompt's
+        allocation is on its time to first token."""
+        free = self._free
+        num_free = min(n, len(free))
+        popleft = free.popleft
+        block_ids = [popleft() for _ in range(num_free)]
+        blocks = self.blocks
+        for block_id in block_ids:
+            blocks[block_id].ref_count = 1
+        if self._events is not None:
+            self._events.extend([BlockEvent("allocated", block_id, seq_id, 1) for block_id in block_ids])
+        block_ids += [self._pop_fresh(seq_id) for _ in range(n - num_free)]
+        return block_ids
+
     def _pop_fresh(self, seq_id: int) -> int:
         if self._free:
             block_id = self._free.popleft()
@@ -301,24 +324,50 @@ class BlockManager:
         self._note("evicted", block.block_id, seq_id)
 
     # ---- after a step --------------------------------------------------------------------------
+    def hash_ahead(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
+        """Hash the full blocks that `num_computed` tokens will fill, before their keys and values are
+        computed (while the device computes them), for cache_full_blocks to register afterwards:
+        a long prompt's hashing is then off its time to first token. token_ids[:num_computed] must
+        be the sequence's final tokens."""
+        if not self.enable_prefix_caching:
+            return
+        state = self._seqs[seq_id]
+        bs, ahead = self.block_size, state.ahead
+        first = len(state.hashes) + len(ahead)
+        parent = ahead[-1][0] if ahead else state.hashes[-1] if state.hashes else ROOT_HASH
+        for idx in range(first, num_computed // bs):
+            tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
+            parent = block_hash(parent, tokens)
+            ahead.append((parent, tokens))
+
     def cache_full_blocks(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
         """Register in the prefix cache the blocks that `num_computed` tokens have filled."""
         if not self.enable_prefix_caching:
             return
         state = self._seqs[seq_id]
-        bs = self.block_size
-        for idx in range(len(state.hashes), num_computed // bs):
-            parent = state.hashes[-1] if state.hashes else ROOT_HASH
-            tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
-            h = block_hash(parent, tokens)
-            state.hashes.append(h)
-            block = self.blocks[state.table[idx]]
-            if block.hash is None and h not in self._by_hash:
+        bs, hashes = self.block_size, state.hashes
+        first, last = len(hashes), num_computed // bs
+        if last <= first:
+            return
+        hashed = state.ahead[:last - first]  # hash_ahead's, for the first of these blocks
+        del state.ahead[:last - first]
+        blocks, by_hash, table, events, log = self.blocks, self._by_hash, state.table, self._events, self._cache_log
+        for idx in range(first, last):
+            parent = hashes[-1] if hashes else ROOT_HASH
+            if idx - first < len(hashed):
+                h, tokens = hashed[idx - first]
+            else:
+                tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
+                h = block_hash(parent, tokens)
+            hashes.append(h)
+            block = blocks[table[idx]]
+            if block.hash is None and h not in by_hash:
                 block.hash, block.token_ids = h, tokens
-                self._by_hash[h] = block.block_id
-                self._note("cached", block.block_id, seq_id)
-                if self._cache_log is not None:
-                    self._cache_log.cached(h, None if parent == ROOT_HASH else parent, tokens)
+                by_hash[h] = block.block_id
+                if events is not None:
+                    events.append(BlockEvent("cached", block.block_id, seq_id, block.ref_count))
+                if log is not None:
+                    log.cached(h, None if parent == ROOT_HASH else parent, tokens)
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (copy-on-write for the partly filled one)."""
@@ -336,8 +385,25 @@ class BlockManager:
         state = self._seqs.pop(seq_id, None)
         if state is None:
             return
+        # _release's work, inlined for the common case (the last holder of a block), with the
+        # others through _release itself: a finished request's free is on its last token's time
+        blocks, fills, free, evictable, events = self.blocks, self._fill, self._free, self._evictable, self._events
+        emptied = 0
         for block_id in reversed(state.table):
-            self._release(block_id, keep_cached, seq_id)
+            block = blocks[block_id]
+            if block.ref_count != 1 or (block.hash is not None and not keep_cached):
+                self._release(block_id, keep_cached, seq_id)
+                continue
+            block.ref_count = 0
+            emptied += fills[block_id]
+            fills[block_id] = 0
+            if block.hash is not None:
+                evictable[block_id] = None
+            else:
+                free.append(block_id)
+            if events is not None:
+                events.append(BlockEvent("freed", block_id, seq_id, 0))
+        self._tokens_stored -= emptied
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached-free block (they become plain free blocks); returns how many.

@@ -215,7 +215,10 @@ class Scheduler:
                 continue
             assert item.num_samples <= 1, "a step that forks is taken with update()"
             seq.num_computed_tokens += item.num_new_tokens  # its full blocks are cached in resolve():
-            if item.num_samples:  # a step that fails must not have put its KV in the prefix cache
+            if item.num_new_tokens > 1:  # a step that fails must not have put its KV in the prefix cache,
+                # but they can be hashed now, while the device computes them (a prompt's chunk)
+                self.blocks.hash_ahead(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+            if item.num_samples:
                 seq.token_ids.append(PENDING)
 
     def resolve(self, out: SchedulerOutput, sampled: list[list[int]],

@@ -165,12 +165,19 @@ class StepInputs:
 
         ends = np.cumsum(q_lens)  # [B] end row of each sequence's query
         firsts = ends - q_lens
-        ids[:t] = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), np.int64, t)
-        pos[:t] = np.arange(t) - np.repeat(firsts - starts, q_lens)
         tables.fill(0)  # past each table's end (never read) and the pad rows (block 0: read, written never)
-        tables[:b][np.arange(width) < t_lens[:, None]] = np.fromiter(  # row-major: the tables one after another
-            chain.from_iterable(c.block_table for c in chunks), np.int32, int(t_lens.sum()))
-        slots[:t] = cache_slots(tables, np.repeat(np.arange(b), q_lens), pos[:t], bs)
+        if b == 1:  # a lone sequence's step (a prefill graph's), in fewer numpy calls: it is on a TTFT
+            chunk, start = chunks[0], int(starts[0])
+            ids[:t] = chunk.token_ids
+            pos[:t] = np.arange(start, start + t)
+            tables[0, :len(chunk.block_table)] = chunk.block_table
+            slots[:t] = cache_slots(tables, 0, pos[:t], bs)
+        else:
+            ids[:t] = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), np.int64, t)
+            pos[:t] = np.arange(t) - np.repeat(firsts - starts, q_lens)
+            tables[:b][np.arange(width) < t_lens[:, None]] = np.fromiter(  # row-major: the tables one after another
+                chain.from_iterable(c.block_table for c in chunks), np.int32, int(t_lens.sum()))
+            slots[:t] = cache_slots(tables, np.repeat(np.arange(b), q_lens), pos[:t], bs)
         ctx[:b] = starts + q_lens
         qsl[0] = 0
         qsl[1:b + 1] = ends
