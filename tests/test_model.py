@@ -128,6 +128,31 @@ def test_chunked_prefill_beside_a_decode_matches_hf(pair: tuple) -> None:
     torch.testing.assert_close(decoded[0], hf_logits(hf, short + [5])[-1], atol=1e-4, rtol=1e-4)
 
 
+def test_the_rows_to_sample_alone_match_hf_and_store_every_token(pair: tuple) -> None:
+    """Given the rows to sample (fewer than the tokens, repeats allowed), the model returns those
+    rows' hidden states alone, its last layer past the attention run on them only: their logits are
+    HF's, and the cache holds every token's keys and values, as after a forward of all rows."""
+    hf, ours, config = pair
+    batch = prompts(config.vocab_size, [9, 1, 14], seed=2)
+    full, rows_only = PagedRun(ours, config, len(batch)), PagedRun(ours, config, len(batch))
+    full.step(dict(enumerate(batch)))
+    chunks = [ScheduledChunk(toks, 0, rows_only.tables[s], 1) for s, toks in enumerate(batch)]
+    meta = build_metadata(chunks, BLOCK_SIZE, "cpu")
+    rows = torch.tensor([8, 9, 9, 23, 0])  # each prompt's last token (the second's twice: n = 2), a first token
+    with torch.inference_mode():
+        hidden = ours(meta.input_ids, meta.positions, rows_only.caches, meta, rows)
+        logits = ours.compute_logits(hidden)
+    assert hidden.shape == (len(rows), config.hidden_size)
+    expected = [hf_logits(hf, batch[0])[-1], hf_logits(hf, batch[1])[-1], hf_logits(hf, batch[1])[-1],
+                hf_logits(hf, batch[2])[-1], hf_logits(hf, batch[0])[0]]
+    torch.testing.assert_close(logits, torch.stack(expected), atol=1e-4, rtol=1e-4)
+    for a, b in zip(full.caches, rows_only.caches):
+        torch.testing.assert_close(a, b, equal_nan=True)  # NaN where no token was written, in both
+    with torch.inference_mode():  # as many rows as tokens: every row's state, then the rows picked
+        every = ours(meta.input_ids, meta.positions, rows_only.caches, meta, torch.arange(23, -1, -1))
+    torch.testing.assert_close(every, ours(meta.input_ids, meta.positions, full.caches, meta).flip(0))
+
+
 def test_load_weights_rejects_missing_unexpected_and_misshapen(pair: tuple) -> None:
     hf, _, config = pair
     weights = dict(hf.state_dict())

@@ -56,10 +56,11 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata,
-        new_kv: list[torch.Tensor] | None = None,
+        new_kv: list[torch.Tensor] | None = None, rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]; stores this step's K/V into kv_cache on the way, or, given
-        new_kv (a pure-decode step), appends them there [2, T, kv_heads, d] and leaves the cache as it was."""
+        new_kv (a pure-decode step), appends them there [2, T, kv_heads, d] and leaves the cache as it was.
+        rows [S]: only these rows' outputs, o_proj over those alone -> [S, hidden]."""
         n_q, n_kv = self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(x.shape[0], n_q + 2 * n_kv, self.head_dim)  # heads: q, then k, then v
         v = qkv[:, n_q + n_kv:]
@@ -75,8 +76,10 @@ class LlamaAttention(nn.Module):
             q, k = layers.rotate_qk(qkv, n_q, n_kv, cos, sin, q_weight, k_weight, self.eps)
             out = self.backend.attend_unstored(q, k, v, kv_cache, meta, self.scale)
             new_kv.append(torch.stack([k, v]))
+        if rows is not None:
+            out = out[rows]
         # the caller's add_rms_norm takes a skinny product's split sums (one launch fewer)
-        return self.o_proj(out.reshape(x.shape[0], n_q * self.head_dim), defer_sum=True)
+        return self.o_proj(out.reshape(out.shape[0], n_q * self.head_dim), defer_sum=True)
 
 
 class LlamaMLP(nn.Module):
@@ -111,17 +114,21 @@ class LlamaDecoderLayer(nn.Module):
     def forward(
         self, h: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
         kv_cache: torch.Tensor, meta: ForwardMetadata, new_kv: list[torch.Tensor] | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, residual) [T, hidden] -> (this layer's mlp output, residual), residual updated in place.
 
         The residual stream is residual + h: the previous layer's mlp output h is not yet added
-        (residual None: h is the embedding, which becomes the residual).
+        (residual None: h is the embedding, which becomes the residual). rows [S]: past the
+        attention (which stores every token's keys and values), only these rows: [S, hidden] each.
         """
         if residual is None:
             residual, h = h, self.input_layernorm(h)
         else:
             h = self.input_layernorm(h, residual)
-        h = self.self_attn(h, cos, sin, kv_cache, meta, new_kv)
+        h = self.self_attn(h, cos, sin, kv_cache, meta, new_kv, rows)
+        if rows is not None:
+            residual = residual[rows]
         h = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
@@ -163,13 +170,20 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids, positions [T] -> final-normed hidden states [T, hidden].
+        """input_ids, positions [T] -> final-normed hidden states [T, hidden], or [S, hidden] of rows [S]
+        (int64 row indices, repeats allowed: the rows to sample).
 
         kv_caches[i] is layer i's cache [2, num_blocks, block_size, num_kv_heads, head_dim]; this
         step's keys and values are written into it at meta.slot_mapping.
+
+        Given fewer rows than tokens (a prefill, which samples its last token alone), the last layer
+        runs past its attention on those rows only: the other tokens' keys and values are stored
+        by then, and nothing reads the rest of their hidden states (a 1,024-token prompt of
+        Qwen3-0.6B's shape on an H200: o_proj, the MLP and a norm over 1,024 rows, about 45 us).
         """
-        return self._forward(input_ids, positions, kv_caches, meta, None)
+        return self._forward(input_ids, positions, kv_caches, meta, None, rows)
 
     def forward_unstored(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
@@ -180,23 +194,25 @@ class LlamaForCausalLM(nn.Module):
         A function without side effects, for torch.compile: a write into a cache inside a compiled
         graph costs a copy of the whole cache (engine.runner.compiled_decode)."""
         new_kv: list[torch.Tensor] = []
-        hidden = self._forward(input_ids, positions, kv_caches, meta, new_kv)
+        hidden = self._forward(input_ids, positions, kv_caches, meta, new_kv, None)
         return hidden, torch.stack(new_kv)
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: ForwardMetadata,
-        new_kv: list[torch.Tensor] | None,
+        new_kv: list[torch.Tensor] | None, rows: torch.Tensor | None,
     ) -> torch.Tensor:
         if len(kv_caches) != len(self.model.layers):
             raise ValueError(f"{len(kv_caches)} KV caches for {len(self.model.layers)} layers")
         cos, sin = self.model.rotary(positions)  # looked up once, shared by all layers
         h = F.embedding(input_ids, self.model.embed_tokens.weight)  # [T, hidden], a fresh tensor we own
         residual = None
-        for layer, kv_cache in zip(self.model.layers, kv_caches):
-            h, residual = layer(h, residual, cos, sin, kv_cache, meta, new_kv)
-        if residual is None:  # no layers
-            return self.model.norm(h)
-        return self.model.norm(h, residual)
+        layers = self.model.layers
+        trim = rows is not None and rows.shape[0] < input_ids.shape[0] and len(layers) > 0  # shapes: no sync
+        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+            h, residual = layer(h, residual, cos, sin, kv_cache, meta, new_kv,
+                                rows if trim and i == len(layers) - 1 else None)
+        hidden = self.model.norm(h) if residual is None else self.model.norm(h, residual)  # residual None: no layers
+        return hidden if rows is None or trim else hidden[rows]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32."""

@@ -85,8 +85,9 @@ class ModelRunner:
         limits = StepLimits(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs, max_blocks,
                             sched.max_num_seqs)
         shape = AttentionShape(mc.num_heads, mc.num_kv_heads, self.num_blocks * self.block_size, self.device)
+        # the copy's event is recorded once a step is queued (launch): not before a lone prompt's graph runs
         self.inputs = StepInputs(limits, self.block_size, self.device, self.backend, shape, self.sampler,
-                                 mc.vocab_size)
+                                 mc.vocab_size, defer_record=True)
         self.compiled: CompiledDecode | None = None
         if config.compile_decode:
             if self.device.type != "cpu" or self.backend.name != "torch":
@@ -143,8 +144,8 @@ class ModelRunner:
         return max(1, int(budget // per_block))
 
     def _logits_of(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: ForwardMetadata) -> torch.Tensor:
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)
-        return self.model.compute_logits(hidden[meta.logits_indices])
+        # the hidden states of the rows to sample alone (a prefill's last layer runs on those only)
+        return self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, meta, meta.logits_indices))
 
     @torch.inference_mode()
     def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow],
@@ -171,9 +172,13 @@ class ModelRunner:
             prompt = ks, prompt_logprobs(logits[len(rows):], targets, max(ks))
             logits = logits[:len(rows)]
         if not rows:
-            return PendingTokens(None, prompt=prompt)
-        tokens = self.sampler.sample(logits, rows, step.sampling)
-        return PendingTokens(tokens, sampled_logprobs(logits, [r.params.logprobs for r in rows], tokens), prompt)
+            pending = PendingTokens(None, prompt=prompt)
+        else:
+            tokens = self.sampler.sample(logits, rows, step.sampling)
+            pending = PendingTokens(tokens, sampled_logprobs(logits, [r.params.logprobs for r in rows], tokens),
+                                    prompt)
+        self.inputs.record_copy()
+        return pending
 
     def _graphs_for(self, chunks: list[ScheduledChunk]) -> DecodeGraphs | PrefillGraphs | None:
         """The captured graphs that hold a step of these chunks, if any."""

@@ -17,6 +17,12 @@ last's copy. (One buffer and one event would make the host wait for the previous
 sits behind the work queued before it.) The device buffer is single: a step's copy into it is
 queued on the stream after the previous step's kernels, which have therefore read their inputs.
 
+When the event is recorded. Recording it is a CUDA call, which on some hosts costs as long as the
+copy itself (0.1 ms or more on a virtualised GPU machine), and a lone prompt's graph waits for it.
+So `send(record=False)` leaves it to `record()`, which the runner calls once the whole step is
+queued, off that wait; an event later in the stream than the copy is as safe to wait on. A turn
+whose record never came (a step that raised in between) is recorded when begin() next takes it.
+
 Page-locked memory. The host buffers are registered with cudaHostRegister, not taken from torch's
 pinned-memory pool: that pool remembers every stream a block was copied on and, when the block is
 freed, records an event there, which after a device-side assert throws inside a destructor and
@@ -64,6 +70,7 @@ class Staging:
             pairs = [(torch.empty(self.capacity, dtype=torch.uint8), None) for _ in range(2)]
         self._hosts = [host for host, _ in pairs]
         self._events: list[torch.cuda.Event | None] = [event for _, event in pairs]  # recorded after each copy
+        self._unrecorded = [False, False]  # a turn whose copy was sent but whose event is not recorded yet
         self._host_arrays = [h.numpy() for h in self._hosts]
         self._device = torch.empty(self.capacity, dtype=torch.uint8, device=device)
         self._turn = 0
@@ -75,6 +82,8 @@ class Staging:
     def begin(self) -> None:
         """Start a step in the other host buffer, once its last copy has run."""
         self._turn ^= 1
+        if self._unrecorded[self._turn]:  # recorded now, after its copy: waiting on it is safe, if later
+            self.record(self._turn)
         event = self._events[self._turn]
         if event is not None:
             event.synchronize()  # returns at once for an event never recorded
@@ -100,11 +109,22 @@ class Staging:
         host[...] = array
         return device
 
-    def send(self) -> None:
-        """The step's one copy: the used prefix of the host buffer to the device, without blocking."""
+    def send(self, record: bool = True) -> None:
+        """The step's one copy: the used prefix of the host buffer to the device, without blocking.
+        record=False: its event is recorded by the next record() (see the module docstring)."""
         n = self._used
         self._device[:n].copy_(self._hosts[self._turn][:n], non_blocking=True)
-        event = self._events[self._turn]
+        self._unrecorded[self._turn] = True
+        if record:
+            self.record()
+
+    def record(self, turn: int | None = None) -> None:
+        """Record the event of the last copy from this turn's host buffer (or `turn`'s), if not yet."""
+        turn = self._turn if turn is None else turn
+        if not self._unrecorded[turn]:
+            return
+        self._unrecorded[turn] = False
+        event = self._events[turn]
         if event is not None:
             event.record()
 

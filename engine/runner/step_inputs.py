@@ -96,9 +96,11 @@ class StepInputs:
 
     def __init__(self, limits: StepLimits, block_size: int, device: torch.device,
                  backend: AttentionBackend | None = None, shape: AttentionShape | None = None,
-                 sampler: Sampler | None = None, vocab_size: int = 0) -> None:
+                 sampler: Sampler | None = None, vocab_size: int = 0, defer_record: bool = False) -> None:
         """backend and shape: plan each step (else the backend plans at each call); sampler and
-        vocab_size: stage the sampled rows' tensors (else the sampler copies its own)."""
+        vocab_size: stage the sampled rows' tensors (else the sampler copies its own);
+        defer_record: the caller calls record_copy() once the step is queued (Staging's record)."""
+        self.defer_record = defer_record
         self.limits, self.block_size, self.device = limits, block_size, torch.device(device)
         self.backend, self.shape = backend, shape
         self.sampler, self.vocab_size = sampler, vocab_size
@@ -138,7 +140,7 @@ class StepInputs:
             sampling = self.sampler.stage(list(rows), self.vocab_size, self.device, staging.stage)
         block_copies = staging.stage(np.array(copies, dtype=np.int64).reshape(-1, 2).T) if copies else None
         fed = staging.stage(np.array(feed.rows, dtype=np.int64).reshape(-1, 2).T) if feed and feed.rows else None
-        staging.send()
+        staging.send(record=not self.defer_record)
         if fed is not None:  # queued after the copy, and after the step that sampled them
             dst, src = fed
             # an unsampleable row's INVALID_TOKEN (-1) is fed as 0: that sequence fails when it arrives
@@ -146,6 +148,10 @@ class StepInputs:
         if self.backend is not None:
             meta.plan = self.backend.finish_plan(plan, meta)  # device work, queued after the copy
         return StepTensors(meta, sampling, block_copies)
+
+    def record_copy(self) -> None:
+        """Record the last build's copy event (with defer_record, once its step is queued)."""
+        self.staging.record()
 
     def _fill(self, chunks: list[ScheduledChunk], q_lens: np.ndarray, starts: np.ndarray, t_lens: np.ndarray,
               samples: np.ndarray, p_lens: np.ndarray, pad: Padding | None) -> ForwardMetadata:
