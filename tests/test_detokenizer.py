@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.serving.detokenizer import IncrementalDetokenizer, decode_ahead
+from engine.serving.detokenizer import IncrementalDetokenizer
 
 CHAT_PROMPT = "<|im_start|>user\nSay something.<|im_end|>\n<|im_start|>assistant\n"
 FFFD = "\ufffd"
@@ -177,29 +177,3 @@ def test_property_stream_equals_decode_truncated_at_stop(smol_tokenizer, data, t
     assert "".join(deltas) == detok.text == expected
     assert detok.stopped == bool(hits)
     assert not any(FFFD in d for d in deltas)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), texts=st.lists(st.text(alphabet=ALPHABET, min_size=1, max_size=30), min_size=2, max_size=6))
-def test_decoding_ahead_in_one_batch_changes_no_delta(smol_tokenizer, data, texts: list[str]) -> None:
-    """The engine's step: every sequence's next token decoded ahead in one batch call (decode_ahead),
-    then each add_tokens([token]); the deltas are those of each stream alone, token by token, with
-    stop strings, special tokens shown or skipped, and streams that end, stop or skip a token."""
-    prompt = smol_tokenizer.encode(CHAT_PROMPT)
-    streams = []
-    for text in texts:
-        ids = smol_tokenizer.encode(text) + data.draw(st.lists(st.sampled_from([0, 1, 2]), max_size=2))  # specials
-        stop = (text[:data.draw(st.integers(1, len(text)))][-3:],) if data.draw(st.booleans()) else ()
-        skip = data.draw(st.booleans())
-        alone = IncrementalDetokenizer(smol_tokenizer, prompt, stop, skip)
-        together = IncrementalDetokenizer(smol_tokenizer, prompt, stop, skip)
-        streams.append((ids, alone, together, [alone.add_tokens([t]) for t in ids] + [alone.flush()], []))
-    assert all(together._fast is not None for _, _, together, _, _ in streams), "the Rust tokenizer is used"
-    for i in range(max(len(ids) for ids, *_ in streams)):
-        live = [(ids, together, got) for ids, _, together, _, got in streams if i < len(ids)]
-        decode_ahead([(together, ids[i]) for ids, together, _ in live if data.draw(st.booleans()) or i == 0])
-        for ids, together, got in live:
-            got.append(together.add_tokens([ids[i]]))
-    for ids, alone, together, expected, got in streams:
-        got.append(together.flush())
-        assert got == expected and together.text == alone.text

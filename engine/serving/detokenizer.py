@@ -10,7 +10,7 @@ sentencepiece drop the leading space of the first token decoded.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 # How many prompt tokens give the first output token its context.
 PROMPT_CONTEXT_TOKENS = 5
@@ -52,7 +52,6 @@ class IncrementalDetokenizer:
         self._stop = tuple(stop)
         self._include_stop = include_stop  # the text ends after the stop string, not before
         self._max_stop_len = max((len(s) for s in stop), default=0)
-        self._ahead: dict[tuple[int, int], str] = {}  # (start, end) -> text, from decode_ahead
         context = self._prompt_context(list(prompt_token_ids))
         self._tokens: list[int] = context  # context prompt tokens, then every output token
         self._prefix_offset = 0
@@ -79,7 +78,6 @@ class IncrementalDetokenizer:
         for token_id in token_ids:
             self._tokens.append(token_id)
             self._decoded += self._advance(final=False)
-        self._ahead = {}
         return self._release(final=False)
 
     def flush(self) -> str:
@@ -103,10 +101,6 @@ class IncrementalDetokenizer:
         return [] if text.endswith(REPLACEMENT_CHAR) else context
 
     def _decode(self, start: int, end: int) -> str:
-        if self._ahead:
-            text = self._ahead.pop((start, end), None)
-            if text is not None:
-                return text
         if self._fast is not None:
             return self._fast.decode(self._tokens[start:end], skip_special_tokens=self._skip_special)
         return self._tokenizer.decode(self._tokens[start:end], skip_special_tokens=self._skip_special)
@@ -128,10 +122,6 @@ class IncrementalDetokenizer:
 
     def _release(self, final: bool) -> str:
         """Look for a stop string in the unseen text, then show what can no longer change."""
-        if not self._stop:  # the common request: all the text is final but an incomplete character
-            delta = self._decoded[self._shown:]
-            self._shown = len(self._decoded)
-            return delta
         start = self._shown  # a stop string starting earlier would have been found already
         hit = self._find_stop(start)
         if hit is not None:
@@ -161,27 +151,3 @@ class IncrementalDetokenizer:
             if any(s.startswith(suffix) for s in self._stop):
                 return n
         return 0
-
-
-def decode_ahead(items: list[tuple[IncrementalDetokenizer, int]]) -> None:
-    """For each (detokenizer, the one token its next add_tokens gets), decode now the two texts that
-    call will ask for: its window with the token, and the next prefix should the window advance. One
-    batch call of the Rust tokenizer decodes them all (per tokenizer and skip_special_tokens flag):
-    a 256-wide decode step made 512 calls, 2.5 ms of the engine's host time on the GPU machine. The
-    texts are the calls' own (decode_batch decodes each list as decode does); add_tokens takes them
-    from its cache, and drops what it did not use."""
-    groups: dict[tuple[int, bool], tuple[Any, list[list[int]], list[tuple[IncrementalDetokenizer, int, int]]]] = {}
-    for detok, token in items:
-        if detok._fast is None or detok.stopped:
-            continue
-        tokens = detok._tokens
-        _, batch, owners = groups.setdefault((id(detok._fast), detok._skip_special), (detok._fast, [], []))
-        batch.append(tokens[detok._prefix_offset:] + [token])  # the window
-        batch.append(tokens[detok._read_offset:] + [token])  # the prefix after it advances
-        owners.append((detok, detok._prefix_offset, detok._read_offset))
-        detok._ahead = {}
-    for (_, skip_special), (fast, batch, owners) in groups.items():
-        texts = fast.decode_batch(batch, skip_special_tokens=skip_special)
-        for i, (detok, prefix_offset, read_offset) in enumerate(owners):
-            end = len(detok._tokens) + 1
-            detok._ahead = {(prefix_offset, end): texts[2 * i], (read_offset, end): texts[2 * i + 1]}

@@ -10,7 +10,7 @@ from engine.core.block_manager import BlockManager
 from engine.serving.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
 from engine.core.config import EngineConfig
 from engine.core.controls import Controls
-from engine.serving.detokenizer import IncrementalDetokenizer, decode_ahead
+from engine.serving.detokenizer import IncrementalDetokenizer
 from engine.serving.event_feed import EventFeed, StepRecorder
 from engine.core.kv_cache_events import KVCacheChange
 from engine.runner.forward_metadata import ScheduledChunk
@@ -288,13 +288,6 @@ class LLMEngine:
     def _detokenize_all(self) -> list[RequestOutput]:
         """The text of every token taken since the last call (one per sequence: the step taken
         late this call, or the one taken at once the call before, never both)."""
-        ahead = [(detok, seq.token_ids[at]) for seq, at, _ in self._undetokenized
-                 if (detok := self._detokenizers.get(seq.seq_id)) is not None and seq.finish_reason not in _GONE]
-        if len(ahead) > 1:
-            try:
-                decode_ahead(ahead)  # one batch call for the step's tokens, instead of two calls each
-            except Exception:  # noqa: BLE001 - each sequence decodes alone then, and a fault stays its own
-                log.exception("batched detokenizing failed; decoding one sequence at a time")
         outputs = [self._guarded(self._detokenize, seq, at, logprobs) for seq, at, logprobs in self._undetokenized
                    if seq.finish_reason not in _GONE]
         self._undetokenized = []
