@@ -122,6 +122,10 @@ class IncrementalDetokenizer:
 
     def _release(self, final: bool) -> str:
         """Look for a stop string in the unseen text, then show what can no longer change."""
+        if not self._stop:  # the common request: all the text is final but an incomplete character
+            delta = self._decoded[self._shown:]
+            self._shown = len(self._decoded)
+            return delta
         start = self._shown  # a stop string starting earlier would have been found already
         hit = self._find_stop(start)
         if hit is not None:
