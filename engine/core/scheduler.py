@@ -193,7 +193,8 @@ class Scheduler:
             if seq.is_finished:  # stopped (or aborted) while its step ran: its token is dropped
                 continue
             seq.num_computed_tokens += item.num_new_tokens
-            self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+            if self._may_fill_block(item):
+                self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
             if not tokens:
                 continue
             seq.token_ids.append(tokens[0])
@@ -231,7 +232,7 @@ class Scheduler:
             seq = item.seq
             if seq.is_finished:
                 continue
-            if seq.status is SequenceStatus.RUNNING:  # not preempted meanwhile: its KV is computed now
+            if seq.status is SequenceStatus.RUNNING and self._may_fill_block(item):  # not preempted meanwhile
                 self.blocks.cache_full_blocks(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
             if not tokens:
                 continue
@@ -241,6 +242,12 @@ class Scheduler:
                 seq.new_logprobs = logprobs[i][0]
             grew.append(seq)
         return grew
+
+    def _may_fill_block(self, item: ScheduledSeq) -> bool:
+        """Whether the step (counted in its sequence's computed tokens) may have filled a block, whose
+        registration in the prefix cache is then due: a chunk, or one token that ends a block. A
+        decode step skips the call 15 times in 16 (block size 16)."""
+        return item.num_new_tokens > 1 or item.seq.num_computed_tokens % self.blocks.block_size == 0
 
     def _fork(self, seq: Sequence, tokens: list[int]) -> list[Sequence]:
         seq.forked = True
