@@ -112,3 +112,20 @@ def test_int4_is_refused_up_front_on_a_gpu_older_than_sm80() -> None:
     check_quantization_supported("int4", cuda, capability=(9, 0))  # an H100
     check_quantization_supported("int8", cuda, capability=(7, 0))  # a V100 runs int8
     check_quantization_supported("int4", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_step_of_unfinished_chunks_alone_runs_on_quantized_weights(tmp_path: Path, mode: str) -> None:
+    """Two prompts longer than the CPU's prefill chunk: the first step feeds two unfinished chunks and
+    samples no row. The last layer then runs on every token (no rows to trim it to): a quantized
+    product of 0 rows is not every kernel's case."""
+    from benchmarks.synthetic_model import make_model_dir
+
+    tiny = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                intermediate_size=256, vocab_size=97, tie_word_embeddings=True, max_position_embeddings=1024)
+    llm = LLM(str(make_model_dir(tmp_path / "tiny", tiny, dtype=torch.float32, seed=0)), dtype="float32",
+              device="cpu", quantization=mode, max_model_len=1024, num_blocks=128)
+    out = llm.generate([[1 + i % 90 for i in range(300)], [2 + i % 90 for i in range(300)]],
+                       SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
+    for result in out:
+        assert result.outputs[0].finish_reason == "length" and len(result.outputs[0].token_ids) == 2

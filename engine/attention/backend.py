@@ -35,8 +35,9 @@ class AttentionShape:
 
 
 def copy_stage(device: torch.device) -> Stage:
-    """A Stage that copies each array on its own (planning outside StepInputs: tests, references)."""
-    return lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    """A Stage that copies each array on its own (planning outside StepInputs: tests, references); a
+    copy on the CPU too, since the array may be shared and read-only (triton_prefill's cached tiles)."""
+    return lambda array: torch.from_numpy(np.array(array, order="C")).to(device)
 
 
 class AttentionBackend(ABC):

@@ -207,7 +207,9 @@ class LlamaForCausalLM(nn.Module):
         h = F.embedding(input_ids, self.model.embed_tokens.weight)  # [T, hidden], a fresh tensor we own
         residual = None
         layers = self.model.layers
-        trim = rows is not None and rows.shape[0] < input_ids.shape[0] and len(layers) > 0  # shapes: no sync
+        # shapes only, no sync; no rows (a step of unfinished chunks) stays untrimmed: a product of 0 rows is
+        # not every kernel's case (the quantized ones)
+        trim = rows is not None and 0 < rows.shape[0] < input_ids.shape[0] and len(layers) > 0
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
             h, residual = layer(h, residual, cos, sin, kv_cache, meta, new_kv,
                                 rows if trim and i == len(layers) - 1 else None)
