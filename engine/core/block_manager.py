@@ -198,10 +198,7 @@ class BlockManager:
             if idx < len(state.table):  # the slot is in a block it holds already
                 block_id = state.table[idx]
                 if num_computed % bs == 0 or self.blocks[block_id].ref_count == 1:  # no copy-on-write
-                    if end - idx * bs > self._fill[block_id]:
-                        self._tokens_stored += end - idx * bs - self._fill[block_id]
-                        self._fill[block_id] = end - idx * bs
-                    state.num_tokens = end
+                    self._grow_fill(state, end)
                     return True
         if state is not None and not prefix and end <= len(state.table) * self.block_size:
             if not self._needs_copy(state, num_computed, num_new):  # the common decode: room in its last block
