@@ -1,8 +1,12 @@
-"""A random-weight model folder of a given shape, with a word-level tokenizer of its vocabulary.
+"""A random-weight model folder of a given shape, with a tokenizer of its vocabulary.
 
 Benchmarks and GPU tests need real shapes (Qwen3-0.6B's) without downloading weights: the folder
-holds config.json, model.safetensors (random, seeded) and a tokenizer whose token i reads "t{i} " (unknown
-words read t0), with a chat template that joins the messages' contents.
+holds config.json, model.safetensors (random, seeded) and a tokenizer, with a chat template that
+joins the messages' contents. The tokenizer is word-level by default: token i reads "t{i} " (unknown
+words read t0). `tokenizer="byte-level"` gives what Qwen3's (and GPT-2's, Llama 3's) really is, a
+byte-level BPE with a ByteLevel decoder: ids 0-255 spell the bytes (any text encodes), and token i
+above them reads " t{i}"; the engine streams such a tokenizer's text by lookup, a word-level one's by
+decoding windows.
 """
 from __future__ import annotations
 
@@ -31,8 +35,24 @@ def word_tokenizer(vocab_size: int, eos_id: int):
     return fast
 
 
+def byte_level_tokenizer(vocab_size: int, eos_id: int):
+    """A byte-level BPE: the 256 bytes in GPT-2's alphabet, then one word per id, decoded by ByteLevel."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({f"\u0120t{i}": i for i in range(256, vocab_size)})  # U+0120 spells the space byte
+    tok = Tokenizer(models.BPE(vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    eos = f"\u0120t{eos_id}"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, clean_up_tokenization_spaces=False)
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    return fast
+
+
 def make_model_dir(path: str | Path, shape: dict | None = None, dtype: torch.dtype = torch.bfloat16,
-                   seed: int = 0, model_type: str = "qwen3") -> Path:
+                   seed: int = 0, model_type: str = "qwen3", tokenizer: str = "word") -> Path:
     """Write a random `model_type` model of `shape` (default Qwen3-0.6B) to `path`; reuse it if there."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -46,5 +66,6 @@ def make_model_dir(path: str | Path, shape: dict | None = None, dtype: torch.dty
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(path)
-    word_tokenizer(vocab, vocab - 1).save_pretrained(path)
+    make_tokenizer = {"word": word_tokenizer, "byte-level": byte_level_tokenizer}[tokenizer]
+    make_tokenizer(vocab, vocab - 1).save_pretrained(path)
     return path

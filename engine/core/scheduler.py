@@ -128,10 +128,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            if seq.num_tokens >= seq.token_limit and seq.has_pending_token:
+            ids = seq.token_ids
+            if len(ids) >= seq.token_limit and ids[-1] == PENDING:
                 i += 1  # its pending token is its last: it ends when that arrives
                 continue
-            num_new = self._chunk(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            uncomputed = len(ids) - seq.num_computed_tokens
+            num_new = 1 if uncomputed == 1 else self._chunk(uncomputed, budget)  # a decode's, at once
             while not self.blocks.allocate_slots(seq.seq_id, seq.num_computed_tokens, num_new):
                 victim = self.running.pop()  # the newest
                 self._preempt(victim)

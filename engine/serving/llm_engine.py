@@ -10,7 +10,7 @@ from engine.core.block_manager import BlockManager
 from engine.serving.block_map import BlockMapSnapshot, SeqInfo, build_block_map, live_seqs
 from engine.core.config import EngineConfig
 from engine.core.controls import Controls
-from engine.serving.detokenizer import IncrementalDetokenizer
+from engine.serving.detokenizer import BytePieces, IncrementalDetokenizer
 from engine.serving.event_feed import EventFeed, StepRecorder
 from engine.core.kv_cache_events import KVCacheChange
 from engine.runner.forward_metadata import ScheduledChunk
@@ -86,6 +86,8 @@ class LLMEngine:
                                      self.config.parse_special_in_chat)
         self.metrics = MetricsRecorder()
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
+        # a byte-level tokenizer's texts of token ids, kept across requests, with special tokens skipped or not
+        self._pieces = {skip: BytePieces.of(self.tokenizer, skip) for skip in (True, False)}
         self._live: dict[str, int] = {}  # request id -> its unfinished sequences
         # got a token last step, whose text is still to make: (sequence, the token's index (with a
         # step in flight the sequence already holds its next, PENDING, token), its logprobs if asked)
@@ -448,33 +450,35 @@ class LLMEngine:
     def _detokenize(self, seq: Sequence, at: int, logprobs: Any = None) -> RequestOutput:
         """The text (and `logprobs`, if asked) of a sequence's token at `at`, its newest known one;
         a stop string in it finishes the sequence."""
-        token = seq.token_ids[at]
+        token, params = seq.token_ids[at], seq.params
         detok = self._detokenizers.get(seq.seq_id)
         first = detok is None
         if first:
-            params = seq.params
             detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], params.stop,
-                                           params.skip_special_tokens, params.include_stop_str_in_output)
+                                           params.skip_special_tokens, params.include_stop_str_in_output,
+                                           self._pieces[params.skip_special_tokens])
             self._detokenizers[seq.seq_id] = detok
+        finished = seq.is_finished
         # a stop token (EOS, a stop id) ends the text before its own, unless asked for (as vLLM)
-        stopped_on_token = seq.finish_reason is FinishReason.STOP and isinstance(seq.stop_reason, int)
-        delta = "" if stopped_on_token and not seq.params.include_stop_str_in_output else detok.add_tokens([token])
+        stopped_on_token = finished and seq.finish_reason is FinishReason.STOP and isinstance(seq.stop_reason, int)
+        delta = "" if stopped_on_token and not params.include_stop_str_in_output else detok.add_tokens([token])
         if detok.stopped:
             seq.stop_reason = detok.stop_string
-            if not seq.is_finished:
+            if not finished:
                 self._finish(seq, FinishReason.STOP)
+                finished = True
             seq.finish_reason = FinishReason.STOP
-        elif seq.is_finished:
+        elif finished:
             delta += detok.flush()
-        if seq.is_finished:
+        if finished:
             del self._detokenizers[seq.seq_id]
             self._release(seq)
         output = self._output(seq, delta, [token], detok.text, at + 1 - seq.num_prompt_tokens)
-        if first and seq.params.prompt_logprobs is not None:  # once, with the sample's first text
+        if first and params.prompt_logprobs is not None:  # once, with the sample's first text
             prompt = seq.token_ids[:seq.num_prompt_tokens]
             output = replace(output, prompt_logprobs=(None,) + tuple(
                 self._token_strings.logprobs(t, lp) for t, lp in zip(prompt[1:], seq.prompt_logprobs)))
-        if seq.params.logprobs is None:
+        if params.logprobs is None:
             return output
         # one entry per token whose text is in the output: a stop token left out of it has none
         shown = logprobs is not None and (delta or not stopped_on_token)
@@ -498,10 +502,12 @@ class LLMEngine:
     @staticmethod
     def _output(seq: Sequence, delta: str, tokens: list[int], text: str,
                 num_output_tokens: int | None = None) -> RequestOutput:
-        reason = seq.finish_reason.value if seq.finish_reason else None
-        num_output_tokens = seq.num_output_tokens if num_output_tokens is None else num_output_tokens
+        reason = seq.finish_reason
+        if num_output_tokens is None:
+            num_output_tokens = seq.num_output_tokens
         return RequestOutput(seq.request_id, seq.sample_index, delta, tokens, text, num_output_tokens,
-                             seq.is_finished, reason, num_cached_tokens=seq.num_cached_tokens)
+                             seq.is_finished, reason.value if reason else None,
+                             None, seq.num_cached_tokens)
 
     def _snapshot(self, out: SchedulerOutput, start: float, num_prefill: int, num_decode: int) -> MetricsSnapshot:
         now = time.perf_counter()

@@ -15,7 +15,7 @@ from engine.core.outputs import Logprobs, TokenChoice, TokenLogprobs
 
 
 @lru_cache(maxsize=1)
-def _byte_of_char() -> dict[str, int]:
+def byte_of_char() -> dict[str, int]:
     """GPT-2's bytes_to_unicode, inverted: printable character -> the byte it spells."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -29,7 +29,7 @@ def _byte_of_char() -> dict[str, int]:
     return chars
 
 
-def _is_byte_level(tokenizer: Any) -> bool:
+def is_byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend is not None and "ByteLevel" in type(backend.decoder).__name__ + backend.decoder.__repr__()
 
@@ -39,7 +39,7 @@ class TokenStrings:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._byte_level = _is_byte_level(tokenizer)
+        self._byte_level = is_byte_level(tokenizer)
         self._special = set(getattr(tokenizer, "all_special_ids", ()) or ())
         self._cache: dict[int, tuple[str, tuple[int, ...]]] = {}
 
@@ -54,7 +54,7 @@ class TokenStrings:
         if piece is None:  # an id past the tokenizer's vocabulary (a padded lm head)
             return "", ()
         if self._byte_level and token_id not in self._special:
-            table = _byte_of_char()
+            table = byte_of_char()
             if all(c in table for c in piece):
                 raw = bytes(table[c] for c in piece)
                 return raw.decode("utf-8", errors="replace"), tuple(raw)

@@ -1,0 +1,137 @@
+"""The host's share of a wide decode step: 256 sequences decoding at once (W256's prompts, 256 new
+tokens, greedy or top-p seeded), the steps with all 256 running timed whole and part by part
+(scheduling, preparing, the step's inputs, the launch, taking the tokens, detokenizing, ...;
+medians per step; parts nest).
+
+On the CPU (default) the model's forward is stubbed out (a tiny random model whose logits come
+from a fixed random table) with overlapped scheduling on, as on the GPU, so what is timed is the
+Python around a step. With --gpu it is the real thing, as gpu_w256.py runs it (random-weight
+Qwen3-0.6B shape, bf16, the same engine settings); there a step is host-bound when its wait is ~0.
+
+    python benchmarks/decode_host.py            # this machine's CPU, the forward stubbed out
+    python benchmarks/decode_host.py --gpu      # on the GPU machine
+    python benchmarks/decode_host.py --profile  # then cProfile of the wide steps: top functions
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.gpu_w256 import workload  # noqa: E402
+from benchmarks.synthetic_model import QWEN3_0_6B, make_model_dir  # noqa: E402
+from engine import LLM, SamplingParams  # noqa: E402
+from engine.runner.model_runner import PendingTokens  # noqa: E402
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, vocab_size=4096, tie_word_embeddings=False, max_position_embeddings=4096)
+WIDTH = 256
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="the real model on the GPU, nothing stubbed")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--tokenizer", choices=["byte-level", "word"], default="byte-level",
+                        help="the synthetic tokenizer: byte-level as Qwen3's (default), or word-level")
+    parser.add_argument("--profile", action="store_true", help="then the same workload under cProfile")
+    args = parser.parse_args()
+    if args.gpu:
+        llm = LLM(str(make_model_dir(f"/tmp/qwen3-0.6b-random-{args.tokenizer}", tokenizer=args.tokenizer)), dtype="bfloat16", max_num_seqs=WIDTH,
+                  max_num_batched_tokens=8192, max_model_len=2048)
+        vocab = QWEN3_0_6B["vocab_size"]
+    else:
+        torch.set_num_threads(1)
+        os.environ["TRITON_INTERPRET"] = "1"  # the triton backend's step inputs, as on the GPU; no kernel runs
+        llm = LLM(str(make_model_dir(f"/tmp/decode-host-tiny-{args.tokenizer}", TINY, dtype=torch.float32, seed=1,
+                                      tokenizer=args.tokenizer)), device="cpu",
+                  max_num_seqs=WIDTH, max_num_batched_tokens=8192, max_model_len=2048, async_scheduling=True, attention_backend="triton",
+                  num_blocks=WIDTH * 96)
+        vocab = TINY["vocab_size"]
+        table = torch.randn(64, WIDTH, vocab, generator=torch.Generator().manual_seed(0))
+        calls = [0]
+
+        def logits_of(ids: Any, pos: Any, meta: Any) -> torch.Tensor:
+            calls[0] += 1
+            rows = meta.logits_indices.shape[0]
+            return table[calls[0] % 64, :rows] if rows <= WIDTH else torch.randn(rows, vocab)
+        llm.engine.runner._logits_of = logits_of
+    engine, runner = llm.engine, llm.engine.runner
+    prompts = workload(WIDTH, vocab)
+    llm.generate(prompts[:8], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    parts: dict[str, list[float]] = {}
+    on = [False]
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if on[0]:
+                    parts.setdefault(label, []).append(time.perf_counter() - start)
+        setattr(owner, name, wrapper)
+
+    for owner, name, label in [
+            (engine.scheduler, "schedule", "schedule"), (engine, "_prepare", "prepare"), (runner, "launch", "launch"),
+            (runner.inputs, "build", "  launch: the step's inputs"), (runner.sampler, "sample", "  launch: sample"),
+            (engine, "_take", "take"), (PendingTokens, "result", "  take: wait"),
+            (engine.scheduler, "resolve", "  take: scheduler resolve"), (engine, "_account", "  take: accounting"),
+            (engine, "_detokenize_all", "detokenize"), (engine.scheduler, "advance", "advance"),
+            (engine, "_snapshot", "metrics snapshot")]:
+        timed(owner, name, label)
+    if engine._recorder:
+        timed(engine._recorder, "scheduled", "feed: scheduled")
+        timed(engine._recorder, "close_step", "feed: close_step")
+
+    def run(tag: str, params: SamplingParams) -> list[float]:
+        for i, p in enumerate(prompts):
+            engine.add_request(f"{tag}{i}", p, params)
+        steps = []
+        while engine.has_unfinished_requests():
+            on[0] = (len(engine.scheduler.running) == WIDTH and not engine.scheduler.waiting
+                     and engine.metrics.steps > 0)
+            start = time.perf_counter()
+            engine.step()
+            if on[0]:
+                steps.append(time.perf_counter() - start)
+        on[0] = False
+        return steps
+
+    where = (torch.cuda.get_device_name() if args.gpu else "the CPU, forward stubbed") + f", {args.tokenizer} tokenizer"
+    for name, params in [("greedy", SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)),
+                         ("top-p seeded", SamplingParams(temperature=0.7, top_p=0.9, seed=1,
+                                                         max_tokens=args.new_tokens, ignore_eos=True))]:
+        parts.clear()
+        steps = run(name, params)
+        print(f"{name} on {where}: {len(steps)} steps {WIDTH} wide, median {_median(steps) * 1e3:.3f} ms")
+        for label, times in parts.items():
+            print(f"  {label}: {_median(times) * 1e3:.3f} ms x {len(times) / max(1, len(steps)):.1f} a step")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run("profile", SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True))
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+
+
+if __name__ == "__main__":
+    main()
