@@ -196,7 +196,9 @@ def hf(model_dir: Path, prompts: list[list[int]], new: int, which: str, hf_reque
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", default="/tmp/qwen3-0.6b-random")
+    ap.add_argument("--model-dir", default=None, help="default /tmp/qwen3-0.6b-random-TOKENIZER")
+    ap.add_argument("--tokenizer", choices=["byte-level", "word"], default="byte-level",
+                    help="the synthetic tokenizer: byte-level as Qwen3's own (default), or word-level")
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=512)
     ap.add_argument("--hf", choices=["none", "padded", "all"], default="padded")
@@ -205,7 +207,7 @@ def main() -> None:
     ap.add_argument("--feed-ab", type=int, default=0, metavar="ROUNDS",
                     help="also time W256 with the event feed off and on, taking turns for ROUNDS rounds")
     args = ap.parse_args()
-    model_dir = make_model_dir(args.model_dir)
+    model_dir = make_model_dir(args.model_dir or f"/tmp/qwen3-0.6b-random-{args.tokenizer}", tokenizer=args.tokenizer)
     prompts = workload(args.requests, QWEN3_0_6B["vocab_size"])
     llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=args.requests, max_num_batched_tokens=8192,
               max_model_len=2048, enforce_eager=args.enforce_eager)
@@ -224,7 +226,7 @@ def main() -> None:
     na = "n/a"
     print(f"hardware: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"model: random-weight Qwen3-0.6B shape ({params / 1e6:.0f}M parameters), bf16; "
-          f"CUDA graphs {'off' if args.enforce_eager else 'on'}")
+          f"CUDA graphs {'off' if args.enforce_eager else 'on'}; synthetic {args.tokenizer} tokenizer")
     print(f"workload W{args.requests}: {args.requests} requests, prompts 100-1024 tokens (seed 0), "
           f"{args.new_tokens} new tokens, EOS ignored, greedy, all at once; HF on the first {args.hf_requests}")
     print()
