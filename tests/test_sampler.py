@@ -306,3 +306,27 @@ def test_a_banned_id_is_never_drawn() -> None:
         assert got[0] == 2 and got[1] in (0, 3)
     with pytest.raises(ValueError, match="min_tokens"):
         SamplingParams(max_tokens=4, min_tokens=5)
+
+
+def test_row_seeds_depend_on_the_triple_alone_and_tell_triples_apart() -> None:
+    """A seeded row's noise seed is a function of (seed, sample_index, step): the same batched or
+    alone, in any order; distinct for every triple of one seed; any int seeds it."""
+    import random
+
+    from engine.runner.sampling_tensors import gpu_seeds, row_seed, row_seeds
+
+    triples = [(seed, k, step) for seed in (0, 1, -7, 2**70) for k in range(4) for step in range(300)]
+    random.Random(0).shuffle(triples)
+    batched = row_seeds(*map(list, zip(*triples))).tolist()
+    assert batched == [row_seed(*t) for t in triples]
+    for seed in (0, 1, -7, 2**70):
+        mine = {b for t, b in zip(triples, batched) if t[0] == seed}
+        assert len(mine) == 4 * 300
+    assert all(0 <= b < 2**64 for b in batched) and len(set(batched)) == len(batched)
+    # unseeded rows take the host generator's draws in row order; seeded rows take none
+    seeded, free = SamplingParams(temperature=0.7, seed=3), SamplingParams(temperature=0.7)
+    rows = [SampleRow(seeded if i % 3 else free, [1], i % 2, i) for i in range(12)]
+    host = random.Random(5)
+    expected = [row_seed(3, i % 2, i) if i % 3 else host.getrandbits(64) for i in range(12)]
+    assert gpu_seeds(rows, random.Random(5)).tolist() == expected
+    assert gpu_seeds(rows[1:3], random.Random(5)).tolist() == [row_seed(3, 1, 1), row_seed(3, 0, 2)]

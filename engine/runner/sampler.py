@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from engine.core.sampling_params import SamplingParams
-from engine.runner.sampling_tensors import SamplingTensors, clip_top_k, gpu_seed, row_seed, sort_free_sampler, stage_sampling
+from engine.runner.sampling_tensors import (SamplingTensors, clip_top_k, gpu_seeds, row_seed, sort_free_sampler,
+                                           stage_sampling)
 
 if TYPE_CHECKING:
     from engine.runner.staging import Stage
@@ -127,8 +129,7 @@ class Sampler:
         if sort_free_sample is not None:  # top-p and min-p by rejection in one kernel per row: no sort, no softmax
             seeds_t = staged.seeds if staged is not None else None
             if seeds_t is None:
-                seeds = [gpu_seed(r, self._host_rng) for r in rows]
-                seeds_t = on_device([s - 2**64 if s >= 2**63 else s for s in seeds], torch.int64, device)
+                seeds_t = on_device(gpu_seeds(rows, self._host_rng).view(np.int64).tolist(), torch.int64, device)
             return sort_free_sample(logits.float(), floats[:, 1].float(), floats[:, 2].float(), seeds_t)
         top_p = [r.params.top_p for r in rows]
         if any(p < 1.0 for p in top_p):
