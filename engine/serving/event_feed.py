@@ -160,14 +160,17 @@ class StepRecorder:
         """A SchedulerOutput: its preempted sequences, then what each scheduled one feeds."""
         for seq in out.preempted:
             self.note(seq, "preempted")
-        context = 0
-        for item in out.scheduled:
-            seq = item.seq
-            # admitted this step: nothing computed yet beyond what the prefix cache gave
-            cached = seq.num_cached_tokens if seq.num_computed_tokens == seq.num_cached_tokens else 0
-            self.note(seq, "decode" if item.is_decode else "prefill", item.num_new_tokens, samples=item.num_samples,
-                      cached=0 if item.is_decode else cached)
-            context += seq.num_computed_tokens + item.num_new_tokens
+        context, events = 0, self._requests
+        for item in out.scheduled:  # note()'s events, made here: 256 a step
+            seq, num_new = item.seq, item.num_new_tokens
+            if item.is_decode:
+                phase, cached = "decode", 0
+            else:  # admitted this step: nothing computed yet beyond what the prefix cache gave
+                phase = "prefill"
+                cached = seq.num_cached_tokens if seq.num_computed_tokens == seq.num_cached_tokens else 0
+            events.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, num_new, None,
+                                       item.num_samples, 0, cached))
+            context += seq.num_computed_tokens + num_new
         self._context = context
 
     def dropped(self, seq_ids: set[int]) -> None:

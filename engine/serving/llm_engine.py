@@ -290,8 +290,13 @@ class LLMEngine:
     def _detokenize_all(self) -> list[RequestOutput]:
         """The text of every token taken since the last call (one per sequence: the step taken
         late this call, or the one taken at once the call before, never both)."""
-        outputs = [self._guarded(self._detokenize, seq, at, logprobs) for seq, at, logprobs in self._undetokenized
-                   if seq.finish_reason not in _GONE]
+        outputs = []
+        for seq, at, logprobs in self._undetokenized:
+            if seq.finish_reason not in _GONE:
+                try:  # a fault fails its request alone (_failed)
+                    outputs.append(self._detokenize(seq, at, logprobs))
+                except Exception as exc:  # noqa: BLE001 - one request's fault must not stop everyone's
+                    outputs.append(self._failed(seq, exc))
         self._undetokenized = []
         return outputs
 
@@ -314,12 +319,14 @@ class LLMEngine:
                 if seq.sample_index and seq.num_output_tokens == 1:
                     self._recorder.note(seq, "forked")
         now = time.perf_counter()
+        account, undetokenized = self._account, self._undetokenized
         for seq in grew:
-            failed = self._guarded(self._account, seq, now)
-            if failed is None:
-                self._undetokenized.append((seq, seq.num_tokens - 1, seq.new_logprobs))
+            try:  # a fault fails its request alone (_failed)
+                account(seq, now)
+            except Exception as exc:  # noqa: BLE001 - one request's fault must not stop everyone's
+                outputs.append(self._failed(seq, exc))
             else:
-                outputs.append(failed)
+                undetokenized.append((seq, len(seq.token_ids) - 1, seq.new_logprobs))
         return len(tokens)
 
     @staticmethod
@@ -353,30 +360,30 @@ class LLMEngine:
         table = self.block_manager.block_table
         at = 0  # this chunk's first token row
         for item in out.scheduled:
-            seq, samples = item.seq, item.num_samples
-            start, ids = seq.num_computed_tokens, seq.token_ids
+            seq, samples, num_new = item.seq, item.num_samples, item.num_new_tokens
+            start, ids, params = seq.num_computed_tokens, seq.token_ids, seq.params
             if ids[-1] == PENDING:
-                assert before is not None and item.num_new_tokens == 1, "a PENDING token outside a decode row"
+                assert before is not None and num_new == 1, "a PENDING token outside a decode row"
                 fed.append((at, before.sample_rows[seq.seq_id]))
-            at += item.num_new_tokens
+            at += num_new
             if samples == 1:
                 sample_rows[seq.seq_id] = len(rows)
             targets: tuple[int, ...] = ()
-            if samples > 1 or samples and seq.params.reads_output:
+            if samples > 1 or samples and params.reads_output:
                 may_leave = False
-            if seq.needs_prompt_logprobs:  # positions start.. predict the prompt tokens after them
-                may_leave = False
+            if params.prompt_logprobs is not None and seq.needs_prompt_logprobs:
+                may_leave = False  # positions start.. predict the prompt tokens after them
                 assert start == len(seq.prompt_logprobs), (start, len(seq.prompt_logprobs))
-                targets = tuple(ids[start + 1:min(start + item.num_new_tokens, seq.num_prompt_tokens - 1) + 1])
-            chunks.append(ScheduledChunk(ids[start:start + item.num_new_tokens], start, table(seq.seq_id), samples,
-                                         targets, seq.params.prompt_logprobs or 0))
+                targets = tuple(ids[start + 1:min(start + num_new, seq.num_prompt_tokens - 1) + 1])
+            chunks.append(ScheduledChunk(ids[start:start + num_new], start, table(seq.seq_id), samples, targets,
+                                         params.prompt_logprobs or 0))
             step = len(ids) - seq.num_prompt_tokens
-            banned = self._enders(seq.params) if step < seq.params.min_tokens else ()
-            guide = self._guide(seq) if samples and seq.params.guided else None  # n rows share one before the fork
+            banned = self._enders(params) if step < params.min_tokens else ()
+            guide = self._guide(seq) if samples and params.guided else None  # n rows share one before the fork
             if samples == 1:
-                rows.append(SampleRow(seq.params, ids, seq.sample_index, step, banned, guide=guide))
+                rows.append(SampleRow(params, ids, seq.sample_index, step, banned, guide))
             elif samples:
-                rows.extend(SampleRow(seq.params, ids, k, step, banned, guide=guide) for k in range(samples))
+                rows.extend(SampleRow(params, ids, k, step, banned, guide) for k in range(samples))
         return chunks, rows, sample_rows, Feed(before.pending.device_tokens, fed) if fed else None, may_leave
 
     @staticmethod
@@ -407,14 +414,11 @@ class LLMEngine:
         """The ids that would end a sequence: its stop ids, and EOS unless it ignores EOS."""
         return tuple(sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)))
 
-    def _guarded(self, serve: Any, seq: Sequence, *args: Any) -> RequestOutput | None:
-        """`serve(seq, *args)`; if it raises, that sequence alone fails (its blocks freed) and the
-        step goes on for the others."""
-        try:
-            return serve(seq, *args)
-        except Exception as exc:  # noqa: BLE001 - one request's fault must not stop everyone's
-            log.exception("request %s failed", seq.request_id)
-            return self._fail(seq, f"{type(exc).__name__}: {exc}")[0]
+    def _failed(self, seq: Sequence, exc: Exception) -> RequestOutput:
+        """A request's fault must not stop everyone's: `seq` alone fails of `exc` (logged, its
+        blocks freed), and the step goes on for the others. Its output. Called in the except block."""
+        log.exception("request %s failed", seq.request_id)
+        return self._fail(seq, f"{type(exc).__name__}: {exc}")[0]
 
     def _fail(self, seq: Sequence, error: str) -> list[RequestOutput]:
         """Finish `seq` with an error; its outputs: one, or n for a request that has not forked yet
