@@ -37,7 +37,7 @@ WIDTH = 256
 
 
 def _median(times: list[float]) -> float:
-    return sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2] if times else float("nan")
 
 
 def main() -> None:
@@ -100,17 +100,31 @@ def main() -> None:
         timed(engine._recorder, "close_step", "feed: close_step")
 
     def run(tag: str, params: SamplingParams) -> list[float]:
+        """The wide steps' times; prints the whole run's phases: the ramp (prompts prefilled, up to the
+        first step with all WIDTH decoding), the wide steps, and the tail."""
+        llm.reset_prefix_cache()  # cold: the prompts are prefilled each run
+        begin = time.perf_counter()
         for i, p in enumerate(prompts):
             engine.add_request(f"{tag}{i}", p, params)
-        steps = []
+        steps, ramp, ramp_steps, tail_steps = [], None, 0, 0
         while engine.has_unfinished_requests():
             on[0] = (len(engine.scheduler.running) == WIDTH and not engine.scheduler.waiting
-                     and engine.metrics.steps > 0)
+                     and engine.metrics.steps > 0 and all(s.num_uncomputed_tokens <= 1 for s in engine.scheduler.running))
             start = time.perf_counter()
+            if on[0] and ramp is None:
+                ramp = start - begin
             engine.step()
             if on[0]:
                 steps.append(time.perf_counter() - start)
+            elif ramp is None:
+                ramp_steps += 1
+            else:
+                tail_steps += 1
         on[0] = False
+        total = time.perf_counter() - begin
+        print(f"{tag}: {total * 1e3:.0f} ms in all: ramp {ramp_steps} steps {(ramp or 0) * 1e3:.0f} ms "
+              f"({sum(map(len, prompts)):,} prompt tokens), {len(steps)} wide steps {sum(steps) * 1e3:.0f} ms, "
+              f"tail {tail_steps} steps {(total - (ramp or 0) - sum(steps)) * 1e3:.0f} ms")
         return steps
 
     where = (torch.cuda.get_device_name() if args.gpu else "the CPU, forward stubbed") + f", {args.tokenizer} tokenizer"

@@ -85,6 +85,7 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     engine = llm.engine
     greedy = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
     llm.generate(prompts[:8], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
+    llm.reset_prefix_cache()  # every workload starts cold: its prompts prefilled, none found in the cache
     torch.cuda.synchronize()
     start = time.perf_counter()
     results = llm.generate(prompts, greedy)
@@ -92,6 +93,7 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     out = {"w256": w256}
     if engine.async_scheduling:  # the same run without overlapped scheduling, for its gain
         engine.async_scheduling = False
+        llm.reset_prefix_cache()
         torch.cuda.synchronize()
         start = time.perf_counter()
         results = llm.generate(prompts, greedy)
@@ -109,11 +111,13 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
                                                                        max_tokens=new, ignore_eos=True)),
                        ("w256_top_k", lambda i: SamplingParams(temperature=0.7, top_k=50, max_tokens=new,
                                                                ignore_eos=True))):
+        llm.reset_prefix_cache()  # the same prompts as W256's: found cached, their prefill would be skipped
         torch.cuda.synchronize()
         start = time.perf_counter()
         results = llm.generate(prompts, [make(i) for i in range(len(prompts))])
         out[name] = sum(len(r.outputs[0].token_ids) for r in results) / (time.perf_counter() - start)
     nano_prompts, nano_new = nano_workload()
+    llm.reset_prefix_cache()
     torch.cuda.synchronize()
     start = time.perf_counter()
     results = llm.generate(nano_prompts, [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True)
@@ -148,6 +152,7 @@ def feed_on_off(llm: LLM, prompts: list[list[int]], new: int, rounds: int) -> li
         pair = []
         for on in (False, True):
             llm.engine.record_events(on)
+            llm.reset_prefix_cache()
             torch.cuda.synchronize()
             start = time.perf_counter()
             results = llm.generate(prompts, greedy)
