@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import sys
 import time
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--tokenizer", choices=["byte-level", "word"], default="byte-level",
                         help="the synthetic tokenizer: byte-level as Qwen3's (default), or word-level")
+    parser.add_argument("--steps", action="store_true", help="list the ramp's and the tail's steps")
     parser.add_argument("--profile", action="store_true", help="then the same workload under cProfile")
     args = parser.parse_args()
     if args.gpu:
@@ -71,6 +73,8 @@ def main() -> None:
     engine, runner = llm.engine, llm.engine.runner
     prompts = workload(WIDTH, vocab)
     llm.generate(prompts[:8], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    gc.collect()
+    gc.freeze()  # as app.py does once started
     parts: dict[str, list[float]] = {}
     on = [False]
 
@@ -99,32 +103,48 @@ def main() -> None:
         timed(engine._recorder, "scheduled", "feed: scheduled")
         timed(engine._recorder, "close_step", "feed: close_step")
 
+    pauses: list[tuple[int, float]] = []  # the garbage collector's: (generation, seconds)
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
+    gc.callbacks.append(on_gc)
+
     def run(tag: str, params: SamplingParams) -> list[float]:
         """The wide steps' times; prints the whole run's phases: the ramp (prompts prefilled, up to the
         first step with all WIDTH decoding), the wide steps, and the tail."""
         llm.reset_prefix_cache()  # cold: the prompts are prefilled each run
+        pauses.clear()
         begin = time.perf_counter()
         for i, p in enumerate(prompts):
             engine.add_request(f"{tag}{i}", p, params)
-        steps, ramp, ramp_steps, tail_steps = [], None, 0, 0
+        steps, ramp, ramp_log, tail_log = [], None, [], []
         while engine.has_unfinished_requests():
             on[0] = (len(engine.scheduler.running) == WIDTH and not engine.scheduler.waiting
                      and engine.metrics.steps > 0 and all(s.num_uncomputed_tokens <= 1 for s in engine.scheduler.running))
             start = time.perf_counter()
             if on[0] and ramp is None:
                 ramp = start - begin
-            engine.step()
+            snap = engine.step().metrics
             if on[0]:
                 steps.append(time.perf_counter() - start)
-            elif ramp is None:
-                ramp_steps += 1
-            else:
-                tail_steps += 1
+            else:  # (sequences, prompt tokens, ms) of each step outside the wide ones
+                (ramp_log if ramp is None else tail_log).append(
+                    f"{snap.batch_size}/{snap.num_prefill_tokens}/{(time.perf_counter() - start) * 1e3:.1f}")
         on[0] = False
         total = time.perf_counter() - begin
-        print(f"{tag}: {total * 1e3:.0f} ms in all: ramp {ramp_steps} steps {(ramp or 0) * 1e3:.0f} ms "
+        print(f"{tag}: {total * 1e3:.0f} ms in all: ramp {len(ramp_log)} steps {(ramp or 0) * 1e3:.0f} ms "
               f"({sum(map(len, prompts)):,} prompt tokens), {len(steps)} wide steps {sum(steps) * 1e3:.0f} ms, "
-              f"tail {tail_steps} steps {(total - (ramp or 0) - sum(steps)) * 1e3:.0f} ms")
+              f"tail {len(tail_log)} steps {(total - (ramp or 0) - sum(steps)) * 1e3:.0f} ms")
+        full = [t for g, t in pauses if g == 2]
+        print(f"  garbage collections: {len(pauses)}, {sum(t for _, t in pauses) * 1e3:.0f} ms; of the oldest "
+              f"generation {len(full)}, longest {max(full, default=0) * 1e3:.1f} ms; tracked objects {len(gc.get_objects()):,}")
+        if args.steps:
+            print(f"  ramp steps (sequences/prompt tokens/ms): {' '.join(ramp_log)}")
+            print(f"  tail steps: {' '.join(tail_log)}")
         return steps
 
     where = (torch.cuda.get_device_name() if args.gpu else "the CPU, forward stubbed") + f", {args.tokenizer} tokenizer"

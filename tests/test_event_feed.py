@@ -161,3 +161,27 @@ def test_the_ring_keeps_the_newest_records() -> None:
     first, records = feed.since(0)
     assert first == 2 and [r.step for r in records] == [2, 3, 4]
     assert feed.since(4)[1][0].step == 4 and feed.since(5)[1] == []
+
+
+def test_a_full_feed_leaves_the_garbage_collector_nothing_to_walk(model_dir: str) -> None:
+    """The feed's events are plain tuples of plain values, which the collector stops tracking: a
+    full feed (a million events at 256 sequences a step) must not lengthen every full collection.
+    The named events come back from the record as before, and survive its JSON."""
+    import gc
+
+    config = EngineConfig(model=model_dir, device="cpu", cache=CacheConfig(block_size=4, num_blocks=64),
+                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=16))
+    engine = LLMEngine(config)
+    for i in range(4):
+        engine.add_request(f"r{i}", [1 + i, 2, 3, 4, 5, 6], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    gc.collect()
+    gc.collect()
+    records = engine.feed.since(0)[1]
+    rows = [row for r in records for row in r.request_rows + r.block_rows]
+    assert len(rows) > 50 and not any(gc.is_tracked(row) for row in rows)
+    assert not any(gc.is_tracked(r.request_rows) or gc.is_tracked(r.block_rows) for r in records)
+    assert {e.phase for r in records for e in r.requests} >= {"waiting", "prefill", "decode", "finished"}
+    assert {e.kind for r in records for e in r.blocks} >= {"allocated", "freed"}
+    assert [StepRecord.from_json(json.loads(json.dumps(r.to_json()))) for r in records] == records

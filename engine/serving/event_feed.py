@@ -64,6 +64,11 @@ class RequestEvent(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class StepRecord:
+    """One step's record. Its events are kept as plain tuples of their fields (`requests` and
+    `blocks` make the named ones): Python's garbage collector stops tracking a tuple of plain
+    values, never a NamedTuple, and a full feed holds a million events. As NamedTuples, every full
+    collection walked them all: a pause of 100 ms and more in every stream."""
+
     step: int
     wall_time: float
     duration: float
@@ -73,12 +78,20 @@ class StepRecord:
     blocks_used: int
     blocks_cached_free: int
     num_blocks: int
-    requests: tuple[RequestEvent, ...]
-    blocks: tuple[BlockEvent, ...]
+    request_rows: tuple[tuple, ...]  # RequestEvent fields
+    block_rows: tuple[tuple, ...]  # BlockEvent fields
     tokens_stored: int = 0
     num_context_tokens: int = 0
     batching: str = "continuous"
     block_cap: int = 0  # 0 in records of schema 2 (no cap then)
+
+    @property
+    def requests(self) -> tuple[RequestEvent, ...]:
+        return tuple(map(RequestEvent._make, self.request_rows))
+
+    @property
+    def blocks(self) -> tuple[BlockEvent, ...]:
+        return tuple(map(BlockEvent._make, self.block_rows))
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, events as objects with named fields."""
@@ -86,8 +99,8 @@ class StepRecord:
                 "num_prefill_tokens": self.num_prefill_tokens, "num_decode_tokens": self.num_decode_tokens,
                 "num_output_tokens": self.num_output_tokens,
                 "blocks_used": self.blocks_used, "blocks_cached_free": self.blocks_cached_free,
-                "num_blocks": self.num_blocks, "requests": [e._asdict() for e in self.requests],
-                "blocks": [e._asdict() for e in self.blocks], "tokens_stored": self.tokens_stored,
+                "num_blocks": self.num_blocks, "requests": [dict(zip(RequestEvent._fields, e)) for e in self.request_rows],
+                "blocks": [dict(zip(BlockEvent._fields, e)) for e in self.block_rows], "tokens_stored": self.tokens_stored,
                 "num_context_tokens": self.num_context_tokens, "batching": self.batching,
                 "block_cap": self.block_cap}
 
@@ -95,8 +108,8 @@ class StepRecord:
     def from_json(cls, data: dict[str, Any]) -> "StepRecord":
         """The inverse of `to_json` (a recorded run read back)."""
         fields = {k: v for k, v in data.items() if k not in ("requests", "blocks")}
-        return cls(**fields, requests=tuple(RequestEvent(**e) for e in data["requests"]),
-                   blocks=tuple(BlockEvent(**b) for b in data["blocks"]))
+        return cls(**fields, request_rows=tuple(tuple(RequestEvent(**e)) for e in data["requests"]),
+                   block_rows=tuple(tuple(BlockEvent(**b)) for b in data["blocks"]))
 
 
 class EventFeed:
@@ -147,14 +160,14 @@ class StepRecorder:
 
     def __init__(self, feed: EventFeed) -> None:
         self.feed = feed
-        self._requests: list[RequestEvent] = []
+        self._requests: list[tuple] = []  # this step's RequestEvents' fields (StepRecord keeps plain tuples)
         self._context = 0  # tokens the scheduled sequences attend to
 
     def note(self, seq: Any, phase: str, tokens: int = 0, reason: str | None = None, samples: int = 0,
              limit: int = 0, cached: int = 0) -> None:
         """`seq` is an engine.core.sequence.Sequence (typed loosely: this module imports no engine state)."""
-        self._requests.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason,
-                                           samples, limit, cached))
+        self._requests.append((seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason, samples, limit,
+                               cached))
 
     def scheduled(self, out: Any) -> None:
         """A SchedulerOutput: its preempted sequences, then what each scheduled one feeds."""
@@ -168,16 +181,16 @@ class StepRecorder:
             else:  # admitted this step: nothing computed yet beyond what the prefix cache gave
                 phase = "prefill"
                 cached = seq.num_cached_tokens if seq.num_computed_tokens == seq.num_cached_tokens else 0
-            events.append(RequestEvent(seq.request_id, seq.sample_index, seq.seq_id, phase, num_new, None,
-                                       item.num_samples, 0, cached))
+            events.append((seq.request_id, seq.sample_index, seq.seq_id, phase, num_new, None, item.num_samples, 0,
+                           cached))
             context += seq.num_computed_tokens + num_new
         self._context = context
 
     def dropped(self, seq_ids: set[int]) -> None:
         """These sequences ended on the step before's tokens after this step was launched (overlapped
         scheduling): their rows ran, but their tokens are dropped, so their events draw no samples."""
-        self._requests = [e._replace(samples=0) if e.seq_id in seq_ids and e.phase in ("decode", "prefill") else e
-                          for e in self._requests]
+        self._requests = [tuple(RequestEvent._make(e)._replace(samples=0)) if e[2] in seq_ids and e[3] in
+                          ("decode", "prefill") else e for e in self._requests]  # e[2], e[3]: seq_id, phase
 
     def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
                    num_output: int, blocks: Any, batching: str = "continuous") -> None:
@@ -185,7 +198,7 @@ class StepRecorder:
         stats = blocks.stats()
         self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, num_output, stats.used,
                                     stats.cached_free, stats.total, tuple(self._requests),
-                                    tuple(blocks.take_events()), stats.tokens_stored, self._context, batching,
+                                    tuple(map(tuple, blocks.take_events())), stats.tokens_stored, self._context, batching,
                                     stats.cap))
         self._requests, self._context = [], 0
 
@@ -196,6 +209,6 @@ class StepRecorder:
         if self._requests or events:
             stats = blocks.stats()
             self.feed.append(StepRecord(step, wall_time, 0.0, 0, 0, 0, stats.used, stats.cached_free, stats.total,
-                                        tuple(self._requests), tuple(events), stats.tokens_stored, 0, batching,
+                                        tuple(self._requests), tuple(map(tuple, events)), stats.tokens_stored, 0, batching,
                                         stats.cap))
             self._requests = []
