@@ -457,6 +457,7 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     logits[:, 250:] = float("-inf")  # a top-k filter's work
     top_p = torch.rand(48, generator=gen) * 0.9 + 0.1
     min_p = torch.where(torch.rand(48, generator=gen) < 0.3, torch.rand(48, generator=gen) * 0.2, torch.zeros(48))
+    top_p[::4] = 1.0  # some rows filter nothing (min-p 0) or by min-p alone: the kernel's one-pass draw, or not
     seeds = torch.randint(-2**62, 2**62, (48,), generator=gen)
     got = sample(logits.to(DEVICE), top_p.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu()
     assert torch.equal(got, ref_sample(logits, top_p, min_p, seeds))
@@ -479,3 +480,5 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     seen = torch.bincount(draws, minlength=24).float() / n
     assert seen[expected == 0].sum() == 0
     assert (seen - expected).abs().max() < 0.015
+    plain = ref_sample(row.expand(n, -1).contiguous(), torch.ones(n), torch.zeros(n), torch.arange(n) * 7919)
+    assert (torch.bincount(plain, minlength=24).float() / n - probs).abs().max() < 0.015  # temperature alone
