@@ -461,6 +461,10 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     seeds = torch.randint(-2**62, 2**62, (48,), generator=gen)
     got = sample(logits.to(DEVICE), top_p.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu()
     assert torch.equal(got, ref_sample(logits, top_p, min_p, seeds))
+    params = torch.stack([torch.ones(48), top_p, min_p], dim=1).to(DEVICE)  # read in place: columns of [S, 3]
+    wide_seeds = torch.stack([seeds, seeds], dim=1).to(DEVICE)
+    assert torch.equal(sample(logits.to(DEVICE), params[:, 1], params[:, 2], wide_seeds[:, 0]).cpu(), got)
+    assert torch.equal(sample(logits[:1].to(DEVICE), params[:1, 1], params[:1, 2], wide_seeds[:1, 1]).cpu(), got[:1])
     tiny = torch.full((48,), 1e-46)  # 0 in float32: only the most likely token is left
     assert torch.equal(sample(logits.to(DEVICE), tiny.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu(),
                        logits.argmax(dim=-1))

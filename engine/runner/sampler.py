@@ -94,7 +94,7 @@ class Sampler:
             logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
             logits = apply_bans(logits, rows)
         tokens = self._sample(logits, rows, staged)
-        return tokens.masked_fill_(~sane, INVALID_TOKEN)  # rows are independent: a bad one harms none
+        return torch.where(sane, tokens, INVALID_TOKEN)  # rows are independent: a bad one harms none
 
     def stage(self, rows: list[SampleRow], vocab_size: int, device: torch.device,
               stage: Stage) -> SamplingTensors | None:

@@ -60,14 +60,15 @@ def _draw(base, vocab, round_seed, pivot, floor, BLOCK: tl.constexpr):
 
 # the per-row parameters' pointers are views whose alignment varies (a lone row's top_p is a
 # view 4 bytes into [1, 3] parameters): specialising on it compiled a new variant mid-serving
-@triton.jit(do_not_specialize=["top_p_ptr", "min_p_ptr", "seed_ptr"])
-def _sample_kernel(logits_ptr, stride, vocab, top_p_ptr, min_p_ptr, seed_ptr, out_ptr,
-                   MAX_ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
+# (and their strides: the parameters are read in place, columns of the staged [S, 3], no copy)
+@triton.jit(do_not_specialize=["top_p_ptr", "min_p_ptr", "seed_ptr", "top_p_stride", "min_p_stride", "seed_stride"])
+def _sample_kernel(logits_ptr, stride, vocab, top_p_ptr, min_p_ptr, seed_ptr, top_p_stride, min_p_stride,
+                   seed_stride, out_ptr, MAX_ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride
-    top_p = tl.load(top_p_ptr + row)
-    min_p = tl.load(min_p_ptr + row)
-    seed = tl.load(seed_ptr + row).to(tl.uint64)
+    top_p = tl.load(top_p_ptr + row * top_p_stride)
+    min_p = tl.load(min_p_ptr + row * min_p_stride)
+    seed = tl.load(seed_ptr + row * seed_stride).to(tl.uint64)
     offs = tl.arange(0, BLOCK)
     if (top_p >= 1.0) & (min_p <= 0.0):  # nothing filtered: round 0's draw, in one pass (temperature alone)
         token = _draw(base, vocab, seed, float("-inf"), float("-inf"), BLOCK)
@@ -103,15 +104,16 @@ def _sample_kernel(logits_ptr, stride, vocab, top_p_ptr, min_p_ptr, seed_ptr, ou
 
 def sample(logits: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     """logits [S, V] fp32 (temperature and top-k applied), top_p and min_p [S] fp32, seeds [S]
-    int64 -> [S] int64 tokens, each drawn from its row's top-p and min-p filtered distribution."""
+    int64 (any stride) -> [S] int64 tokens, each drawn from its row's top-p and min-p filtered distribution."""
     assert logits.dim() == 2 and logits.dtype == torch.float32 and logits.stride(1) == 1
+    assert top_p.dtype == min_p.dtype == torch.float32 and seeds.dtype == torch.int64
     rows, vocab = logits.shape
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
     if rows == 0:
         return out
     block = min(_BLOCK, triton.next_power_of_2(vocab))
-    _sample_kernel[(rows,)](logits, logits.stride(0), vocab, top_p.contiguous(), min_p.contiguous(),
-                            seeds.contiguous(), out, MAX_ROUNDS=MAX_ROUNDS, BLOCK=block,
+    _sample_kernel[(rows,)](logits, logits.stride(0), vocab, top_p, min_p, seeds, top_p.stride(0), min_p.stride(0),
+                            seeds.stride(0), out, MAX_ROUNDS=MAX_ROUNDS, BLOCK=block,
                             num_warps=max(1, min(16, block // 256)))
     return out
 
