@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import random
 import sys
 import time
@@ -53,8 +54,10 @@ def main() -> None:
     else:
         torch.set_num_threads(1)
         # overlapped scheduling as on the GPU: the same steps in the same order
+        os.environ["TRITON_INTERPRET"] = "1"  # the triton backend's step inputs, as on the GPU; no kernel runs
         llm = LLM(str(make_model_dir("/tmp/ttft-host-tiny", TINY, dtype=torch.float32, seed=1)), device="cpu",
-                  max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048, async_scheduling=True)
+                  max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048, async_scheduling=True,
+                  attention_backend="triton")
         vocab = TINY["vocab_size"]
         logits = torch.zeros(1, vocab)
         llm.engine.runner._logits_of = lambda ids, pos, meta: logits.expand(meta.logits_indices.shape[0], -1)

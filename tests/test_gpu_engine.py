@@ -196,3 +196,23 @@ def test_overlapped_scheduling_on_the_gpu_gives_the_plain_engine_s_tokens(fp32_d
         torch.cuda.empty_cache()
     assert any(reason == "stop" for _, reason, _ in outs[True])
     assert outs[True] == outs[False]
+
+
+def test_sampled_requests_compile_nothing_while_serving(bf16_dir: Path) -> None:
+    """The engine's start-up compiles the sampling kernel: no sampled request (temperature alone,
+    top-p, min-p, top-k, seeded or not, a lone row or many) waits for a compile in the middle of
+    serving, as the first top-p request on a fresh machine did (a second and more)."""
+    from engine.runner.triton_sample import _sample_kernel
+
+    llm = LLM(str(bf16_dir), dtype="bfloat16", max_num_seqs=16, max_model_len=1024)
+    variants = _sample_kernel.device_caches[torch.cuda.current_device()][0]  # Triton's compiled variants
+    compiled = len(variants)
+    assert compiled >= 1
+    kinds = [SamplingParams(temperature=0.7, max_tokens=6, ignore_eos=True),
+             SamplingParams(temperature=0.7, top_p=0.9, seed=3, max_tokens=6, ignore_eos=True),
+             SamplingParams(temperature=1.0, min_p=0.1, max_tokens=6, ignore_eos=True),
+             SamplingParams(temperature=0.7, top_k=20, top_p=0.8, max_tokens=6, ignore_eos=True)]
+    for params in kinds:  # each alone (one row: its parameters a view into [1, 3]), then all at once
+        llm.generate([prompts()[0]], params)
+    llm.generate(prompts() * 3, [kinds[i % len(kinds)] for i in range(12)])
+    assert len(variants) == compiled

@@ -16,6 +16,7 @@ from engine.runner.model_loader import load_model
 from engine.runner.prefill_graphs import PrefillGraphs
 from engine.runner.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
 from engine.core.outputs import TokenLogprobs
+from engine.core.sampling_params import SamplingParams
 from engine.runner.sampler import SampleRow, Sampler
 from engine.runner.step_inputs import Feed, StepInputs, StepLimits, build_metadata
 
@@ -100,6 +101,8 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self._logits_of, self.inputs, sched.max_num_seqs, max_blocks, self.device)
             self.prefill_graphs = PrefillGraphs(self._logits_of, self.inputs, sched.max_num_batched_tokens,
                                                 max_blocks, self.device)
+        if self.device.type == "cuda":
+            self._warm_up_sampler()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -131,6 +134,19 @@ class ModelRunner:
         del self.kv_caches, self.kv_pool
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
+
+    @torch.inference_mode()
+    def _warm_up_sampler(self) -> None:
+        """Sample once each way a request may ask (temperature alone, top-p with min-p, top-k), so
+        that the first such request does not wait for the sampling kernel's compile (Triton's: a
+        second and more on a fresh machine, in the middle of serving) or its kernels' loading. The
+        rows are seeded: the engine's own generator is left as it was."""
+        logits = torch.randn(3, self.model_config.vocab_size, device=self.device)
+        rows = [SampleRow(SamplingParams(temperature=0.8, seed=0), [0]),
+                SampleRow(SamplingParams(temperature=0.8, top_p=0.9, min_p=0.05, seed=0), [0]),
+                SampleRow(SamplingParams(temperature=0.8, top_k=20, seed=0), [0])]
+        self.sampler.sample(logits, rows)
+        torch.cuda.synchronize(self.device)
 
     def _count_blocks(self, cache: CacheConfig, model: ModelConfig) -> int:
         if cache.num_blocks is not None:
