@@ -217,4 +217,6 @@ def test_byte_pieces_only_for_a_lone_byte_level_decoder(smol_tokenizer, tmp_path
     from transformers import AutoTokenizer
 
     cleaning = AutoTokenizer.from_pretrained(tmp_path, clean_up_tokenization_spaces=True)
-    assert BytePieces.of(cleaning, True) is None  # the wrapper would change decode's text
+    assert BytePieces.of(cleaning, True) is None  # asked to clean up spaces after the decoder: the window path
+    with pytest.raises(ValueError, match="skip_special_tokens"):
+        IncrementalDetokenizer(smol_tokenizer, [], (), False, pieces=BytePieces.of(smol_tokenizer, True))

@@ -182,6 +182,9 @@ def test_a_full_feed_leaves_the_garbage_collector_nothing_to_walk(model_dir: str
     rows = [row for r in records for row in r.request_rows + r.block_rows]
     assert len(rows) > 50 and not any(gc.is_tracked(row) for row in rows)
     assert not any(gc.is_tracked(r.request_rows) or gc.is_tracked(r.block_rows) for r in records)
-    assert {e.phase for r in records for e in r.requests} >= {"waiting", "prefill", "decode", "finished"}
+    events = [e for r in records for e in r.requests]  # the plain rows' fields in RequestEvent's order
+    assert all(isinstance(e.request_id, str) and e.phase in PHASES and isinstance(e.seq_id, int) for e in events)
+    assert all(e.samples == (e.phase == "decode") for e in events if e.phase in ("decode", "finished"))
+    assert {e.phase for e in events} >= {"waiting", "prefill", "decode", "finished"}
     assert {e.kind for r in records for e in r.blocks} >= {"allocated", "freed"}
     assert [StepRecord.from_json(json.loads(json.dumps(r.to_json()))) for r in records] == records

@@ -204,6 +204,7 @@ def test_sampled_requests_compile_nothing_while_serving(bf16_dir: Path) -> None:
     serving, as the first top-p request on a fresh machine did (a second and more)."""
     from engine.runner.triton_sample import _sample_kernel
 
+    _sample_kernel.device_caches.clear()  # forget what earlier tests compiled: this engine's start-up must
     llm = LLM(str(bf16_dir), dtype="bfloat16", max_num_seqs=16, max_model_len=1024)
     variants = _sample_kernel.device_caches[torch.cuda.current_device()][0]  # Triton's compiled variants
     compiled = len(variants)

@@ -80,9 +80,20 @@ def row_seeds(seeds: list[int], sample_indices: list[int], steps: list[int]) -> 
     return _mix(keys ^ _mix(where + np.uint64(0x9E3779B97F4A7C15)))
 
 
+_MASK64 = 2**64 - 1
+
+
+def _mix_int(z: int) -> int:
+    """_mix on one Python int (numpy's call overhead is 25x the work for a lone row)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def row_seed(seed: int, sample_index: int, step: int) -> int:
-    """One row's row_seeds."""
-    return int(row_seeds([seed], [sample_index], [step])[0])
+    """One row's row_seeds, in plain Python (the CPU sampler's, once per seeded row)."""
+    where = ((sample_index << 32) | step) & _MASK64
+    return _mix_int(_seed_key(seed) ^ _mix_int((where + 0x9E3779B97F4A7C15) & _MASK64))
 
 
 def gpu_seeds(rows: list[SampleRow], host_rng: random.Random) -> np.ndarray:

@@ -8,7 +8,8 @@ character (byte-level BPE splits emoji and CJK over tokens), so it is held until
 completes it. The window starts a few prompt tokens back, because tokenizers such as
 sentencepiece drop the leading space of the first token decoded.
 
-A byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen: a lone ByteLevel decoder) needs no window: its
+A byte-level BPE with a lone ByteLevel decoder (GPT-2's, SmolLM2's, Qwen's: tokenizers that do not
+ask the wrapper to clean up spaces afterwards, which Llama 3's does) needs no window: its
 decode(ids) is the UTF-8 of the tokens' bytes end to end, so a token's text is a lookup
 (`BytePieces`), and only the bytes of a character still incomplete wait for the next token. That
 path costs a fraction of the window's two decodes a token, which matters at 256 sequences a step.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import codecs
 from typing import Any, Protocol
 
-from engine.serving.token_strings import byte_of_char
+from engine.serving.token_strings import spelled_bytes
 
 # How many prompt tokens give the first output token its context.
 PROMPT_CONTEXT_TOKENS = 5
@@ -40,6 +41,7 @@ class BytePieces(dict):
     def __init__(self, backend: Any, skip_special_tokens: bool) -> None:
         super().__init__()
         self._backend = backend
+        self.skip_special_tokens = skip_special_tokens
         added = backend.get_added_tokens_decoder()
         self._skipped = {i for i, token in added.items() if token.special} if skip_special_tokens else set()
 
@@ -48,7 +50,7 @@ class BytePieces(dict):
         """The pieces of a tokenizer whose decode is exactly its Rust ByteLevel decoder's; else None."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
-            return None  # the Python wrapper would change the text after the decoder
+            return None  # the Python wrapper may clean up spaces after the decoder: its text is the wrapper's
         if type(backend.decoder).__name__ != "ByteLevel":
             return None
         return cls(backend, skip_special_tokens)
@@ -57,8 +59,9 @@ class BytePieces(dict):
         token = None if token_id in self._skipped else self._backend.id_to_token(token_id)
         raw = b""
         if token is not None:  # the decoder's rule: GPT-2's alphabet spells bytes, else the text is itself
-            table = byte_of_char()
-            raw = bytes(table[c] for c in token) if all(c in table for c in token) else token.encode()
+            raw = spelled_bytes(token)
+            if raw is None:
+                raw = token.encode()
         try:
             text: str | None = raw.decode()
         except UnicodeDecodeError:
@@ -100,6 +103,8 @@ class IncrementalDetokenizer:
         self._decoded = ""  # every output character decoded so far, including held-back ones
         self._shown = 0  # len of the visible prefix of _decoded
         self.stop_string: str | None = None
+        if pieces is not None and pieces.skip_special_tokens != bool(skip_special_tokens):
+            raise ValueError("the pieces were made for the other skip_special_tokens")
         self._pieces = pieces  # the byte-level path: no window, no prompt context
         self._pending = b""  # with pieces: the start of a character whose other bytes are still to come
         if pieces is not None:

@@ -62,6 +62,9 @@ class RequestEvent(NamedTuple):
     cached: int = 0  # an admission's prefill: prompt tokens found in the prefix cache
 
 
+_SEQ_ID, _PHASE, _SAMPLES = (RequestEvent._fields.index(f) for f in ("seq_id", "phase", "samples"))
+
+
 @dataclass(frozen=True, slots=True)
 class StepRecord:
     """One step's record. Its events are kept as plain tuples of their fields (`requests` and
@@ -167,7 +170,7 @@ class StepRecorder:
              limit: int = 0, cached: int = 0) -> None:
         """`seq` is an engine.core.sequence.Sequence (typed loosely: this module imports no engine state)."""
         self._requests.append((seq.request_id, seq.sample_index, seq.seq_id, phase, tokens, reason, samples, limit,
-                               cached))
+                               cached))  # RequestEvent's fields in order (scheduled() writes them out too)
 
     def scheduled(self, out: Any) -> None:
         """A SchedulerOutput: its preempted sequences, then what each scheduled one feeds."""
@@ -189,8 +192,8 @@ class StepRecorder:
     def dropped(self, seq_ids: set[int]) -> None:
         """These sequences ended on the step before's tokens after this step was launched (overlapped
         scheduling): their rows ran, but their tokens are dropped, so their events draw no samples."""
-        self._requests = [tuple(RequestEvent._make(e)._replace(samples=0)) if e[2] in seq_ids and e[3] in
-                          ("decode", "prefill") else e for e in self._requests]  # e[2], e[3]: seq_id, phase
+        self._requests = [e[:_SAMPLES] + (0,) + e[_SAMPLES + 1:] if e[_SEQ_ID] in seq_ids and e[_PHASE] in
+                          ("decode", "prefill") else e for e in self._requests]
 
     def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
                    num_output: int, blocks: Any, batching: str = "continuous") -> None:

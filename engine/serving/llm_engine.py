@@ -460,7 +460,7 @@ class LLMEngine:
         if first:
             detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], params.stop,
                                            params.skip_special_tokens, params.include_stop_str_in_output,
-                                           self._pieces[params.skip_special_tokens])
+                                           self._pieces[bool(params.skip_special_tokens)])
             self._detokenizers[seq.seq_id] = detok
         finished = seq.is_finished
         # a stop token (EOS, a stop id) ends the text before its own, unless asked for (as vLLM)

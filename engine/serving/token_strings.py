@@ -29,7 +29,14 @@ def byte_of_char() -> dict[str, int]:
     return chars
 
 
-def is_byte_level(tokenizer: Any) -> bool:
+def spelled_bytes(piece: str) -> bytes | None:
+    """The bytes a byte-level vocabulary entry spells in GPT-2's alphabet; None if it is not so spelled
+    (an added token's own text)."""
+    table = byte_of_char()
+    return bytes(table[c] for c in piece) if all(c in table for c in piece) else None
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend is not None and "ByteLevel" in type(backend.decoder).__name__ + backend.decoder.__repr__()
 
@@ -39,7 +46,7 @@ class TokenStrings:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._byte_level = is_byte_level(tokenizer)
+        self._byte_level = _is_byte_level(tokenizer)
         self._special = set(getattr(tokenizer, "all_special_ids", ()) or ())
         self._cache: dict[int, tuple[str, tuple[int, ...]]] = {}
 
@@ -54,9 +61,8 @@ class TokenStrings:
         if piece is None:  # an id past the tokenizer's vocabulary (a padded lm head)
             return "", ()
         if self._byte_level and token_id not in self._special:
-            table = byte_of_char()
-            if all(c in table for c in piece):
-                raw = bytes(table[c] for c in piece)
+            raw = spelled_bytes(piece)
+            if raw is not None:
                 return raw.decode("utf-8", errors="replace"), tuple(raw)
         if token_id in self._special:
             return piece, tuple(piece.encode("utf-8"))
