@@ -106,7 +106,7 @@ class BlockManager:
         self._fill = [0] * num_blocks  # tokens held by each used block
         self._tokens_stored = 0
         self._num_shared = 0
-        self._events: list[BlockEvent] | None = None
+        self._events: list[tuple] | None = None  # BlockEvents' fields
         self._cache_log: CacheChangeLog | None = None  # prefix-cache changes, for KV events
         self.record_events(record_events)
         self._cap: int | None = None
@@ -135,8 +135,10 @@ class BlockManager:
         """The prefix-cache changes since the last call, oldest first (none unless logging)."""
         return self._cache_log.take() if self._cache_log is not None else []
 
-    def take_events(self) -> list[BlockEvent]:
-        """The block events since the last call, oldest first (none unless record_events)."""
+    def take_events(self) -> list[tuple]:
+        """The block events since the last call, oldest first (none unless record_events): each a
+        BlockEvent's fields as a plain tuple (`BlockEvent._make` names them), as the event feed keeps
+        them (a plain tuple costs a tenth of a NamedTuple to make, and the collector stops tracking it)."""
         if not self._events:
             return []
         events, self._events = self._events, []
@@ -144,7 +146,7 @@ class BlockManager:
 
     def _note(self, kind: str, block_id: int, seq_id: int, src: int = -1) -> None:
         if self._events is not None:
-            self._events.append(BlockEvent(kind, block_id, seq_id, self.blocks[block_id].ref_count, src))
+            self._events.append((kind, block_id, seq_id, self.blocks[block_id].ref_count, src))
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -310,7 +312,7 @@ class BlockManager:
         for block_id in block_ids:
             blocks[block_id].ref_count = 1
         if self._events is not None:
-            self._events.extend([BlockEvent("allocated", block_id, seq_id, 1) for block_id in block_ids])
+            self._events.extend([("allocated", block_id, seq_id, 1, -1) for block_id in block_ids])
         block_ids += [self._pop_fresh(seq_id) for _ in range(n - num_free)]
         return block_ids
 
@@ -374,7 +376,7 @@ class BlockManager:
                 block.hash, block.token_ids = h, tokens
                 by_hash[h] = block.block_id
                 if events is not None:
-                    events.append(BlockEvent("cached", block.block_id, seq_id, block.ref_count))
+                    events.append(("cached", block.block_id, seq_id, block.ref_count, -1))
                 if log is not None:
                     log.cached(h, None if parent == ROOT_HASH else parent, tokens)
 
@@ -411,7 +413,7 @@ class BlockManager:
             else:
                 free.append(block_id)
             if events is not None:
-                events.append(BlockEvent("freed", block_id, seq_id, 0))
+                events.append(("freed", block_id, seq_id, 0, -1))
         self._tokens_stored -= emptied
 
     def reset_prefix_cache(self) -> int:

@@ -201,7 +201,7 @@ class StepRecorder:
         stats = blocks.stats()
         self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, num_output, stats.used,
                                     stats.cached_free, stats.total, tuple(self._requests),
-                                    tuple(map(tuple, blocks.take_events())), stats.tokens_stored, self._context, batching,
+                                    tuple(blocks.take_events()), stats.tokens_stored, self._context, batching,
                                     stats.cap))
         self._requests, self._context = [], 0
 
@@ -212,6 +212,6 @@ class StepRecorder:
         if self._requests or events:
             stats = blocks.stats()
             self.feed.append(StepRecord(step, wall_time, 0.0, 0, 0, 0, stats.used, stats.cached_free, stats.total,
-                                        tuple(self._requests), tuple(map(tuple, events)), stats.tokens_stored, 0, batching,
+                                        tuple(self._requests), tuple(events), stats.tokens_stored, 0, batching,
                                         stats.cap))
             self._requests = []
