@@ -352,7 +352,11 @@ class BlockManager:
             ahead.append((parent, tokens))
 
     def cache_full_blocks(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
-        """Register in the prefix cache the blocks that `num_computed` tokens have filled."""
+        """Register in the prefix cache the blocks that `num_computed` tokens have filled.
+
+        A block whose hash is registered already, for a twin that another sequence computed at the
+        same time, is not registered again; should that twin go (evicted, or its owner failed),
+        lookups of this chain stop there (a missed hit: vLLM keeps several blocks a hash for it)."""
         if not self.enable_prefix_caching:
             return
         state = self._seqs[seq_id]
