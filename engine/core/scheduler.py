@@ -132,8 +132,7 @@ class Scheduler:
             if len(ids) >= seq.token_limit and ids[-1] == PENDING:
                 i += 1  # its pending token is its last: it ends when that arrives
                 continue
-            uncomputed = len(ids) - seq.num_computed_tokens
-            num_new = 1 if uncomputed == 1 else self._chunk(uncomputed, budget)  # a decode's, at once
+            num_new = self._chunk(len(ids) - seq.num_computed_tokens, budget)
             while not self.blocks.allocate_slots(seq.seq_id, seq.num_computed_tokens, num_new):
                 victim = self.running.pop()  # the newest
                 self._preempt(victim)

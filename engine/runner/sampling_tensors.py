@@ -99,15 +99,13 @@ def row_seed(seed: int, sample_index: int, step: int) -> int:
 def gpu_seeds(rows: list[SampleRow], host_rng: random.Random) -> np.ndarray:
     """[R] uint64 seeds of the rows' noise in the GPU kernel: a seeded row's own (row_seeds), an
     unseeded row's the host generator's next 64 bits, drawn in row order."""
-    seeded = [r.params.seed is not None for r in rows]
-    out = np.array([0 if s else host_rng.getrandbits(64) for s in seeded], dtype=np.uint64) \
-        if not all(seeded) else np.empty(len(rows), dtype=np.uint64)
-    if any(seeded):
-        mine = [r for r, s in zip(rows, seeded) if s]
-        values = row_seeds([r.params.seed for r in mine], [r.sample_index for r in mine], [r.step for r in mine])
-        if len(mine) == len(rows):
-            return values
-        out[np.array(seeded)] = values
+    seeded = np.array([r.params.seed is not None for r in rows], dtype=bool)
+    out = np.zeros(len(rows), dtype=np.uint64)
+    if not seeded.all():
+        out[~seeded] = np.array([host_rng.getrandbits(64) for r in rows if r.params.seed is None], dtype=np.uint64)
+    if seeded.any():
+        mine = [r for r in rows if r.params.seed is not None]
+        out[seeded] = row_seeds([r.params.seed for r in mine], [r.sample_index for r in mine], [r.step for r in mine])
     return out
 
 

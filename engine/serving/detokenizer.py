@@ -32,6 +32,13 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
 
 
+def rust_decoder(tokenizer: Any) -> Any:
+    """The Rust tokenizer behind a Hugging Face one, where its decode is the wrapper's exactly (no
+    clean-up of spaces afterwards); else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True) else None
+
+
 class BytePieces(dict):
     """A byte-level tokenizer's token id -> (the bytes it stands for, their text if they are whole
     UTF-8 else None), as its decoder joins them; filled on first use of each id. Special tokens
@@ -48,10 +55,8 @@ class BytePieces(dict):
     @classmethod
     def of(cls, tokenizer: Any, skip_special_tokens: bool) -> "BytePieces | None":
         """The pieces of a tokenizer whose decode is exactly its Rust ByteLevel decoder's; else None."""
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
-            return None  # the Python wrapper may clean up spaces after the decoder: its text is the wrapper's
-        if type(backend.decoder).__name__ != "ByteLevel":
+        backend = rust_decoder(tokenizer)
+        if backend is None or type(backend.decoder).__name__ != "ByteLevel":
             return None
         return cls(backend, skip_special_tokens)
 
@@ -95,8 +100,7 @@ class IncrementalDetokenizer:
         self._skip_special = skip_special_tokens
         # the Rust tokenizer directly, 3x cheaper a call than the Python wrapper (it runs every token),
         # where the wrapper would add nothing (no clean-up of tokenization spaces)
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._fast = backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True) else None
+        self._fast = rust_decoder(tokenizer)
         self._stop = tuple(stop)
         self._include_stop = include_stop  # the text ends after the stop string, not before
         self._max_stop_len = max((len(s) for s in stop), default=0)

@@ -371,8 +371,8 @@ class LLMEngine:
             targets: tuple[int, ...] = ()
             if samples > 1 or samples and params.reads_output:
                 may_leave = False
-            if params.prompt_logprobs is not None and seq.needs_prompt_logprobs:
-                may_leave = False  # positions start.. predict the prompt tokens after them
+            if seq.needs_prompt_logprobs:  # positions start.. predict the prompt tokens after them
+                may_leave = False
                 assert start == len(seq.prompt_logprobs), (start, len(seq.prompt_logprobs))
                 targets = tuple(ids[start + 1:min(start + num_new, seq.num_prompt_tokens - 1) + 1])
             chunks.append(ScheduledChunk(ids[start:start + num_new], start, table(seq.seq_id), samples, targets,
