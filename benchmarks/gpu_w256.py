@@ -136,8 +136,8 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     ttfts = []
     vocab = engine.vocab_size
     for i in range(1, TTFT_TRIES + 1):  # shifted ids: no prompt is in the prefix cache (i = 0 is W256's own)
+        shifted = [(t + i) % vocab for t in lone]  # the request's ids exist before it arrives
         start = time.perf_counter()
-        shifted = [(t + i) % vocab for t in lone]
         engine.add_request(f"ttft{i}", shifted, SamplingParams(temperature=0.0, max_tokens=1))
         while engine.has_unfinished_requests():
             engine.step()

@@ -45,9 +45,12 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="the real model on the GPU, nothing stubbed")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="then the same prompts under cProfile: top functions")
+    parser.add_argument("--tokenizer", choices=["byte-level", "word"], default="byte-level",
+                        help="the synthetic tokenizer: byte-level as Qwen3's (default, as gpu_w256.py), or word-level")
     args = parser.parse_args()
     if args.gpu:
-        llm = LLM(str(make_model_dir("/tmp/qwen3-0.6b-random")), dtype="bfloat16", max_num_seqs=256,
+        llm = LLM(str(make_model_dir(f"/tmp/qwen3-0.6b-random-{args.tokenizer}", tokenizer=args.tokenizer)),
+                  dtype="bfloat16", max_num_seqs=256,
                   max_num_batched_tokens=8192, max_model_len=2048)
         vocab = QWEN3_0_6B["vocab_size"]
         llm.generate([list(range(5, 133))] * 8, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
@@ -55,7 +58,8 @@ def main() -> None:
         torch.set_num_threads(1)
         # overlapped scheduling as on the GPU: the same steps in the same order
         os.environ["TRITON_INTERPRET"] = "1"  # the triton backend's step inputs, as on the GPU; no kernel runs
-        llm = LLM(str(make_model_dir("/tmp/ttft-host-tiny", TINY, dtype=torch.float32, seed=1)), device="cpu",
+        llm = LLM(str(make_model_dir(f"/tmp/ttft-host-tiny-{args.tokenizer}", TINY, dtype=torch.float32, seed=1,
+                                     tokenizer=args.tokenizer)), device="cpu",
                   max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=2048, async_scheduling=True,
                   attention_backend="triton")
         vocab = TINY["vocab_size"]
@@ -100,8 +104,9 @@ def main() -> None:
                                      "after (the token to the last step's return)": []}
 
     def ttft(i: int) -> float:
+        prompt = [(t + i) % vocab for t in lone]  # the request's ids exist before it arrives
         start = time.perf_counter()
-        engine.add_request(f"t{i}", [(t + i) % vocab for t in lone], SamplingParams(temperature=0.0, max_tokens=1))
+        engine.add_request(f"t{i}", prompt, SamplingParams(temperature=0.0, max_tokens=1))
         while engine.has_unfinished_requests():
             engine.step()
         end = time.perf_counter()
@@ -117,7 +122,7 @@ def main() -> None:
     for span in spans.values():
         span.clear()
     n = args.prompts
-    total = [ttft(1000 + i) for i in range(n)]
+    total = [ttft(20 + i) for i in range(n)]  # every prompt shifted apart: no prefix-cache hit (n < 246 on the CPU)
     where = torch.cuda.get_device_name() if args.gpu else "the CPU, forward stubbed"
     print(f"lone 1,024-token prompt's TTFT on {where}, median of {n}: {_median(total) * 1e3:.3f} ms "
           f"(min {min(total) * 1e3:.3f})")
@@ -132,7 +137,7 @@ def main() -> None:
         profiler = cProfile.Profile()
         profiler.enable()
         for i in range(n):
-            ttft(5000 + i)
+            ttft(20 + n + i)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 

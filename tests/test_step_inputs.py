@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.synthetic_model import make_model_dir
 from engine import LLM, SamplingParams
@@ -179,6 +181,44 @@ def test_a_fresh_prompt_is_marked_eager_and_padded() -> None:
     layout = inputs.layout
     capture = inputs.build([], pad=Padding(1, 8, 6, fresh=True)).meta
     assert capture.fresh_prompt and inputs.layout == layout
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_any_lone_chunk_equals_the_reference_padded_or_not(data: st.DataObject) -> None:
+    """A lone sequence's step has a path of its own (a prompt's time to first token): any chunk,
+    after any prefix, sampling any rows, asking prompt logprobs or not, equals the reference; padded
+    for a graph (pad sequences too, as a decode graph's), its real rows are the reference's and the
+    rest is padding."""
+    start = data.draw(st.integers(0, 40))
+    n = data.draw(st.integers(1, 24))
+    table = data.draw(st.lists(st.integers(0, 63), min_size=-(-(start + n) // BS), max_size=16, unique=True))
+    samples = data.draw(st.integers(0, 3))
+    targets = tuple(data.draw(st.lists(st.integers(0, 49), max_size=n)))
+    chunk = ScheduledChunk(data.draw(st.lists(st.integers(0, 49), min_size=n, max_size=n)), start, table, samples,
+                           targets, 2 if targets else 0)
+    inputs = make_inputs()
+    meta = inputs.build([chunk]).meta
+    assert_equals_reference(meta, [chunk], BS)
+    assert meta.fresh_prompt == (start == 0 and n > 1)
+    extra = data.draw(st.integers(0, 3))
+    tokens, width = n + extra + data.draw(st.integers(0, 5)), len(table) + data.draw(st.integers(0, 3))
+    fresh = data.draw(st.booleans())
+    meta = inputs.build([ScheduledChunk(chunk.token_ids, start, table, min(samples, 1))],
+                        pad=Padding(1 + extra, tokens, width, fresh)).meta
+    ref = reference([chunk], BS)
+    assert meta.input_ids.tolist() == ref["input_ids"] + [0] * (tokens - n)
+    assert meta.positions.tolist() == ref["positions"] + [0] * (tokens - n)
+    assert meta.slot_mapping.tolist() == ref["slot_mapping"] + [-1] * (tokens - n)
+    assert meta.block_tables.tolist() == [table + [0] * (width - len(table))] + [[0] * width] * extra
+    assert meta.context_lens.tolist() == [start + n] + [1] * extra
+    assert meta.query_start_loc.tolist() == [0, n] + list(range(n + 1, n + extra + 1))
+    assert meta.logits_indices.tolist() == [n - 1] + list(range(n, n + extra))
+    captured = [n] + [1] * extra  # the host lists as the graph was captured: the pad tokens in the last query
+    captured[-1] += tokens - n - extra
+    assert meta.query_lens_cpu == captured
+    assert meta.context_lens_cpu == [width * BS] * (1 + extra)
+    assert meta.fresh_prompt == (fresh and not extra)
 
 
 def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:

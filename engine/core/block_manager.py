@@ -366,23 +366,23 @@ class BlockManager:
             return
         hashed = state.ahead[:last - first]  # hash_ahead's, for the first of these blocks
         del state.ahead[:last - first]
-        blocks, by_hash, table, events, log = self.blocks, self._by_hash, state.table, self._events, self._cache_log
-        for idx in range(first, last):
-            parent = hashes[-1] if hashes else ROOT_HASH
-            if idx - first < len(hashed):
-                h, tokens = hashed[idx - first]
-            else:
-                tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
-                h = block_hash(parent, tokens)
-            hashes.append(h)
-            block = blocks[table[idx]]
+        parent = hashes[-1] if hashes else ROOT_HASH
+        for idx in range(first + len(hashed), last):  # the rest, hashed now
+            tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
+            parent = block_hash(parent, tokens)
+            hashed.append((parent, tokens))
+        blocks, by_hash, events, log = self.blocks, self._by_hash, self._events, self._cache_log
+        # one pass, no branch a block but the registration's: a long prompt's blocks are on its TTFT
+        for (h, tokens), block_id in zip(hashed, state.table[first:last]):
+            block = blocks[block_id]
             if block.hash is None and h not in by_hash:
                 block.hash, block.token_ids = h, tokens
-                by_hash[h] = block.block_id
+                by_hash[h] = block_id
                 if events is not None:
-                    events.append(("cached", block.block_id, seq_id, block.ref_count, -1))
+                    events.append(("cached", block_id, seq_id, block.ref_count, -1))
                 if log is not None:
-                    log.cached(h, None if parent == ROOT_HASH else parent, tokens)
+                    log.cached(h, hashes[-1] if hashes else None, tokens)  # its parent: the hash before
+            hashes.append(h)
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (copy-on-write for the partly filled one)."""

@@ -29,6 +29,9 @@ from engine.runner.sampler import SampleRow, Sampler
 from engine.runner.sampling_tensors import SamplingTensors
 from engine.runner.staging import ALIGN, NoRoom, Staging
 
+_ARANGE = np.arange(1 << 16, dtype=np.int64)  # positions, sliced: read-only
+_ARANGE.flags.writeable = False
+
 
 @dataclass(frozen=True)
 class StepLimits:
@@ -126,12 +129,18 @@ class StepInputs:
 
     def _build(self, chunks: list[ScheduledChunk], rows: Sequence[SampleRow], copies: Sequence[tuple[int, int]],
                pad: Padding | None, feed: Feed | None) -> StepTensors:
-        lens = _lengths(chunks)  # [B, 5]: query length, start, table length, samples, prompt rows
-        q_lens, starts, t_lens, samples, p_lens = lens.T
-        _check_fits(q_lens, starts, t_lens, self.block_size)
         staging = self.staging
-        staging.begin()
-        meta = self._fill(chunks, q_lens, starts, t_lens, samples, p_lens, pad)
+        if len(chunks) == 1:  # a lone sequence (a prompt on its time to first token): no array of lengths
+            chunk = chunks[0]
+            _check_fits_one(len(chunk.token_ids), chunk.start_pos, len(chunk.block_table), self.block_size)
+            staging.begin()
+            meta = self._fill_one(chunk, pad)
+        else:
+            lens = _lengths(chunks)  # [B, 5]: query length, start, table length, samples, prompt rows
+            q_lens, starts, t_lens, samples, p_lens = lens.T
+            _check_fits(q_lens, starts, t_lens, self.block_size)
+            staging.begin()
+            meta = self._fill(chunks, q_lens, starts, t_lens, samples, p_lens, pad)
         plan = self.backend.plan(meta, self.shape, staging.stage) if self.backend is not None else None
         # what a graph reads ends here: the same regions for the same padding, whatever follows
         self.layout = staging.regions()
@@ -172,23 +181,16 @@ class StepInputs:
         ends = np.cumsum(q_lens)  # [B] end row of each sequence's query
         firsts = ends - q_lens
         tables.fill(0)  # past each table's end (never read) and the pad rows (block 0: read, written never)
-        if b == 1:  # a lone sequence's step (a prefill graph's), in fewer numpy calls: it is on a TTFT
-            chunk, start = chunks[0], int(starts[0])
-            ids[:t] = chunk.token_ids
-            pos[:t] = np.arange(start, start + t)
-            tables[0, :len(chunk.block_table)] = chunk.block_table
-            slots[:t] = cache_slots(tables, 0, pos[:t], bs)
-        else:
-            ids[:t] = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), np.int64, t)
-            pos[:t] = np.arange(t) - np.repeat(firsts - starts, q_lens)
-            tables[:b][np.arange(width) < t_lens[:, None]] = np.fromiter(  # row-major: the tables one after another
-                chain.from_iterable(c.block_table for c in chunks), np.int32, int(t_lens.sum()))
-            slots[:t] = cache_slots(tables, np.repeat(np.arange(b), q_lens), pos[:t], bs)
+        ids[:t] = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), np.int64, t)
+        pos[:t] = np.arange(t) - np.repeat(firsts - starts, q_lens)
+        tables[:b][np.arange(width) < t_lens[:, None]] = np.fromiter(  # row-major: the tables one after another
+            chain.from_iterable(c.block_table for c in chunks), np.int32, int(t_lens.sum()))
+        slots[:t] = cache_slots(tables, np.repeat(np.arange(b), q_lens), pos[:t], bs)
         ctx[:b] = starts + q_lens
         qsl[0] = 0
         qsl[1:b + 1] = ends
         query_lens, context_lens = q_lens.tolist(), (starts + q_lens).tolist()
-        fresh = b == 1 and int(starts[0]) == 0 and int(q_lens[0]) > 1
+        fresh = False  # a fresh prompt is a lone sequence's (_fill_one)
         if not pad:
             logits[:] = _logits_rows(ends, firsts, samples, p_lens)
         else:
@@ -198,6 +200,58 @@ class StepInputs:
             qsl[b + 1:] = t + np.arange(1, extra + 1)
             logits[b:] = t + np.arange(extra)
             query_lens += [1] * extra  # the host lists as captured
+            query_lens[-1] += tokens - t - extra
+            context_lens = [width * bs] * seqs
+            fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
+        return ForwardMetadata(
+            input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
+            query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
+            context_lens_cpu=context_lens, block_size=bs, fresh_prompt=fresh,
+        )
+
+
+    def _fill_one(self, chunk: ScheduledChunk, pad: Padding | None) -> ForwardMetadata:
+        """_fill's arrays for a lone sequence, from plain ints and a few numpy calls (a lone prompt's
+        step, a prefill graph's, is on its time to first token; a slow host pays ~3 us a numpy call)."""
+        t, start, bs, table = len(chunk.token_ids), chunk.start_pos, self.block_size, chunk.block_table
+        num_blocks, end = len(table), chunk.start_pos + len(chunk.token_ids)
+        seqs, tokens, width = (pad.num_seqs, pad.num_tokens, pad.table_width) if pad else (1, t, num_blocks)
+        extra = seqs - 1  # pad sequences, one token each
+        assert tokens >= t + extra and width >= num_blocks, "the step exceeds its padding"
+        take = self.staging.take
+        ids, d_ids = take((tokens,), np.int64)
+        pos, d_pos = take((tokens,), np.int64)
+        slots, d_slots = take((tokens,), np.int64)
+        tables, d_tables = take((seqs, width), np.int32)
+        ctx, d_ctx = take((seqs,), np.int32)
+        qsl, d_qsl = take((seqs + 1,), np.int32)
+        num_logits = seqs if pad else chunk.num_samples + len(chunk.prompt_targets)
+        logits, d_logits = take((num_logits,), np.int64)
+        ids[:t] = chunk.token_ids
+        pos[:t] = _ARANGE[start:end] if end <= len(_ARANGE) else np.arange(start, end)
+        tables.fill(0)  # past the table's end (never read) and the pad rows (block 0: read, written never)
+        tables[0, :num_blocks] = table
+        # block * block_size + offset: the slots of the table's blocks, from the chunk's first on
+        first = start // bs
+        slots[:t] = (tables[0, first:-(-end // bs)].astype(np.int64)[:, None] * bs
+                     + _ARANGE[:bs]).ravel()[start - first * bs:end - first * bs]
+        ctx[0] = end
+        qsl[0], qsl[1] = 0, t
+        fresh = start == 0 and t > 1
+        if not pad:
+            samples, p = chunk.num_samples, len(chunk.prompt_targets)
+            logits[:samples] = t - 1  # every sample's row, then the prompt-logprobs rows (its first tokens)
+            if p:
+                logits[samples:] = np.arange(p)
+            query_lens, context_lens = [t], [end]
+        else:
+            logits[0] = t - 1
+            ids[t:], pos[t:], slots[t:] = 0, 0, -1
+            if extra:
+                ctx[1:] = 1
+                qsl[2:] = np.arange(t + 1, t + extra + 1)
+                logits[1:] = np.arange(t, t + extra)
+            query_lens = [t] + [1] * extra  # the host lists as captured
             query_lens[-1] += tokens - t - extra
             context_lens = [width * bs] * seqs
             fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
@@ -233,6 +287,12 @@ def _logits_rows(ends: np.ndarray, firsts: np.ndarray, samples: np.ndarray, p_le
     prompt_starts = np.cumsum(p_lens) - p_lens
     prompt_rows = np.repeat(firsts - prompt_starts, p_lens) + np.arange(int(p_lens.sum()))
     return np.concatenate([np.repeat(ends - 1, samples), prompt_rows])
+
+
+def _check_fits_one(q_len: int, start: int, t_len: int, block_size: int) -> None:
+    """_check_fits for one chunk, in plain ints."""
+    if q_len < 1 or t_len * block_size < start + q_len:
+        raise ValueError(f"chunk of {q_len} tokens ending at {start + q_len} does not fit its block table")
 
 
 def _check_fits(q_lens: np.ndarray, starts: np.ndarray, t_lens: np.ndarray, block_size: int) -> None:
