@@ -136,9 +136,10 @@ def ours(llm: LLM, prompts: list[list[int]], new: int) -> dict[str, float]:
     ttfts = []
     vocab = engine.vocab_size
     for i in range(1, TTFT_TRIES + 1):  # shifted ids: no prompt is in the prefix cache (i = 0 is W256's own)
-        shifted = [(t + i) % vocab for t in lone]  # the request's ids exist before it arrives
+        shifted = [(t + i) % vocab for t in lone]  # the request's ids and parameters exist before it arrives
+        params = SamplingParams(temperature=0.0, max_tokens=1)
         start = time.perf_counter()
-        engine.add_request(f"ttft{i}", shifted, SamplingParams(temperature=0.0, max_tokens=1))
+        engine.add_request(f"ttft{i}", shifted, params)
         while engine.has_unfinished_requests():
             engine.step()
         ttfts.append(time.perf_counter() - start)

@@ -104,9 +104,10 @@ def main() -> None:
                                      "after (the token to the last step's return)": []}
 
     def ttft(i: int) -> float:
-        prompt = [(t + i) % vocab for t in lone]  # the request's ids exist before it arrives
+        prompt = [(t + i) % vocab for t in lone]  # the request's ids and parameters exist before it arrives
+        params = SamplingParams(temperature=0.0, max_tokens=1)
         start = time.perf_counter()
-        engine.add_request(f"t{i}", prompt, SamplingParams(temperature=0.0, max_tokens=1))
+        engine.add_request(f"t{i}", prompt, params)
         while engine.has_unfinished_requests():
             engine.step()
         end = time.perf_counter()

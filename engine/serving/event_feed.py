@@ -196,9 +196,10 @@ class StepRecorder:
                           ("decode", "prefill") else e for e in self._requests]
 
     def close_step(self, step: int, wall_time: float, duration: float, num_prefill: int, num_decode: int,
-                   num_output: int, blocks: Any, batching: str = "continuous") -> None:
-        """`blocks` is the BlockManager: its events since the last step go into this record."""
-        stats = blocks.stats()
+                   num_output: int, blocks: Any, batching: str = "continuous", stats: Any = None) -> None:
+        """`blocks` is the BlockManager: its events since the last step go into this record; `stats`,
+        its stats() if taken already this step (the step's metrics snapshot has them)."""
+        stats = stats or blocks.stats()
         self.feed.append(StepRecord(step, wall_time, duration, num_prefill, num_decode, num_output, stats.used,
                                     stats.cached_free, stats.total, tuple(self._requests),
                                     tuple(blocks.take_events()), stats.tokens_stored, self._context, batching,

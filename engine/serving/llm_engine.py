@@ -284,7 +284,7 @@ class LLMEngine:
         snapshot = self._snapshot(out, start, num_prefill, num_decode)
         if self._recorder:
             self._recorder.close_step(snapshot.step, wall, snapshot.step_time, num_prefill, num_decode, num_output,
-                                      self.block_manager, self.scheduler.batching)
+                                      self.block_manager, self.scheduler.batching, snapshot.blocks)
         return StepOutput(outputs, snapshot)
 
     def _detokenize_all(self) -> list[RequestOutput]:
@@ -458,9 +458,10 @@ class LLMEngine:
         detok = self._detokenizers.get(seq.seq_id)
         first = detok is None
         if first:
-            detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], params.stop,
-                                           params.skip_special_tokens, params.include_stop_str_in_output,
-                                           self._pieces[bool(params.skip_special_tokens)])
+            pieces = self._pieces[bool(params.skip_special_tokens)]  # the byte-level path needs no prompt
+            detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens] if pieces is None
+                                           else (), params.stop, params.skip_special_tokens,
+                                           params.include_stop_str_in_output, pieces)
             self._detokenizers[seq.seq_id] = detok
         finished = seq.is_finished
         # a stop token (EOS, a stop id) ends the text before its own, unless asked for (as vLLM)
