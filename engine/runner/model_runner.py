@@ -19,6 +19,7 @@ from engine.core.outputs import TokenLogprobs
 from engine.core.sampling_params import SamplingParams
 from engine.runner.sampler import SampleRow, Sampler
 from engine.runner.step_inputs import Feed, StepInputs, StepLimits, build_metadata
+from engine.runner.token_return import TokenReturn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -101,6 +102,8 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self._logits_of, self.inputs, sched.max_num_seqs, max_blocks, self.device)
             self.prefill_graphs = PrefillGraphs(self._logits_of, self.inputs, sched.max_num_batched_tokens,
                                                 max_blocks, self.device)
+        # the sampled tokens' way back to the host (a page-locked ring: CUDA only)
+        self.returns = TokenReturn(sched.max_num_seqs, self.device) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             self._warm_up_sampler()
 
@@ -192,7 +195,7 @@ class ModelRunner:
         else:
             tokens = self.sampler.sample(logits, rows, step.sampling)
             pending = PendingTokens(tokens, sampled_logprobs(logits, [r.params.logprobs for r in rows], tokens),
-                                    prompt)
+                                    prompt, self.returns)
         self.inputs.record_copy()
         return pending
 
@@ -226,13 +229,22 @@ class ModelRunner:
 
 class PendingTokens:
     """Sampled token ids, and the logprobs some requests asked for, on their way to the host:
-    copied without blocking, waited for on result()."""
+    copied without blocking, waited for on result(). `returns`: the runner's ring of host buffers,
+    which the common step's tokens (no logprobs) come back through."""
 
     def __init__(self, tokens: torch.Tensor | None,
                  sampled: tuple[list[int], list[int], LogprobTensors] | None = None,
-                 prompt: tuple[list[int], LogprobTensors] | None = None) -> None:
+                 prompt: tuple[list[int], LogprobTensors] | None = None,
+                 returns: TokenReturn | None = None) -> None:
         self._event = None
+        self._returns, self._slot, self._values = None, None, None
         self.device_tokens = tokens  # [S] where they were sampled: the next step may read them there
+        if returns is not None and tokens is not None and sampled is None and prompt is None and tokens.is_cuda:
+            slot = returns.send(tokens)
+            if slot is not None:
+                self._returns, self._slot = returns, slot
+                self._tokens, self._sampled, self._prompt = tokens, None, None
+                return
         if tokens is not None and tokens.is_cuda or prompt is not None and prompt[1].chosen.is_cuda:
             tokens = None if tokens is None else self._to_host(tokens)
             sampled = None if sampled is None else (sampled[0], sampled[1], sampled[2].map(self._to_host))
@@ -247,9 +259,17 @@ class PendingTokens:
         return host.copy_(t, non_blocking=True)
 
     def result(self) -> list[int]:
+        if self._returns is not None:
+            if self._values is None:
+                self._values = self._returns.read(self._slot, self._tokens.shape[0])
+            return self._values
         if self._event is not None:
             self._event.synchronize()
         return [] if self._tokens is None else self._tokens.tolist()
+
+    def __del__(self) -> None:
+        if self._returns is not None and self._values is None:  # never taken (a fault): its slot goes back
+            self._returns.release(self._slot)
 
     def logprobs(self) -> list[TokenLogprobs | None] | None:
         """Per sampled row (after result()): its TokenLogprobs, None for a row that did not ask;

@@ -64,8 +64,7 @@ class Staging:
         self.device = device
         cuda = device.type == "cuda"
         if cuda:
-            pairs = [_take_page_locked(self.capacity, device) for _ in range(2)]
-            weakref.finalize(self, _FREE_PAGE_LOCKED[_pool_key(self.capacity, device)].extend, pairs)
+            pairs = lend_page_locked(self, self.capacity, device, 2)
         else:
             pairs = [(torch.empty(self.capacity, dtype=torch.uint8), None) for _ in range(2)]
         self._hosts = [host for host, _ in pairs]
@@ -165,6 +164,15 @@ def _pool_key(capacity: int, device: torch.device) -> tuple[int, int]:
     key = (index, max(mmap.PAGESIZE, 1 << (capacity - 1).bit_length()))
     _FREE_PAGE_LOCKED.setdefault(key, [])
     return key
+
+
+def lend_page_locked(owner: object, capacity: int, device: torch.device,
+                     count: int) -> list[tuple[torch.Tensor, torch.cuda.Event]]:
+    """`count` page-locked host buffers of at least `capacity` bytes, each with the event of its last
+    copy, back to the pool when `owner` goes (see the module's docstring: never unregistered)."""
+    pairs = [_take_page_locked(capacity, device) for _ in range(count)]
+    weakref.finalize(owner, _FREE_PAGE_LOCKED[_pool_key(capacity, device)].extend, pairs)
+    return pairs
 
 
 def _take_page_locked(capacity: int, device: torch.device) -> tuple[torch.Tensor, torch.cuda.Event]:
