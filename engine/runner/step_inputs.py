@@ -227,7 +227,7 @@ class StepInputs:
         qsl, d_qsl = take((seqs + 1,), np.int32)
         num_logits = seqs if pad else chunk.num_samples + len(chunk.prompt_targets)
         logits, d_logits = take((num_logits,), np.int64)
-        ids[:t] = chunk.token_ids
+        ids[:t] = np.fromiter(chunk.token_ids, np.int64, t)  # a third quicker than from the list itself
         pos[:t] = _ARANGE[start:end] if end <= len(_ARANGE) else np.arange(start, end)
         tables.fill(0)  # past the table's end (never read) and the pad rows (block 0: read, written never)
         tables[0, :num_blocks] = table

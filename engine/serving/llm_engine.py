@@ -244,8 +244,6 @@ class LLMEngine:
         start, wall = time.perf_counter(), time.time()
         before, self._in_flight = self._in_flight, None
         out = self.scheduler.schedule()
-        if self._recorder:
-            self._recorder.scheduled(out)
         launched, fault = None, None
         if not out.is_empty:
             try:
@@ -255,6 +253,8 @@ class LLMEngine:
                 launched = _Launched(out, pending, sample_rows, len(rows), may_leave)
             except Exception as exc:  # noqa: BLE001 - this step's requests fail, not the engine
                 fault = exc
+        if self._recorder:  # once the step is on the device (off a lone prompt's time to first token)
+            self._recorder.scheduled(out)
         num_prefill, num_decode = out.num_prefill_tokens, out.num_decode_tokens  # while the device runs
         outputs: list[RequestOutput] = []
         ended = 0  # rows of sequences that `before`'s tokens ended: launched anyway, their tokens dropped
