@@ -174,6 +174,19 @@ def test_a_cap_counts_reused_cached_blocks_as_use() -> None:
     bm.check_integrity()
 
 
+def test_blocks_hashed_partly_ahead_chain_on_from_the_last_one_hashed() -> None:
+    """hash_ahead covered the first block only: the next one, hashed at registration, chains on
+    from it (from the root it would be found after another prefix, with the wrong keys and values)."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    tokens = list(range(1, 13))
+    assert bm.allocate_slots(0, 0, 12)
+    bm.hash_ahead(0, tokens, 4)
+    bm.cache_full_blocks(0, tokens, 12)
+    assert bm.match_prefix(tokens + [0]) == bm.block_table(0)
+    assert bm.match_prefix(tokens[4:8] + [0]) == []  # block 1 alone is no prefix
+    bm.check_integrity()
+
+
 class BlockManagerMachine(RuleBasedStateMachine):
     """Random allocate / append / cache / fork / free sequences keep every invariant."""
 
@@ -186,8 +199,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.ever_cached: set[int] = set()  # every hash a block has been registered under
 
-    @rule(which=st.integers(0, 2), tail=st.lists(st.integers(0, 20), min_size=1, max_size=10), ahead=st.booleans())
-    def add(self, which: int, tail: list[int], ahead: bool) -> None:
+    @rule(which=st.integers(0, 2), tail=st.lists(st.integers(0, 20), min_size=1, max_size=10),
+          ahead=st.sampled_from([0.0, 0.5, 1.0]))
+    def add(self, which: int, tail: list[int], ahead: float) -> None:
         tokens = self.PREFIXES[which] + tail
         prefix = self.bm.match_prefix(tokens)
         cached = len(prefix) * self.bm.block_size
@@ -200,12 +214,13 @@ class BlockManagerMachine(RuleBasedStateMachine):
             assert self.bm.stats() == before
         self.next_id += 1
 
-    def cache(self, seq_id: int, tokens: list[int], ahead: bool) -> None:
-        """Register the full blocks, hashed ahead (as while the device computes them) or not: either
-        way the prefix cache then holds every full block of `tokens`, with the right tokens."""
+    def cache(self, seq_id: int, tokens: list[int], ahead: float) -> None:
+        """Register the full blocks, all, some (the first `ahead` of the tokens) or none of them
+        hashed ahead (as while the device computes them): either way the prefix cache then holds
+        every full block of `tokens`, with the right tokens."""
         before = self.ever_cached | {b.hash for b in self.bm.blocks if b.hash is not None}
         if ahead:
-            self.bm.hash_ahead(seq_id, tokens, len(tokens))
+            self.bm.hash_ahead(seq_id, tokens, int(len(tokens) * ahead))
         self.bm.cache_full_blocks(seq_id, tokens, len(tokens))
         bs, full = self.bm.block_size, len(tokens) // self.bm.block_size
         found = self.bm.match_prefix(tokens + [0])
@@ -230,8 +245,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert self.bm.stats().used <= max(used_before, self.bm.cap) or len(self.seqs) == 1
 
     @precondition(lambda self: self.seqs)
-    @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5), ahead=st.booleans())
-    def append(self, data: st.DataObject, new: list[int], ahead: bool) -> None:
+    @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5),
+          ahead=st.sampled_from([0.0, 0.5, 1.0]))
+    def append(self, data: st.DataObject, new: list[int], ahead: float) -> None:
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
         tokens, done = self.seqs[seq_id]
         used_before = self.bm.stats().used

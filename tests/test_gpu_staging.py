@@ -68,9 +68,11 @@ def test_tokens_come_back_through_the_ring_behind_queued_work_in_any_order() -> 
     slots = [ring.send(t) for t in sent]
     assert sorted(slots) == list(range(SLOTS)) and ring.num_lent == SLOTS
     assert ring.send(torch.zeros(2, dtype=torch.int64, device=CUDA)) is None
-    assert ring.send(torch.zeros(9, dtype=torch.int64, device=CUDA)) is None  # more rows than it holds
     for k in reversed(range(SLOTS)):
         assert ring.read(slots[k], 3) == sent[k].tolist()
+    assert ring.num_lent == 0
+    assert ring.send(torch.zeros(9, dtype=torch.int64, device=CUDA)) is None  # more rows than it holds
+    assert ring.send(torch.zeros(2, dtype=torch.int32, device=CUDA)) is None  # not int64
     assert ring.num_lent == 0
     torch.cuda._sleep(200_000_000)
     given_up = ring.send(torch.full((4,), 7, dtype=torch.int64, device=CUDA))

@@ -221,6 +221,15 @@ def test_any_lone_chunk_equals_the_reference_padded_or_not(data: st.DataObject) 
     assert meta.fresh_prompt == (fresh and not extra)
 
 
+def test_a_lone_chunk_past_the_cached_positions_equals_the_reference() -> None:
+    """Positions past the lone path's precomputed range (65,536) are made on the spot; the step,
+    larger than the persistent buffers, gets one-off ones."""
+    start = 70_000
+    table = list(range(start // BS + 1))
+    chunk = ScheduledChunk([3, 1, 4], start, table, 1)
+    assert_equals_reference(make_inputs().build([chunk]).meta, [chunk], BS)
+
+
 def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:
     inputs = make_inputs()
     rows = [SampleRow(SamplingParams(temperature=0.0), [1]),

@@ -366,12 +366,13 @@ class BlockManager:
             return
         hashed = state.ahead[:last - first]  # hash_ahead's, for the first of these blocks
         del state.ahead[:last - first]
-        parent = hashes[-1] if hashes else ROOT_HASH
-        for idx in range(first + len(hashed), last):  # the rest, hashed now
+        parent = hashed[-1][0] if hashed else hashes[-1] if hashes else ROOT_HASH
+        for idx in range(first + len(hashed), last):  # the rest, hashed now, chained on from the last
             tokens = tuple(token_ids[idx * bs:(idx + 1) * bs])
             parent = block_hash(parent, tokens)
             hashed.append((parent, tokens))
         blocks, by_hash, events, log = self.blocks, self._by_hash, self._events, self._cache_log
+        assert len(state.table) >= last, f"seq {seq_id}'s table ends before its computed tokens"
         # one pass, no branch a block but the registration's: a long prompt's blocks are on its TTFT
         for (h, tokens), block_id in zip(hashed, state.table[first:last]):
             block = blocks[block_id]

@@ -217,7 +217,7 @@ class StepInputs:
         num_blocks, end = len(table), chunk.start_pos + len(chunk.token_ids)
         seqs, tokens, width = (pad.num_seqs, pad.num_tokens, pad.table_width) if pad else (1, t, num_blocks)
         extra = seqs - 1  # pad sequences, one token each
-        assert tokens >= t + extra and width >= num_blocks, "the step exceeds its padding"
+        assert extra >= 0 and tokens >= t + extra and width >= num_blocks, "the step exceeds its padding"
         take = self.staging.take
         ids, d_ids = take((tokens,), np.int64)
         pos, d_pos = take((tokens,), np.int64)

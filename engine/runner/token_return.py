@@ -50,10 +50,10 @@ class TokenReturn:
                 break
         else:
             return None
-        lent[slot] = True
-        self._next = (slot + 1) % n
         self._prefixes(slot, tokens.shape[0]).copy_(tokens, non_blocking=True)
         self._events[slot].record()
+        lent[slot] = True  # once queued: a call that raised lends nothing
+        self._next = (slot + 1) % n
         return slot
 
     def read(self, slot: int, rows: int) -> list[int]:

@@ -460,7 +460,7 @@ class LLMEngine:
         if first:
             pieces = self._pieces[bool(params.skip_special_tokens)]  # the byte-level path needs no prompt
             detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens] if pieces is None
-                                           else (), params.stop, params.skip_special_tokens,
+                                           else [], params.stop, params.skip_special_tokens,
                                            params.include_stop_str_in_output, pieces)
             self._detokenizers[seq.seq_id] = detok
         finished = seq.is_finished
