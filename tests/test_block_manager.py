@@ -198,6 +198,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.seqs: dict[int, tuple[list[int], int]] = {}  # seq id -> (tokens, tokens computed)
         self.next_id = 0
         self.ever_cached: set[int] = set()  # every hash a block has been registered under
+        self.stamped: dict[int, tuple[int, ...]] = {}  # every table stamp seen -> the table it named
 
     @rule(which=st.integers(0, 2), tail=st.lists(st.integers(0, 20), min_size=1, max_size=10),
           ahead=st.sampled_from([0.0, 0.5, 1.0]))
@@ -301,6 +302,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert all(b.ref_count >= 0 for b in self.bm.blocks)
         for seq_id, (tokens, _) in self.seqs.items():
             assert len(self.bm.block_table(seq_id)) == self.bm.blocks_needed(len(tokens))
+            # a stamp names one table's contents for good: any change (more blocks, a block copied on
+            # write, a fork's new table) comes with a new one (the runner keeps rows under them)
+            table, stamp = self.bm.stamped_table(seq_id)
+            assert stamp > 0 and self.stamped.setdefault(stamp, tuple(table)) == tuple(table), \
+                f"seq {seq_id}'s table changed under its stamp {stamp}"
 
     def teardown(self) -> None:
         if not hasattr(self, "bm"):

@@ -230,6 +230,34 @@ def test_a_lone_chunk_past_the_cached_positions_equals_the_reference() -> None:
     assert_equals_reference(make_inputs().build([chunk]).meta, [chunk], BS)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_table_rows_kept_between_steps_equal_the_reference(data: st.DataObject) -> None:
+    """A wide step's tables are kept row by row under their stamps: over steps whose sequences come
+    and go, change places, gain blocks or have one copied (a new stamp each time), or carry no stamp
+    (0), every step's tables equal the reference, padded for a graph or not."""
+    inputs = make_inputs()
+    tables = {k: [k] for k in range(12)}  # sequence -> its table (block ids: any, here)
+    stamps = {k: k + 1 for k in range(12)}
+    next_stamp = 100
+    for _ in range(data.draw(st.integers(1, 8))):
+        for k in data.draw(st.lists(st.sampled_from(sorted(tables)), max_size=4)):  # tables that change
+            if data.draw(st.booleans()) or len(tables[k]) >= 6:
+                tables[k] = tables[k][:-1] + [50 + next_stamp % 13]  # a block copied on write
+            else:
+                tables[k] = tables[k] + [20 + len(tables[k])]  # one more block
+            stamps[k], next_stamp = next_stamp, next_stamp + 1
+        seqs = data.draw(st.lists(st.sampled_from(sorted(tables)), min_size=2, max_size=8, unique=True))
+        chunks = [ScheduledChunk([k], len(tables[k]) * BS - 1, list(tables[k]), 1, (), 0,
+                                 data.draw(st.sampled_from([stamps[k], stamps[k], 0])))
+                  for k in seqs]
+        pad = Padding(8, 8, 16) if data.draw(st.booleans()) else None
+        meta = inputs.build(chunks, pad=pad).meta
+        width = 16 if pad else max(len(c.block_table) for c in chunks)
+        expected = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
+        assert meta.block_tables.tolist() == expected + [[0] * width] * (8 - len(chunks) if pad else 0)
+
+
 def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:
     inputs = make_inputs()
     rows = [SampleRow(SamplingParams(temperature=0.0), [1]),

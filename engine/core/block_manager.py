@@ -16,6 +16,7 @@ it (the scheduler would preempt it and retry forever).
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
@@ -24,6 +25,8 @@ from engine.core.kv_cache_events import CacheChangeLog, KVCacheChange
 
 # Chained hash of a full block: depends on every token before it, so equal hashes mean equal prefixes.
 ROOT_HASH = 0
+# Block tables' stamps, unique in the process: a stamp names one table's contents for good (table_stamp)
+_STAMPS = itertools.count(1)
 
 
 def block_hash(parent: int, tokens: Iterable[int]) -> int:
@@ -79,6 +82,7 @@ class _SeqState:
     # (hash, tokens) of the full blocks after those, hashed ahead while the device fills them
     # (hash_ahead); cache_full_blocks takes them instead of hashing again
     ahead: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    stamp: int = 0  # a new one from _STAMPS at every change of `table`
 
 
 class BlockManager:
@@ -160,6 +164,13 @@ class BlockManager:
     def block_table(self, seq_id: int) -> list[int]:
         return self._seqs[seq_id].table
 
+    def stamped_table(self, seq_id: int) -> tuple[list[int], int]:
+        """The block table and its stamp: a number that changes whenever the table does and is never
+        given to other contents (of any table, in this process), so a copy kept under it stays right
+        (the runner keeps a wide step's table rows between steps)."""
+        state = self._seqs[seq_id]
+        return state.table, state.stamp
+
     def has_seq(self, seq_id: int) -> bool:
         return seq_id in self._seqs
 
@@ -231,6 +242,7 @@ class BlockManager:
         if cow:
             self._copy_on_write(state, num_computed // self.block_size, seq_id)
         state.table.extend(self._pop_fresh_many(seq_id, fresh))
+        state.stamp = next(_STAMPS)  # a new table, more blocks, or a block copied: the paths above change none
         if end > state.num_tokens:
             self._grow_fill(state, end)
         return True
@@ -390,7 +402,8 @@ class BlockManager:
         parent = self._seqs[parent_id]
         for block_id in parent.table:
             self._take(block_id, child_id)
-        self._seqs[child_id] = _SeqState(list(parent.table), parent.num_tokens, list(parent.hashes))
+        self._seqs[child_id] = _SeqState(list(parent.table), parent.num_tokens, list(parent.hashes),
+                                         stamp=next(_STAMPS))
 
     def free(self, seq_id: int, keep_cached: bool = True) -> None:
         """Drop a sequence's references. Tail blocks first, so they are the first evicted later.

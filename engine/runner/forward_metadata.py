@@ -75,6 +75,9 @@ class ScheduledChunk:
     # logits are taken too (after all the sampled rows)
     prompt_targets: tuple[int, ...] = ()
     prompt_k: int = 0  # and the most likely alternatives to each of them to report
+    # names block_table's contents for good (BlockManager.stamped_table); 0: unknown. A wide step's
+    # builder keeps each row's table under it between steps, rewriting only the rows that changed
+    table_stamp: int = 0
 
 
 Index = TypeVar("Index", np.ndarray, torch.Tensor)

@@ -357,7 +357,7 @@ class LLMEngine:
         still on the device, sampled by `before` (a PENDING token: a decode row reads it there); and
         whether the step may stay on the device while the next is planned (_Launched.may_leave)."""
         chunks, rows, sample_rows, fed, may_leave = [], [], {}, [], True
-        table = self.block_manager.block_table
+        table = self.block_manager.stamped_table
         at = 0  # this chunk's first token row
         for item in out.scheduled:
             seq, samples, num_new = item.seq, item.num_samples, item.num_new_tokens
@@ -375,8 +375,9 @@ class LLMEngine:
                 may_leave = False
                 assert start == len(seq.prompt_logprobs), (start, len(seq.prompt_logprobs))
                 targets = tuple(ids[start + 1:min(start + num_new, seq.num_prompt_tokens - 1) + 1])
-            chunks.append(ScheduledChunk(ids[start:start + num_new], start, table(seq.seq_id), samples, targets,
-                                         params.prompt_logprobs or 0))
+            block_table, stamp = table(seq.seq_id)
+            chunks.append(ScheduledChunk(ids[start:start + num_new], start, block_table, samples, targets,
+                                         params.prompt_logprobs or 0, stamp))
             step = len(ids) - seq.num_prompt_tokens
             banned = self._enders(params) if step < params.min_tokens else ()
             guide = self._guide(seq) if samples and params.guided else None  # n rows share one before the fork
