@@ -149,7 +149,10 @@ class StepInputs:
         if rows and self.sampler is not None:
             sampling = self.sampler.stage(list(rows), self.vocab_size, self.device, staging.stage)
         block_copies = staging.stage(np.array(copies, dtype=np.int64).reshape(-1, 2).T) if copies else None
-        fed = staging.stage(np.array(feed.rows, dtype=np.int64).reshape(-1, 2).T) if feed and feed.rows else None
+        fed = None
+        if feed and feed.rows:  # fromiter: a third of np.array's time over 256 pairs
+            pairs = np.fromiter(chain.from_iterable(feed.rows), np.int64, 2 * len(feed.rows))
+            fed = staging.stage(pairs.reshape(-1, 2).T)
         staging.send(record=not self.defer_record)
         if fed is not None:  # queued after the copy, and after the step that sampled them
             dst, src = fed
