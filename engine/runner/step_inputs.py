@@ -209,11 +209,8 @@ class StepInputs:
             query_lens[-1] += tokens - t - extra
             context_lens = [width * bs] * seqs
             fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
-        return ForwardMetadata(
-            input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
-            query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
-            context_lens_cpu=context_lens, block_size=bs, fresh_prompt=fresh,
-        )
+        return ForwardMetadata(d_ids, d_pos, d_slots, d_tables, d_ctx, d_qsl, d_logits, query_lens, context_lens, bs,
+                               fresh)
 
 
     def _fill_one(self, chunk: ScheduledChunk, pad: Padding | None) -> ForwardMetadata:
@@ -261,11 +258,8 @@ class StepInputs:
             query_lens[-1] += tokens - t - extra
             context_lens = [width * bs] * seqs
             fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
-        return ForwardMetadata(
-            input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
-            query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
-            context_lens_cpu=context_lens, block_size=bs, fresh_prompt=fresh,
-        )
+        return ForwardMetadata(d_ids, d_pos, d_slots, d_tables, d_ctx, d_qsl, d_logits, query_lens, context_lens, bs,
+                               fresh)
 
 
 class TableRows:
