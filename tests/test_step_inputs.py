@@ -258,6 +258,47 @@ def test_table_rows_kept_between_steps_equal_the_reference(data: st.DataObject) 
         assert meta.block_tables.tolist() == expected + [[0] * width] * (8 - len(chunks) if pad else 0)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_kept_table_rows_follow_the_scheduler_through_forks_preemptions_and_aborts(seed: int) -> None:
+    """The real scheduler and block manager, their stamps as the engine passes them: requests come
+    (n up to 3, shared prompts: prefix hits), finish, are aborted and preempted in a small pool; every
+    step's tables, padded for a graph or not, are the live ones."""
+    from test_scheduler import add, make
+
+    from engine.core.sequence import FinishReason
+
+    rng = random.Random(seed)
+    s = make(num_blocks=rng.choice([12, 20, 40]), block_size=BS, budget=rng.choice([8, 16, 32]), max_seqs=8,
+             long_prefill=rng.choice([0, 4]))
+    inputs = make_inputs(max_blocks=16, max_seqs=8, max_tokens=64)
+    requests = steps = 0
+    for _ in range(120):
+        if rng.random() < 0.4 and requests < 30:
+            requests += 1
+            add(s, rng.randint(1, 20), max_tokens=rng.randint(1, 12), n=rng.choice([1, 1, 2, 3]), first=rng.choice([1, 2]))
+        if rng.random() < 0.05 and s.running:
+            s.abort(rng.choice(s.running).request_id)
+        out = s.schedule()
+        if out.is_empty:
+            continue
+        chunks = []
+        for item in out.scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            table, stamp = s.blocks.stamped_table(seq.seq_id)
+            chunks.append(ScheduledChunk(seq.token_ids[start:start + item.num_new_tokens], start, table,
+                                         item.num_samples, table_stamp=stamp))
+        pad = Padding(8, 8, 16) if all(len(c.token_ids) == 1 for c in chunks) and rng.random() < 0.5 else None
+        meta = inputs.build(chunks, pad=pad).meta
+        width = 16 if pad else max(len(c.block_table) for c in chunks)
+        expected = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
+        assert meta.block_tables.tolist() == expected + ([[0] * width] * (8 - len(chunks)) if pad else [])
+        steps += 1
+        for seq in s.update(out, [[rng.randint(3, 9)] * item.num_samples for item in out.scheduled]):
+            if seq.num_output_tokens >= seq.params.max_tokens:
+                s.finish(seq, FinishReason.LENGTH)
+    assert steps > 20
+
+
 def test_the_plan_and_the_sampling_tensors_ride_in_the_copy() -> None:
     inputs = make_inputs()
     rows = [SampleRow(SamplingParams(temperature=0.0), [1]),

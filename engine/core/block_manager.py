@@ -233,6 +233,9 @@ class BlockManager:
         available = len(self._free) + len(self._evictable) if lone else self.num_free_blocks
         if fresh + int(cow) > available - reused_free:
             return False
+        # a new table, more blocks, or a block copied (the paths above change none): a new stamp
+        # first, so that no change is ever seen under the old one
+        state.stamp = next(_STAMPS)
         if seq_id not in self._seqs:
             self._seqs[seq_id] = state
             for block_id in prefix:
@@ -242,7 +245,6 @@ class BlockManager:
         if cow:
             self._copy_on_write(state, num_computed // self.block_size, seq_id)
         state.table.extend(self._pop_fresh_many(seq_id, fresh))
-        state.stamp = next(_STAMPS)  # a new table, more blocks, or a block copied: the paths above change none
         if end > state.num_tokens:
             self._grow_fill(state, end)
         return True

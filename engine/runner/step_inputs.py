@@ -209,8 +209,11 @@ class StepInputs:
             query_lens[-1] += tokens - t - extra
             context_lens = [width * bs] * seqs
             fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
-        return ForwardMetadata(d_ids, d_pos, d_slots, d_tables, d_ctx, d_qsl, d_logits, query_lens, context_lens, bs,
-                               fresh)
+        return ForwardMetadata(
+            input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
+            query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
+            context_lens_cpu=context_lens, block_size=bs, fresh_prompt=fresh,
+        )
 
 
     def _fill_one(self, chunk: ScheduledChunk, pad: Padding | None) -> ForwardMetadata:
@@ -258,8 +261,11 @@ class StepInputs:
             query_lens[-1] += tokens - t - extra
             context_lens = [width * bs] * seqs
             fresh = pad.fresh and seqs == 1  # as captured: the graph of a fresh prompt or not
-        return ForwardMetadata(d_ids, d_pos, d_slots, d_tables, d_ctx, d_qsl, d_logits, query_lens, context_lens, bs,
-                               fresh)
+        return ForwardMetadata(
+            input_ids=d_ids, positions=d_pos, slot_mapping=d_slots, block_tables=d_tables, context_lens=d_ctx,
+            query_start_loc=d_qsl, logits_indices=d_logits, query_lens_cpu=query_lens,
+            context_lens_cpu=context_lens, block_size=bs, fresh_prompt=fresh,
+        )
 
 
 class TableRows:
@@ -283,11 +289,10 @@ class TableRows:
         if b > len(stamps) or width > rows.shape[1]:
             return False
         for i, chunk in enumerate(chunks):
-            stamp = chunk.table_stamp
-            if stamp and stamps[i] == stamp:
-                continue
-            table = chunk.block_table
+            stamp, table = chunk.table_stamp, chunk.block_table
             n = len(table)
+            if stamp and stamps[i] == stamp and lengths[i] == n:  # the length too: a slip's likeliest sign
+                continue
             rows[i, :n] = table
             if lengths[i] > n:
                 rows[i, n:lengths[i]] = 0

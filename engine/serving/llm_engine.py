@@ -377,7 +377,7 @@ class LLMEngine:
                 targets = tuple(ids[start + 1:min(start + num_new, seq.num_prompt_tokens - 1) + 1])
             block_table, stamp = table(seq.seq_id)
             chunks.append(ScheduledChunk(ids[start:start + num_new], start, block_table, samples, targets,
-                                         params.prompt_logprobs or 0, stamp))
+                                         params.prompt_logprobs or 0, table_stamp=stamp))
             step = len(ids) - seq.num_prompt_tokens
             banned = self._enders(params) if step < params.min_tokens else ()
             guide = self._guide(seq) if samples and params.guided else None  # n rows share one before the fork
