@@ -20,6 +20,15 @@ def live(embedded_model_dir: str):
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _load_stopped(request):
+    """The simulated users stop after every test, one that failed too: a load left running would fail
+    the tests after it (their own loads could not stop)."""
+    yield
+    if "live" in request.fixturenames:
+        request.getfixturevalue("live").load.stop()
+
+
 def screenshot_path(tmp_path: Path) -> Path:
     """$PAGEDCHAT_SCREENSHOT when set (how assets/dashboard.png is made), else a temporary file."""
     return Path(os.environ.get("PAGEDCHAT_SCREENSHOT") or tmp_path / "dashboard.png")
@@ -202,6 +211,8 @@ def test_a_pinned_request_shows_its_block_table_and_throughput_matches_the_count
     deadline, matched = time.monotonic() + 20, 0
     while matched < 3:
         assert time.monotonic() < deadline, f"highlighted {probe['highlighted']} != table {engine}"
+        if not view_probe(page)["pinned"]:  # the pinned request ended (the view unpins it): pin the newest
+            page.locator("#live-view .pc-chip").last.click()
         before = engine_blocks_of(live, view_probe(page)["pinned"] or "")
         probe = view_probe(page)
         engine = engine_blocks_of(live, probe["pinned"] or "")
