@@ -1,6 +1,6 @@
 """The paged decode kernel's launch settings, swept on the GPU: achieved KV bandwidth per setting.
 
-    python benchmarks/decode_sweep.py
+    python benchmarks/decode_sweep.py ["256 seqs"]    # optionally only the batches whose name has it
 
 Qwen3-0.6B's attention shape (16 heads, 8 KV heads, head dim 128, bf16, blocks of 16 tokens, pages
 shuffled over the pool). Batches: 256 sequences of W256-like contexts (uniform in [100, 1,536]), 32
@@ -21,7 +21,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.attention.triton_decode import decode_attention  # noqa: E402
+from engine.attention.triton_decode import decode_attention, default_block_n  # noqa: E402
 from engine.runner.forward_metadata import ScheduledChunk  # noqa: E402
 from engine.runner.step_inputs import build_metadata  # noqa: E402
 
@@ -48,9 +48,12 @@ def case(lens: list[int], seed: int = 0, width: int | None = None):
 
 
 def main() -> None:
+    only = sys.argv[1] if len(sys.argv) > 1 else ""  # a batch name's substring: sweep only those
     rng = random.Random(0)
     batches = {
         "256 seqs, ctx 100-1536": [rng.randint(100, 1536) for _ in range(256)],
+        "128 seqs, ctx 100-1536": [rng.randint(100, 1536) for _ in range(128)],
+        "64 seqs, ctx 100-1536": [rng.randint(100, 1536) for _ in range(64)],
         "32 seqs, ctx 100-1536": [rng.randint(100, 1536) for _ in range(32)],
         "1 seq, ctx 1024": [1024],
         "1 seq, ctx 1024, graph-wide table": [1024],
@@ -60,6 +63,8 @@ def main() -> None:
     print("| batch | BLOCK_N | warps | stages | us | GB/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, lens in batches.items():
+        if only not in name:
+            continue
         q, cache, meta = case(lens, width=2560 if "graph" in name else None)
         scale = HEAD_DIM ** -0.5
         ref = decode_attention(q, cache, meta, scale)
@@ -77,9 +82,10 @@ def main() -> None:
                 continue
             rows.append((ms, block_n, warps, stages))
         rows.sort()
-        default = next(r for r in rows if r[1:] == (64, 4, None))
+        chosen = (default_block_n(len(lens)), 4, None)
+        default = next(r for r in rows if r[1:] == chosen)
         for ms, block_n, warps, stages in rows[:5] + [default]:
-            mark = " (default)" if (block_n, warps, stages) == (64, 4, None) else ""
+            mark = " (default)" if (block_n, warps, stages) == chosen else ""
             print(f"| {name}{mark} | {block_n} | {warps} | {stages} | {ms * 1e3:.1f} | {nbytes / ms / 1e6:,.0f} |")
 
 

@@ -24,8 +24,8 @@ def poison_logits(monkeypatch: pytest.MonkeyPatch, engine: LLMEngine, is_bad: Ca
         current[:] = rows
         return launch(chunks, copies, rows, *rest, **feed)
 
-    def poisoned_logits(hidden: torch.Tensor) -> torch.Tensor:
-        logits = compute_logits(hidden)  # [S, V], one row per sample row
+    def poisoned_logits(hidden: torch.Tensor, **kwargs) -> torch.Tensor:
+        logits = compute_logits(hidden, **kwargs)  # [S, V], one row per sample row
         bad = [i for i, row in enumerate(current) if is_bad(row)]
         if bad:
             logits[bad, 7] = value

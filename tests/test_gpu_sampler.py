@@ -114,3 +114,23 @@ def test_the_gpu_draws_follow_top_p_and_min_p() -> None:
     share = float((draws == top).float().mean())
     expected = float(probs[top] / probs[allowed].sum())
     assert abs(share - expected) < 0.03
+
+
+def test_a_greedy_step_reads_the_heads_bf16_logits_in_one_pass() -> None:
+    """An all-greedy step on bf16 logits (the engine's head output) goes through the one-pass kernel,
+    without a sync, and picks what the float32 path picks; a poisoned row gets the invalid token."""
+    from engine.runner.sampler import INVALID_TOKEN, ref_greedy
+
+    sampler = Sampler(0)
+    batch = [SampleRow(SamplingParams(temperature=0.0), [1, 2, 3]) for _ in range(256)]
+    logits = torch.randn(256, 151936, device="cuda").to(torch.bfloat16)
+    logits[17, 3] = float("nan")
+    sampler.sample(logits, batch)  # compiled and loaded
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tokens = sampler.sample(logits, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = ref_greedy(logits.float(), INVALID_TOKEN)
+    assert torch.equal(tokens, want) and int(tokens[17]) == INVALID_TOKEN

@@ -234,6 +234,22 @@ def test_decode_zero_length_row_gives_zeros() -> None:
         assert_close(out[[0, 2]], ref[[0, 2]], torch.float32)
 
 
+def test_decode_a_wide_batch_in_its_longer_rounds() -> None:
+    """From WIDE_BATCH sequences on the kernel reads 128 context tokens a round by default: contexts
+    shorter than a round, of several rounds and a partial last one, alone and split."""
+    from engine.attention.triton_decode import WIDE_BATCH, WIDE_BLOCK_N, default_block_n
+
+    assert default_block_n(WIDE_BATCH) == WIDE_BLOCK_N == 128 and default_block_n(WIDE_BATCH - 1) == 64
+    rng = random.Random(3)
+    lens = [rng.randint(1, 300) for _ in range(WIDE_BATCH)] + [128, 256, 257]
+    case = make_case([(n - 1, 1) for n in lens], 16, 2, seed=9, head_dim=16)
+    cache = case.stored_cache()
+    ref = reference(case, cache, 0.25)
+    for splits in (None, 2):
+        assert_close(decode_attention(case.q, cache, case.meta, 0.25, num_splits=splits, out=nan_like(case.q)),
+                     ref, torch.float32)
+
+
 def test_num_splits_fill_an_h100() -> None:
     device = torch.device("cuda")  # the H100's 132 SMs, whether or not a GPU is here
     if not torch.cuda.is_available():
@@ -486,3 +502,34 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     assert (seen - expected).abs().max() < 0.015
     plain = ref_sample(row.expand(n, -1).contiguous(), torch.ones(n), torch.zeros(n), torch.arange(n) * 7919)
     assert (torch.bincount(plain, minlength=24).float() / n - probs).abs().max() < 0.015  # temperature alone
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_kernel_equals_its_reference(dtype: torch.dtype) -> None:
+    """The GPU's greedy pass (argmax and the sampler's check in one read, in the head's dtype): the
+    reference's tokens, ties to the first maximum (also across the kernel's blocks), and the invalid
+    token for a row with a NaN, a +inf or nothing finite; a -inf entry is a mask, and fine."""
+    from engine.runner.sampler import ref_greedy
+    from engine.runner.triton_greedy import greedy
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 9000  # three blocks of 4,096, the last one partial
+    logits = (torch.randn(12, vocab, generator=gen) * 3).to(dtype)
+    logits[1, 7] = float("nan")
+    logits[2, 8999] = float("inf")
+    logits[3] = float("-inf")
+    logits[4, :100] = float("-inf")
+    logits[5, 10] = logits[5, 8500] = logits[5].max() + 1  # equal maxima in the first and the last block
+    logits[6, 5000] = logits[6, 5001] = logits[6].max() + 1  # and within one block
+    logits[7, 8999] = logits[7].max() + 1  # the very last entry
+    logits[8, 4096] = float("nan")  # a NaN where a block starts
+    logits[9] = float("-inf")
+    logits[9, 6000] = -1e30 if dtype == torch.float32 else -1e38  # one finite entry among masks
+    want = ref_greedy(logits, -1)
+    assert want[[1, 2, 3, 8]].tolist() == [-1] * 4 and want[5] == 10 and want[6] == 5000 and want[9] == 6000
+    got = greedy(logits.to(DEVICE), -1).cpu()
+    assert torch.equal(got, want)
+    strided = torch.zeros(12, vocab + 40, dtype=dtype)
+    strided[:, :vocab] = logits  # rows of a wider buffer, as a slice of the rows to sample
+    assert torch.equal(greedy(strided[:, :vocab].to(DEVICE), -1).cpu(), want)
+    assert torch.equal(greedy(logits[:0].to(DEVICE), -1).cpu(), want[:0])

@@ -32,6 +32,9 @@ LOG2E = math.log2(math.e)
 PROGRAMS_PER_SM = 2  # enough programs in flight to hide load latency (H100 sweep: 2 beats 1 and 4)
 MAX_SPLITS = 32
 DEFAULT_BLOCK_N = 64  # context tokens per loop iteration (several pages when the block size is 16)
+# ... and from WIDE_BATCH sequences on, 128: fewer, longer rounds. H200 sweep (benchmarks/decode_sweep.py,
+# contexts 100-1,536): 256 sequences 231 -> 227 us, 128: 131 -> 124, 64: 78 -> 74, 32: 65 -> 48-50
+WIDE_BLOCK_N, WIDE_BATCH = 128, 32
 
 
 # per-step values: specialising on them (== 1, multiple of 16) would compile new variants mid-serving
@@ -123,12 +126,18 @@ def _num_sms(device: torch.device) -> int:
     return 4  # the interpreter: few programs keep it fast
 
 
+def default_block_n(batch: int) -> int:
+    """Context tokens per round of the decode kernel for a batch of this many sequences."""
+    return WIDE_BLOCK_N if batch >= WIDE_BATCH else DEFAULT_BLOCK_N
+
+
 def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int,
-                      device: torch.device, block_n: int = DEFAULT_BLOCK_N) -> int:
+                      device: torch.device, block_n: int | None = None) -> int:
     """Splits per sequence so that batch x kv_heads x splits programs fill the GPU about twice over.
 
     Depends only on shapes (never on context lengths): fixed for a captured (batch, max_blocks).
     """
+    block_n = block_n or default_block_n(batch)
     tiles = triton.cdiv(max_blocks * block_size, block_n)  # iterations of the longest possible context
     wanted = triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), max(1, batch * num_kv_heads))
     return max(1, min(wanted, tiles, MAX_SPLITS))
@@ -136,7 +145,7 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size
 
 def decode_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardMetadata, scale: float,
-    num_splits: int | None = None, block_n: int = DEFAULT_BLOCK_N, out: torch.Tensor | None = None,
+    num_splits: int | None = None, block_n: int | None = None, out: torch.Tensor | None = None,
     num_warps: int = 4, num_stages: int | None = None,
 ) -> torch.Tensor:
     """q [B, H, d], one token per sequence -> [B, H, d], each over its meta.context_lens[i] cached tokens.
@@ -147,6 +156,7 @@ def decode_attention(
     batch, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_dim = kv_cache.shape
     tables, lens = meta.block_tables, meta.context_lens
+    block_n = block_n or default_block_n(batch)
     _check(q, kv_cache, tables, lens, block_size, meta.block_size, num_kv_heads, cache_dim, block_n)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

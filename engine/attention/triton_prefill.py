@@ -80,8 +80,15 @@ def _prefill_kernel(
     end = tl.minimum(prefix + tl.minimum(first + BLOCK_Q, q_len), context_len)  # past the tile's last position
     end = tl.where(first < q_len, end, 0)  # a tile past the queries (a captured graph's padding): no work
     table = block_tables_ptr + seq * stride_bt
+    # every row of the tile sees every token before its first query's position: those rounds need no
+    # causal mask; only the rounds from there on (the diagonal) do
+    seen = tl.minimum((prefix + first) // BLOCK_N * BLOCK_N, end)
     m, l, acc = paged_softmax_loop(
-        q, m, l, acc, positions, cache_ptr, table, 0, end, kv_head, dims, dim_mask, scale_log2,
+        q, m, l, acc, positions, cache_ptr, table, 0, seen, kv_head, dims, dim_mask, scale_log2,
+        v_offset, stride_cache_slot, stride_cache_head, BLOCK_SIZE, BLOCK_N, False, PRECISION,
+    )
+    m, l, acc = paged_softmax_loop(
+        q, m, l, acc, positions, cache_ptr, table, seen, end, kv_head, dims, dim_mask, scale_log2,
         v_offset, stride_cache_slot, stride_cache_head, BLOCK_SIZE, BLOCK_N, True, PRECISION,
     )
 

@@ -216,13 +216,17 @@ class LlamaForCausalLM(nn.Module):
         hidden = self.model.norm(h) if residual is None else self.model.norm(h, residual)  # residual None: no layers
         return hidden if rows is None or trim else hidden[rows]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32."""
+    def compute_logits(self, hidden: torch.Tensor, widen: bool = True) -> torch.Tensor:
+        """hidden [S, hidden] (only the rows to sample) -> logits [S, vocab] in float32; with widen=False
+        in the head's own dtype (bf16 on a GPU: the same values, half the bytes; the engine's sampler
+        and logprobs widen where they need to, and a greedy step reads them as they are)."""
         if self.lm_head is not None:
-            return self.lm_head(hidden).float()
-        if self._head_quantized is not None:
-            return quantized_matmul(hidden, self._head_quantized).float()
-        return linear(hidden, self.model.embed_tokens.weight, blocked=self._head_blocked).float()
+            logits = self.lm_head(hidden)
+        elif self._head_quantized is not None:
+            logits = quantized_matmul(hidden, self._head_quantized)
+        else:
+            logits = linear(hidden, self.model.embed_tokens.weight, blocked=self._head_blocked)
+        return logits.float() if widen else logits
 
     @torch.no_grad()
     def quantize(self, mode: str) -> None:

@@ -164,7 +164,9 @@ class ModelRunner:
 
     def _logits_of(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: ForwardMetadata) -> torch.Tensor:
         # the hidden states of the rows to sample alone (a prefill's last layer runs on those only)
-        return self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, meta, meta.logits_indices))
+        # in the head's dtype: a greedy step's argmax reads them so (no widening copy in the graph)
+        return self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, meta, meta.logits_indices),
+                                         widen=False)
 
     @torch.inference_mode()
     def launch(self, chunks: list[ScheduledChunk], copies: list[tuple[int, int]], rows: list[SampleRow],

@@ -29,7 +29,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -49,6 +49,27 @@ TOP_P_CANDIDATES = 1024
 INVALID_TOKEN = -1
 
 
+def ref_greedy(logits: torch.Tensor, invalid: int) -> torch.Tensor:
+    """Each row's argmax where its amax is finite (amax propagates NaN, is +inf if any entry is, and
+    -inf only if all are), else `invalid`: the CPU's greedy step, and the GPU kernel's reference."""
+    return torch.where(logits.amax(dim=-1).isfinite(), logits.argmax(dim=-1), invalid)
+
+
+def greedy_kernel() -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+    """engine.runner.triton_greedy.greedy (ref_greedy in one pass), or None where Triton does not import."""
+    global _GREEDY
+    if _GREEDY is None:
+        try:
+            from engine.runner.triton_greedy import greedy
+            _GREEDY = greedy
+        except ImportError:
+            _GREEDY = False
+    return _GREEDY or None
+
+
+_GREEDY = None
+
+
 @dataclass(slots=True)
 class SampleRow:
     """One row of the logits to sample: which request, which of its samples, how far along."""
@@ -64,6 +85,12 @@ class SampleRow:
     def greedy(self) -> bool:
         return self.params.temperature < MIN_TEMPERATURE
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy, and nothing changes its logits first (no grammar, bans, bias or penalties)."""
+        return self.params.temperature < MIN_TEMPERATURE and self.guide is None and not self.banned \
+            and not self.params.adjusts_logits
+
 
 class Sampler:
     """Pick one next token per row of a logits batch."""
@@ -76,7 +103,8 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, rows: list[SampleRow],
                staged: SamplingTensors | None = None) -> torch.Tensor:
-        """Return the next token of each row, [S] int64, from logits [S, V] float32; INVALID_TOKEN
+        """Return the next token of each row, [S] int64, from logits [S, V] (float32, or the LM
+        head's 16-bit output, widened here where a row needs more than an argmax); INVALID_TOKEN
         for a row that cannot be sampled (see the module docstring).
 
         `staged`: the rows' per-row tensors, already on the device (`stage`, through StepInputs);
@@ -85,6 +113,10 @@ class Sampler:
         """
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert staged is None or staged.vocab_size == logits.shape[1], "staged for another vocabulary"
+        if all(r.plain_greedy for r in rows):  # argmax and the check, in one pass on a GPU
+            kernel = greedy_kernel() if logits.is_cuda else None
+            return (kernel or ref_greedy)(logits, INVALID_TOKEN)
+        logits = logits.float()
         if any(r.guide is not None for r in rows):  # before the check: a grammar allowing nothing fails its row
             from engine.runner.structured_output import apply_guides  # llguidance only where a grammar is used
             logits = apply_guides(logits, rows)

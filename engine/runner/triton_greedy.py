@@ -1,0 +1,57 @@
+"""Greedy sampling on the GPU in one pass: each row's argmax and its sanity check, read in the model's dtype.
+
+A step whose rows are all greedy needs, per row, the index of the largest logit (the first of equal
+maxima, as torch.argmax) and whether the row can be sampled at all: no NaN, no +inf, not every entry
+-inf (the sampler's check; such a row gets INVALID_TOKEN). In torch that is a widening copy of the
+logits to float32, an amax and an argmax: three passes over [S, V] (at 256 rows of Qwen3's 151,936,
+0.22 ms of a 7.8 ms step on an H200). Here one program a row reads the head's bf16 output once. The
+LM head's bf16 output widened to float32 holds the same values, so the tokens are those of the widened
+path.
+
+engine.runner.sampler.ref_greedy is the torch version, the sampler's CPU path and the reference the
+tests hold the kernel to.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 4096  # entries per inner step, 16 warps: one program a row keeps many loads in flight
+
+
+@triton.jit
+def _greedy_kernel(logits_ptr, stride, vocab, out_ptr, invalid, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride
+    offs = tl.arange(0, BLOCK)
+    best = tl.full((), float("-inf"), tl.float32)
+    best_i = tl.full((), 0, tl.int32)
+    bad = tl.full((), 0, tl.int32)
+    for start in range(0, vocab, BLOCK):
+        idx = start + offs
+        x = tl.load(base + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32)
+        nan = x != x
+        bad = tl.maximum(bad, tl.max((nan | (x == float("inf"))).to(tl.int32), axis=0))
+        x = tl.where(nan, float("-inf"), x)
+        block_best, block_i = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        better = block_best > best  # strictly: an equal maximum in a later block is not the first
+        best_i = tl.where(better, block_i.to(tl.int32) + start, best_i)
+        best = tl.where(better, block_best, best)
+    ok = (bad == 0) & (best > float("-inf"))
+    tl.store(out_ptr + row, tl.where(ok, best_i.to(tl.int64), invalid))
+
+
+def greedy(logits: torch.Tensor, invalid: int) -> torch.Tensor:
+    """logits [S, V] (float32, bfloat16 or float16; unit stride over V) -> [S] int64: each row's
+    argmax, or `invalid` for a row with a NaN or +inf entry or no finite one."""
+    assert logits.dim() == 2 and logits.stride(1) == 1, "logits must be [S, V] with rows of unit stride"
+    rows, vocab = logits.shape
+    out = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    if rows == 0:
+        return out
+    block = min(_BLOCK, triton.next_power_of_2(vocab))
+    _greedy_kernel[(rows,)](logits, logits.stride(0), vocab, out, invalid, BLOCK=block,
+                            num_warps=max(1, min(16, block // 256)))
+    return out
+
