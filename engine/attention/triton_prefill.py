@@ -33,7 +33,7 @@ from engine.runner.forward_metadata import ForwardMetadata
 
 LOG2E = math.log2(math.e)
 DEFAULT_BLOCK_M = 64  # query rows (tokens x group heads) per program
-DEFAULT_BLOCK_N = 64  # context tokens per loop iteration (where shared memory is short)
+DEFAULT_BLOCK_N = 64  # context tokens per loop iteration (loop_shape)
 
 
 # per-step values: specialising on them (== 1, multiple of 16) would compile new variants mid-serving
@@ -80,15 +80,8 @@ def _prefill_kernel(
     end = tl.minimum(prefix + tl.minimum(first + BLOCK_Q, q_len), context_len)  # past the tile's last position
     end = tl.where(first < q_len, end, 0)  # a tile past the queries (a captured graph's padding): no work
     table = block_tables_ptr + seq * stride_bt
-    # every row of the tile sees every token before its first query's position: those rounds need no
-    # causal mask; only the rounds from there on (the diagonal) do
-    seen = tl.minimum((prefix + first) // BLOCK_N * BLOCK_N, end)
     m, l, acc = paged_softmax_loop(
-        q, m, l, acc, positions, cache_ptr, table, 0, seen, kv_head, dims, dim_mask, scale_log2,
-        v_offset, stride_cache_slot, stride_cache_head, BLOCK_SIZE, BLOCK_N, False, PRECISION,
-    )
-    m, l, acc = paged_softmax_loop(
-        q, m, l, acc, positions, cache_ptr, table, seen, end, kv_head, dims, dim_mask, scale_log2,
+        q, m, l, acc, positions, cache_ptr, table, 0, end, kv_head, dims, dim_mask, scale_log2,
         v_offset, stride_cache_slot, stride_cache_head, BLOCK_SIZE, BLOCK_N, True, PRECISION,
     )
 
@@ -111,16 +104,13 @@ class PrefillTiles:
 
 @functools.lru_cache(maxsize=None)
 def loop_shape(device: torch.device, head_dim: int) -> tuple[int, int]:
-    """(BLOCK_N, stages) of the context loop. 128 context tokens a round in 2 stages, where the
-    multiprocessor's shared memory holds their keys and values with room to spare (a conservative
-    rule: it counts 2-byte values and leaves a quarter for the rest; an H100/H200 has 227 KiB; a lone
-    1,024-token prompt's attention on an H200: 35.5 us a layer, against 69.8 at 64 in 3 stages,
-    benchmarks/profile_step.py); else 64 in 3."""
-    if device.type == "cuda":
-        smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
-        if 2 * 2 * 128 * triton.next_power_of_2(head_dim) * 2 <= smem * 3 // 4:
-            return 128, 2
-    return DEFAULT_BLOCK_N, 3
+    """(BLOCK_N, stages) of the context loop: 64 context tokens a round in 2 stages. H200 sweep
+    (benchmarks/prefill_sweep.py, Qwen3-0.6B's heads) against 128 in 2, the earlier choice: a W256
+    ramp step (11 fresh prompts, 7,723 tokens, beside 256 decodes) 432 -> 291 us a layer, two
+    2,048-token chunks after 2,048 cached tokens 502 -> 337 us, a lone 1,024-token prompt 35.8 ->
+    35.4 us. Masking only a tile's diagonal rounds (two loops) was slower in every case (a lone
+    prompt 57 us at 128 in 2)."""
+    return DEFAULT_BLOCK_N, 2
 
 
 def tile_shape(group: int, block_m: int = DEFAULT_BLOCK_M) -> tuple[int, int]:
