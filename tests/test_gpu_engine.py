@@ -199,16 +199,22 @@ def test_overlapped_scheduling_on_the_gpu_gives_the_plain_engine_s_tokens(fp32_d
 
 
 def test_sampled_requests_compile_nothing_while_serving(bf16_dir: Path) -> None:
-    """The engine's start-up compiles the sampling kernel: no sampled request (temperature alone,
+    """The engine's start-up compiles the sampling kernels: no request (greedy, temperature alone,
     top-p, min-p, top-k, seeded or not, a lone row or many) waits for a compile in the middle of
     serving, as the first top-p request on a fresh machine did (a second and more)."""
+    from engine.runner.triton_greedy import _greedy_kernel
     from engine.runner.triton_sample import _sample_kernel
 
     _sample_kernel.device_caches.clear()  # forget what earlier tests compiled: this engine's start-up must
+    _greedy_kernel.device_caches.clear()
     llm = LLM(str(bf16_dir), dtype="bfloat16", max_num_seqs=16, max_model_len=1024)
     variants = _sample_kernel.device_caches[torch.cuda.current_device()][0]  # Triton's compiled variants
-    compiled = len(variants)
-    assert compiled >= 1
+    greedy_variants = _greedy_kernel.device_caches[torch.cuda.current_device()][0]
+    compiled, greedy_compiled = len(variants), len(greedy_variants)
+    assert compiled >= 1 and greedy_compiled >= 1
+    llm.generate(prompts(), SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))  # greedy rows
+    llm.generate([prompts()[0]], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    assert len(greedy_variants) == greedy_compiled
     kinds = [SamplingParams(temperature=0.7, max_tokens=6, ignore_eos=True),
              SamplingParams(temperature=0.7, top_p=0.9, seed=3, max_tokens=6, ignore_eos=True),
              SamplingParams(temperature=1.0, min_p=0.1, max_tokens=6, ignore_eos=True),

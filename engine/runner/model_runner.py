@@ -143,12 +143,14 @@ class ModelRunner:
         """Sample once each way a request may ask (temperature alone, top-p with min-p, top-k), so
         that the first such request does not wait for the sampling kernel's compile (Triton's: a
         second and more on a fresh machine, in the middle of serving) or its kernels' loading. The
-        rows are seeded: the engine's own generator is left as it was."""
-        logits = torch.randn(3, self.model_config.vocab_size, device=self.device)
+        rows are seeded: the engine's own generator is left as it was. And greedy rows, whose
+        one-pass kernel reads the logits in the head's dtype, as the forward leaves them."""
+        logits = torch.randn(3, self.model_config.vocab_size, device=self.device).to(self.dtype)
         rows = [SampleRow(SamplingParams(temperature=0.8, seed=0), [0]),
                 SampleRow(SamplingParams(temperature=0.8, top_p=0.9, min_p=0.05, seed=0), [0]),
                 SampleRow(SamplingParams(temperature=0.8, top_k=20, seed=0), [0])]
         self.sampler.sample(logits, rows)
+        self.sampler.sample(logits, [SampleRow(SamplingParams(temperature=0.0), [0])] * 3)
         torch.cuda.synchronize(self.device)
 
     def _count_blocks(self, cache: CacheConfig, model: ModelConfig) -> int:
