@@ -126,9 +126,12 @@ def _num_sms(device: torch.device) -> int:
     return 4  # the interpreter: few programs keep it fast
 
 
-def default_block_n(batch: int) -> int:
-    """Context tokens per round of the decode kernel for a batch of this many sequences."""
-    return WIDE_BLOCK_N if batch >= WIDE_BATCH else DEFAULT_BLOCK_N
+def default_block_n(batch: int, elem_bytes: int = 2, head_dim: int = 128) -> int:
+    """Context tokens per round of the decode kernel for a batch of this many sequences, of values
+    elem_bytes wide: 128 only where a round's keys and values take what 16-bit ones of head_dim 128
+    do (the pipeline keeps several rounds in shared memory; fp32 or wider heads would not fit)."""
+    fits = elem_bytes * triton.next_power_of_2(head_dim) <= 2 * 128
+    return WIDE_BLOCK_N if batch >= WIDE_BATCH and fits else DEFAULT_BLOCK_N
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int,
@@ -136,6 +139,8 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size
     """Splits per sequence so that batch x kv_heads x splits programs fill the GPU about twice over.
 
     Depends only on shapes (never on context lengths): fixed for a captured (batch, max_blocks).
+    `block_n` only bounds the splits by the longest context's rounds (by default 16-bit values':
+    a launch in shorter rounds may leave a split empty, which is harmless).
     """
     block_n = block_n or default_block_n(batch)
     tiles = triton.cdiv(max_blocks * block_size, block_n)  # iterations of the longest possible context
@@ -156,7 +161,7 @@ def decode_attention(
     batch, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_dim = kv_cache.shape
     tables, lens = meta.block_tables, meta.context_lens
-    block_n = block_n or default_block_n(batch)
+    block_n = block_n or default_block_n(batch, q.element_size(), head_dim)
     _check(q, kv_cache, tables, lens, block_size, meta.block_size, num_kv_heads, cache_dim, block_n)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
