@@ -11,6 +11,7 @@ Qwen3-0.6B shape, bf16, the same engine settings); there a step is host-bound wh
     python benchmarks/decode_host.py            # this machine's CPU, the forward stubbed out
     python benchmarks/decode_host.py --gpu      # on the GPU machine
     python benchmarks/decode_host.py --profile  # then cProfile of the wide steps: top functions
+    python benchmarks/decode_host.py --ramp     # the parts of the ramp's steps instead (totals a step)
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def main() -> None:
                         help="the synthetic tokenizer: byte-level as Qwen3's (default), or word-level")
     parser.add_argument("--steps", action="store_true", help="list the ramp's and the tail's steps")
     parser.add_argument("--profile", action="store_true", help="then the same workload under cProfile")
+    parser.add_argument("--ramp", action="store_true",
+                        help="time the parts of the ramp's steps (prompts prefilled, decodes mixed in) instead of the "
+                             "wide ones: on the GPU, whether the host waits for the device there (take: wait)")
     args = parser.parse_args()
     if args.gpu:
         llm = LLM(str(make_model_dir(f"/tmp/qwen3-0.6b-random-{args.tokenizer}", tokenizer=args.tokenizer)), dtype="bfloat16", max_num_seqs=WIDTH,
@@ -77,6 +81,7 @@ def main() -> None:
     gc.freeze()  # as app.py does once started
     parts: dict[str, list[float]] = {}
     on = [False]
+    timed_steps = [0]
 
     def timed(owner: Any, name: str, label: str) -> None:
         fn = getattr(owner, name)
@@ -122,14 +127,18 @@ def main() -> None:
         for i, p in enumerate(prompts):
             engine.add_request(f"{tag}{i}", p, params)
         steps, ramp, ramp_log, tail_log = [], None, [], []
+        timed_steps[0] = 0
         while engine.has_unfinished_requests():
-            on[0] = (len(engine.scheduler.running) == WIDTH and not engine.scheduler.waiting
-                     and engine.metrics.steps > 0 and all(s.num_uncomputed_tokens <= 1 for s in engine.scheduler.running))
+            wide = (len(engine.scheduler.running) == WIDTH and not engine.scheduler.waiting
+                    and engine.metrics.steps > 0 and all(s.num_uncomputed_tokens <= 1 for s in engine.scheduler.running))
             start = time.perf_counter()
-            if on[0] and ramp is None:
+            if wide and ramp is None:
                 ramp = start - begin
+            on[0] = ramp is None if args.ramp else wide  # whose parts are timed
+            timed_steps[0] += on[0]
             snap = engine.step().metrics
-            if on[0]:
+            on[0] = False
+            if wide:
                 steps.append(time.perf_counter() - start)
             else:  # (sequences, prompt tokens, ms) of each step outside the wide ones
                 (ramp_log if ramp is None else tail_log).append(
@@ -154,6 +163,11 @@ def main() -> None:
         parts.clear()
         steps = run(name, params)
         print(f"{name} on {where}: {len(steps)} steps {WIDTH} wide, median {_median(steps) * 1e3:.3f} ms")
+        if args.ramp:
+            print(f"  the ramp's {timed_steps[0]} steps, each part's total a step:")
+            for label, times in parts.items():
+                print(f"  {label}: {sum(times) / max(1, timed_steps[0]) * 1e3:.3f} ms a step ({len(times)} calls)")
+            continue
         for label, times in parts.items():
             print(f"  {label}: {_median(times) * 1e3:.3f} ms x {len(times) / max(1, len(steps)):.1f} a step")
     if args.profile:
