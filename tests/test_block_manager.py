@@ -187,6 +187,48 @@ def test_blocks_hashed_partly_ahead_chain_on_from_the_last_one_hashed() -> None:
     bm.check_integrity()
 
 
+def test_a_twin_takes_the_place_of_a_registered_block_that_goes() -> None:
+    """Two sequences fill a block with the same tokens after the same prefix (no prefix hit: the
+    second's block was allocated before the first's was registered). The second block is a twin;
+    when the registered one goes (its owner failed, it is evicted, or a reset drops it) the twin is
+    registered in its place, so a later prompt still finds the whole prefix; a twin freed first
+    simply stops being one."""
+    for ending in ("failed", "evicted", "reset", "twin freed"):
+        bm = BlockManager(num_blocks=6, block_size=4)
+        bm.record_events(True)
+        bm.record_cache_changes(True)
+        tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        assert bm.allocate_slots(0, 0, 3) and bm.allocate_slots(1, 0, 3)  # both start before either is cached
+        for seq in (0, 1):
+            assert bm.allocate_slots(seq, 3, 6)
+            bm.cache_full_blocks(seq, tokens, 9)
+        first, twin = bm.block_table(0)[:2], bm.block_table(1)[:2]
+        assert [bm.blocks[b].hash is not None for b in first + twin] == [True, True, False, False]
+        bm.check_integrity()
+        bm.take_events(), bm.take_cache_changes()
+        if ending == "failed":
+            bm.free(0, keep_cached=False)
+        elif ending == "evicted":
+            bm.free(0)
+            assert bm.allocate_slots(2, 0, 12)  # takes the free blocks, then evicts the cached-free ones
+        elif ending == "reset":
+            bm.free(0)
+            bm.reset_prefix_cache()
+        else:
+            bm.free(1)
+            assert not bm._twins
+            bm.check_integrity()
+            assert bm.match_prefix(tokens) == first
+            continue
+        bm.check_integrity()
+        assert bm.match_prefix(tokens) == twin, ending
+        assert sorted(e[1] for e in bm.take_events() if e[0] == "cached") == sorted(twin)
+        changes = bm.take_cache_changes()
+        assert any(type(c).__name__ == "CachedBlocks" for c in changes), ending
+        bm.free(1)
+        bm.check_integrity()
+
+
 class BlockManagerMachine(RuleBasedStateMachine):
     """Random allocate / append / cache / fork / free sequences keep every invariant."""
 
@@ -226,17 +268,15 @@ class BlockManagerMachine(RuleBasedStateMachine):
         bs, full = self.bm.block_size, len(tokens) // self.bm.block_size
         found = self.bm.match_prefix(tokens + [0])
         # a block whose twin (the same tokens after the same prefix) another block was registered for
-        # first is not registered again; if that twin is later dropped (its owner failed, or it was
-        # evicted) the chain is cut there: every full block up to this sequence's first such one is
-        # found, and that one's hash was registered before, for another block
+        # first is not registered again, but kept as a twin: found through the registered one
+        assert len(found) == full, "a full block is missing from the prefix cache"
         table = self.bm.block_table(seq_id)
-        own = next((i for i in range(full) if self.bm.blocks[table[i]].hash is None), full)
-        assert own <= len(found) <= full, "a full block is missing from the prefix cache"
-        if own < full:
-            parent = ROOT_HASH
-            for i in range(own + 1):
-                parent = block_hash(parent, tokens[i * bs:(i + 1) * bs])
-            assert parent in before, "a full block was never registered, and no twin of it ever was"
+        for i in range(full):
+            if self.bm.blocks[table[i]].hash is None:
+                parent = ROOT_HASH
+                for j in range(i + 1):
+                    parent = block_hash(parent, tokens[j * bs:(j + 1) * bs])
+                assert parent in before, "a full block was never registered, and no twin of it ever was"
         for i, block_id in enumerate(found):
             assert self.bm.blocks[block_id].token_ids == tuple(tokens[i * bs:(i + 1) * bs])
 
@@ -249,7 +289,32 @@ class BlockManagerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), new=st.lists(st.integers(0, 20), min_size=1, max_size=5),
           ahead=st.sampled_from([0.0, 0.5, 1.0]))
     def append(self, data: st.DataObject, new: list[int], ahead: float) -> None:
+        self.extend(data.draw(st.sampled_from(sorted(self.seqs))), new, ahead)
+
+    @rule(which=st.integers(0, 2), k=st.integers(1, 11), ahead=st.sampled_from([0.0, 0.5, 1.0]))
+    def add_partial(self, which: int, k: int, ahead: float) -> None:
+        """A sequence that starts with part of a shared prefix (`follow` goes on along it)."""
+        tokens = self.PREFIXES[which][:k]
+        prefix = self.bm.match_prefix(tokens)
+        cached = len(prefix) * self.bm.block_size
+        if self.bm.allocate_slots(self.next_id, cached, len(tokens) - cached, prefix):
+            self.cache(self.next_id, tokens, ahead)
+            self.seqs[self.next_id] = (tokens, len(tokens))
+        self.next_id += 1
+
+    @precondition(lambda self: self.seqs)
+    @rule(data=st.data(), n=st.integers(1, 6), ahead=st.sampled_from([0.0, 0.5, 1.0]))
+    def follow(self, data: st.DataObject, n: int, ahead: float) -> None:
+        """The next tokens of the shared prefix a sequence has followed so far: blocks that another
+        sequence may have computed and registered meanwhile (this one's copies are twins)."""
         seq_id = data.draw(st.sampled_from(sorted(self.seqs)))
+        tokens, _ = self.seqs[seq_id]
+        for shared in self.PREFIXES:
+            if len(tokens) < len(shared) and shared[:len(tokens)] == tokens:
+                self.extend(seq_id, shared[len(tokens):len(tokens) + n], ahead)
+                return
+
+    def extend(self, seq_id: int, new: list[int], ahead: float) -> None:
         tokens, done = self.seqs[seq_id]
         used_before = self.bm.stats().used
         if self.bm.allocate_slots(seq_id, done, len(new)):
@@ -289,7 +354,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert self.bm.reset_prefix_cache() == before.cached_free
         after = self.bm.stats()
         assert after.cached_free == 0 and after.free == before.free + before.cached_free
-        assert after.used == before.used and after.cached == before.cached - before.cached_free
+        # a twin in use takes a dropped block's place in the cache
+        assert after.used == before.used and before.cached - before.cached_free <= after.cached <= before.cached
 
     @invariant()
     def consistent(self) -> None:
@@ -302,6 +368,10 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert all(b.ref_count >= 0 for b in self.bm.blocks)
         for seq_id, (tokens, _) in self.seqs.items():
             assert len(self.bm.block_table(seq_id)) == self.bm.blocks_needed(len(tokens))
+            # while a sequence lives, every full block of it stays findable: a twin of it takes the
+            # place of a registered block that goes (evicted, reset, or its owner failed)
+            assert len(self.bm.match_prefix(tokens + [0])) == len(tokens) // self.bm.block_size, \
+                f"seq {seq_id}'s prefix chain is cut"
             # a stamp names one table's contents for good: any change (more blocks, a block copied on
             # write, a fork's new table) comes with a new one (the runner keeps rows under them)
             table, stamp = self.bm.stamped_table(seq_id)

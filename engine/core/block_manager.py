@@ -39,6 +39,7 @@ class Block:
     ref_count: int = 0
     hash: int | None = None  # set once the block is full and registered in the prefix cache
     token_ids: tuple[int, ...] = ()  # the block's tokens while hashed, to rule out hash collisions
+    twin: int | None = None  # the hash it holds, while another block is registered for it (a twin)
 
 
 class BlockEvent(NamedTuple):
@@ -104,6 +105,10 @@ class BlockManager:
         self._free: deque[int] = deque(range(num_blocks))
         self._evictable: OrderedDict[int, None] = OrderedDict()
         self._by_hash: dict[int, int] = {}
+        # twins: blocks in use that hold a registered hash's tokens, computed beside the registered
+        # block (two prompts with one prefix in one step): hash -> {block id: its parent hash}. Should
+        # the registered block go (evicted, or its owner failed), a twin takes its place in the cache
+        self._twins: dict[int, dict[int, int | None]] = {}
         self._seqs: dict[int, _SeqState] = {}
         self._copies: list[tuple[int, int]] = []
         # counters kept as blocks change hands, so stats() is O(1) on pools of tens of thousands
@@ -306,6 +311,8 @@ class BlockManager:
         elif block.ref_count == 0:
             self._tokens_stored -= self._fill[block_id]
             self._fill[block_id] = 0
+            if block.twin is not None:
+                self._drop_twin(block)
             if block.hash is not None and not keep_cached:
                 self._uncache(block, seq_id)
             if block.hash is not None:
@@ -341,12 +348,33 @@ class BlockManager:
         return block_id
 
     def _uncache(self, block: Block, seq_id: int = -1) -> None:
-        """Take a block out of the prefix cache: its contents no longer match any prompt."""
-        del self._by_hash[block.hash]
+        """Take a block out of the prefix cache: its contents no longer match any prompt. A twin of
+        it still in use is registered in its place, so that the prefix's chain is not cut there."""
+        h, tokens = block.hash, block.token_ids
+        del self._by_hash[h]
         if self._cache_log is not None:
-            self._cache_log.evicted(block.hash)
+            self._cache_log.evicted(h)
         block.hash, block.token_ids = None, ()
         self._note("evicted", block.block_id, seq_id)
+        twins = self._twins.get(h)
+        if twins:
+            twin_id, parent = twins.popitem()
+            if not twins:
+                del self._twins[h]
+            twin = self.blocks[twin_id]
+            twin.hash, twin.token_ids, twin.twin = h, tokens, None
+            self._by_hash[h] = twin_id
+            if self._cache_log is not None:
+                self._cache_log.cached(h, parent, tokens)
+            self._note("cached", twin_id, -1)
+
+    def _drop_twin(self, block: Block) -> None:
+        """A twin no sequence holds any more: its tokens are about to be overwritten."""
+        twins = self._twins[block.twin]
+        del twins[block.block_id]
+        if not twins:
+            del self._twins[block.twin]
+        block.twin = None
 
     # ---- after a step --------------------------------------------------------------------------
     def hash_ahead(self, seq_id: int, token_ids: list[int], num_computed: int) -> None:
@@ -369,8 +397,9 @@ class BlockManager:
         """Register in the prefix cache the blocks that `num_computed` tokens have filled.
 
         A block whose hash is registered already, for a twin that another sequence computed at the
-        same time, is not registered again; should that twin go (evicted, or its owner failed),
-        lookups of this chain stop there (a missed hit: vLLM keeps several blocks a hash for it)."""
+        same time, is not registered again but kept as a twin (`_twins`): should the registered one
+        go (evicted, or its owner failed), the twin is registered in its place (as vLLM keeps several
+        blocks a hash)."""
         if not self.enable_prefix_caching:
             return
         state = self._seqs[seq_id]
@@ -390,13 +419,17 @@ class BlockManager:
         # one pass, no branch a block but the registration's: a long prompt's blocks are on its TTFT
         for (h, tokens), block_id in zip(hashed, state.table[first:last]):
             block = blocks[block_id]
-            if block.hash is None and h not in by_hash:
-                block.hash, block.token_ids = h, tokens
-                by_hash[h] = block_id
-                if events is not None:
-                    events.append(("cached", block_id, seq_id, block.ref_count, -1))
-                if log is not None:
-                    log.cached(h, hashes[-1] if hashes else None, tokens)  # its parent: the hash before
+            if block.hash is None:
+                if h not in by_hash:
+                    block.hash, block.token_ids = h, tokens
+                    by_hash[h] = block_id
+                    if events is not None:
+                        events.append(("cached", block_id, seq_id, block.ref_count, -1))
+                    if log is not None:
+                        log.cached(h, hashes[-1] if hashes else None, tokens)  # its parent: the hash before
+                elif block.twin is None and blocks[by_hash[h]].token_ids == tokens:
+                    block.twin = h
+                    self._twins.setdefault(h, {})[block_id] = hashes[-1] if hashes else None
             hashes.append(h)
 
     def fork(self, parent_id: int, child_id: int) -> None:
@@ -422,7 +455,7 @@ class BlockManager:
         emptied = 0
         for block_id in reversed(state.table):
             block = blocks[block_id]
-            if block.ref_count != 1 or (block.hash is not None and not keep_cached):
+            if block.ref_count != 1 or (block.hash is not None and not keep_cached) or block.twin is not None:
                 self._release(block_id, keep_cached, seq_id)
                 continue
             block.ref_count = 0
@@ -442,12 +475,11 @@ class BlockManager:
         Blocks in use keep their hashes: their contents stay valid for the sequences holding them.
         """
         dropped = list(self._evictable)
-        everything = len(dropped) == len(self._by_hash)  # no block in use keeps a hash
-        for block_id in dropped:
+        for block_id in dropped:  # (a twin in use takes a dropped block's place)
             self._uncache(self.blocks[block_id])
         self._evictable.clear()
         self._free.extend(dropped)
-        if everything and self._cache_log is not None:
+        if not self._by_hash and self._cache_log is not None:  # no block in use keeps a hash
             self._cache_log.cleared()
         return len(dropped)
 
@@ -501,6 +533,13 @@ class BlockManager:
             assert (block.block_id in evictable) <= (block.hash is not None), "cached-free block lost its hash"
         for h, block_id in self._by_hash.items():
             assert self.blocks[block_id].hash == h, f"hash {h} points at block {block_id} holding another"
+        for h, twins in self._twins.items():
+            assert twins and h in self._by_hash, f"twins of hash {h}, which no block is registered for"
+            for block_id in twins:
+                block = self.blocks[block_id]
+                assert block.twin == h and block.hash is None and block.ref_count > 0, f"stale twin {block_id}"
+        assert sum(map(len, self._twins.values())) == sum(1 for b in self.blocks if b.twin is not None), \
+            "a twin is missing from the twins' record"
         hashed = sum(1 for b in self.blocks if b.hash is not None)
         assert hashed == len(self._by_hash), "a hashed block is missing from the prefix cache"
         assert len(free) + len(evictable) + sum(1 for c in counts if c) == self.num_blocks
