@@ -36,7 +36,7 @@ import torch
 
 from engine.core.sampling_params import SamplingParams
 from engine.runner.sampling_tensors import (SamplingTensors, clip_top_k, gpu_seeds, row_seed, sort_free_sampler,
-                                           stage_sampling)
+                                           stage_sampling, triton_function)
 
 if TYPE_CHECKING:
     from engine.runner.staging import Stage
@@ -57,17 +57,7 @@ def ref_greedy(logits: torch.Tensor, invalid: int) -> torch.Tensor:
 
 def greedy_kernel() -> Callable[[torch.Tensor, int], torch.Tensor] | None:
     """engine.runner.triton_greedy.greedy (ref_greedy in one pass), or None where Triton does not import."""
-    global _GREEDY
-    if _GREEDY is None:
-        try:
-            from engine.runner.triton_greedy import greedy
-            _GREEDY = greedy
-        except ImportError:
-            _GREEDY = False
-    return _GREEDY or None
-
-
-_GREEDY = None
+    return triton_function("engine.runner.triton_greedy", "greedy")
 
 
 @dataclass(slots=True)

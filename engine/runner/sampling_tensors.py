@@ -9,6 +9,7 @@ path of direct calls and tests), with the same values.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -114,16 +115,16 @@ def clip_top_k(k: int, vocab_size: int) -> int:
     return min(k, vocab_size) if k > 0 else vocab_size
 
 
+@lru_cache(maxsize=None)
+def triton_function(module: str, name: str) -> Callable[..., torch.Tensor] | None:
+    """A Triton kernel's launcher, imported on first use, or None where Triton does not import (the
+    torch path serves)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
+
+
 def sort_free_sampler() -> Callable[..., torch.Tensor] | None:
-    """engine.runner.triton_sample.sample, or None where Triton does not import (the torch path serves)."""
-    global _SORT_FREE
-    if _SORT_FREE is None:
-        try:
-            from engine.runner.triton_sample import sample
-            _SORT_FREE = sample
-        except ImportError:
-            _SORT_FREE = False
-    return _SORT_FREE or None
-
-
-_SORT_FREE = None
+    """engine.runner.triton_sample.sample, or None where Triton does not import."""
+    return triton_function("engine.runner.triton_sample", "sample")
