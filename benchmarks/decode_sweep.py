@@ -28,22 +28,24 @@ from engine.runner.step_inputs import build_metadata  # noqa: E402
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 16, 8, 128, 16
 
 
-def case(lens: list[int], seed: int = 0, width: int | None = None):
+def case(specs: list[tuple[int, int]], seed: int = 0, width: int | None = None):
+    """specs: (cached tokens, new tokens) a sequence (a decode: (context - 1, 1)) -> q, cache, meta,
+    the sequences' pages shuffled over the pool; `width`: the tables as wide as a captured graph's."""
     rng = random.Random(seed)
-    need = [triton.cdiv(n, BLOCK) for n in lens]
+    need = [triton.cdiv(p + n, BLOCK) for p, n in specs]
     ids = list(range(sum(need) + 8))
     rng.shuffle(ids)
     cache = torch.randn(2, len(ids), BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     chunks = []
-    for n, k in zip(lens, need):
+    for (p, n), k in zip(specs, need):
         table, ids = ids[:k], ids[k:]
-        chunks.append(ScheduledChunk([0], n - 1, table, 1))
+        chunks.append(ScheduledChunk([0] * n, p, table, 1))
     meta = build_metadata(chunks, BLOCK, "cuda")
     if width is not None:  # as a CUDA graph captured for the longest context sees the tables
-        wide = torch.zeros(len(lens), width, dtype=torch.int32, device="cuda")
+        wide = torch.zeros(len(specs), width, dtype=torch.int32, device="cuda")
         wide[:, :meta.block_tables.shape[1]] = meta.block_tables
         meta = dataclasses.replace(meta, block_tables=wide)
-    q = torch.randn(len(lens), HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(sum(n for _, n in specs), HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     return q, cache, meta
 
 
@@ -65,7 +67,7 @@ def main() -> None:
     for name, lens in batches.items():
         if only not in name:
             continue
-        q, cache, meta = case(lens, width=2560 if "graph" in name else None)
+        q, cache, meta = case([(n - 1, 1) for n in lens], width=2560 if "graph" in name else None)
         scale = HEAD_DIM ** -0.5
         ref = decode_attention(q, cache, meta, scale)
         nbytes = sum(lens) * KV_HEADS * HEAD_DIM * 2 * 2

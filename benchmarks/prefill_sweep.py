@@ -1,6 +1,6 @@
 """The paged prefill kernel's tilings, swept on the GPU: achieved attention TFLOPS per setting.
 
-    python benchmarks/prefill_sweep.py
+    python benchmarks/prefill_sweep.py [lone]    # optionally only the steps whose name has it
 
 Qwen3-0.6B's attention shape (16 heads, 8 KV heads, head dim 128, bf16, blocks of 16 tokens, pages
 shuffled over the pool). Steps: a W256 ramp step (fresh prompts of W256's lengths, 7,936 prompt
@@ -20,32 +20,18 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.decode_sweep import HEAD_DIM, HEADS, KV_HEADS, case  # noqa: E402
 from benchmarks.gpu_w256 import workload  # noqa: E402
 from engine.attention.triton_prefill import plan_tiles, prefill_attention, tile_shape  # noqa: E402
-from engine.runner.forward_metadata import ScheduledChunk  # noqa: E402
-from engine.runner.step_inputs import build_metadata  # noqa: E402
-
-HEADS, KV_HEADS, HEAD_DIM, BLOCK = 16, 8, 128, 16
 
 
-def case(specs: list[tuple[int, int]], seed: int = 0):
-    """specs: (cached tokens, new tokens) a sequence -> q, cache, meta, visible (query, key) pairs."""
-    rng = random.Random(seed)
-    need = [triton.cdiv(p + n, BLOCK) for p, n in specs]
-    ids = list(range(sum(need) + 8))
-    rng.shuffle(ids)
-    cache = torch.randn(2, len(ids), BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-    chunks = []
-    for (p, n), k in zip(specs, need):
-        table, ids = ids[:k], ids[k:]
-        chunks.append(ScheduledChunk([0] * n, p, table, 1))
-    meta = build_metadata(chunks, BLOCK, "cuda")
-    q = torch.randn(sum(n for _, n in specs), HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-    pairs = sum(n * p + n * (n + 1) // 2 for p, n in specs)
-    return q, cache, meta, pairs
+def visible_pairs(specs: list[tuple[int, int]]) -> int:
+    """The (query, key) pairs causal attention computes for (cached, new) token counts."""
+    return sum(n * p + n * (n + 1) // 2 for p, n in specs)
 
 
-def main() -> None:
+def main(only: str = "") -> None:
+    """Sweep the steps whose name has `only` (all by default)."""
     rng = random.Random(0)
     prompts, total = [], 0
     for p in workload(256, 151936):
@@ -65,8 +51,10 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     scale = HEAD_DIM ** -0.5
     for name, specs in steps.items():
-        q, cache, meta, pairs = case(specs)
-        flops = 4 * pairs * HEAD_DIM * HEADS
+        if only not in name:
+            continue
+        q, cache, meta = case(specs)
+        flops = 4 * visible_pairs(specs) * HEAD_DIM * HEADS
         default_tiles = plan_tiles(meta, tile_shape(HEADS // KV_HEADS)[0])
         ref = prefill_attention(q, cache, meta, scale, tiles=default_tiles)
         default = triton.testing.do_bench(lambda: prefill_attention(q, cache, meta, scale, tiles=default_tiles))
@@ -90,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "")

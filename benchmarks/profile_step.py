@@ -39,7 +39,8 @@ def main() -> None:
     print(f"single-stream step {(time.perf_counter() - start) / 63 * 1e3:.2f} ms (profiled)")
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     skinny_vs_cublas(engine.runner.model)
-    prefill_sweep(engine.runner.model.config)
+    from benchmarks.prefill_sweep import main as prefill_sweep  # the lone prompt's attention, by tiling
+    prefill_sweep("lone")
     single_stream_device(engine, params)
     ttft_steps(engine)
     prof = cProfile.Profile()
@@ -118,39 +119,6 @@ def skinny_vs_cublas(model) -> None:
             rate = lambda t: w.numel() * 2 / (t * 1e-6) / 1e12  # noqa: E731
             print(f"{n:>6} x {k:<6} {rows:>4} {t_cublas:>9.2f} {rate(t_cublas):>5.2f} {t_ours:>8.2f} "
                   f"{rate(t_ours):>5.2f} {best[0]:>8.2f} {rate(best[0]):>5.2f}  {best[1]}")
-
-
-def prefill_sweep(config) -> None:
-    """The lone 1,024-token prompt's attention in one layer, by prefill kernel tiling."""
-    import itertools
-
-    from triton.testing import do_bench
-
-    from engine.attention.triton_prefill import plan_tiles, prefill_attention, tile_shape
-    from engine.runner.forward_metadata import ScheduledChunk
-    from engine.runner.step_inputs import build_metadata
-
-    heads, kv_heads, d = config.num_heads, config.num_kv_heads, config.head_dim
-    blocks = 1024 // 16
-    meta = build_metadata([ScheduledChunk(list(range(1024)), 0, list(range(blocks)), 1)], 16, "cuda")
-    cache = torch.randn(2, blocks, 16, kv_heads, d, device="cuda", dtype=torch.bfloat16)
-    q = torch.randn(1024, heads, d, device="cuda", dtype=torch.bfloat16)
-    rows = []
-    for bm, bn, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
-        tiles = plan_tiles(meta, tile_shape(heads // kv_heads, bm)[0])
-        try:
-            t = do_bench(lambda: prefill_attention(q, cache, meta, d ** -0.5, tiles, bm, bn, None, warps, stages),
-                         rep=20) * 1e3
-        except Exception:  # noqa: BLE001
-            continue
-        rows.append((t, bm, bn, warps, stages))
-    rows.sort()
-    from engine.attention.triton_prefill import DEFAULT_BLOCK_M, loop_shape
-    loop_n, loop_stages = loop_shape(torch.device("cuda", torch.cuda.current_device()), d)
-    default = [r for r in rows if r[1:] == (DEFAULT_BLOCK_M, loop_n, 4, loop_stages)]
-    print(f"prefill attention, 1,024 tokens, one layer: default {default[0][0] if default else float('nan'):.1f} us; "
-          f"best: " + "; ".join(f"{t:.1f} us (block_m {bm}, block_n {bn}, warps {w}, stages {s})"
-                                for t, bm, bn, w, s in rows[:5]))
 
 
 def ttft_steps(engine) -> None:
