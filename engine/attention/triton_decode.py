@@ -33,7 +33,7 @@ PROGRAMS_PER_SM = 2  # enough programs in flight to hide load latency (H100 swee
 MAX_SPLITS = 32
 DEFAULT_BLOCK_N = 64  # context tokens per loop iteration (several pages when the block size is 16)
 # ... and from WIDE_BATCH sequences on, 128: fewer, longer rounds. H200 sweep (benchmarks/decode_sweep.py,
-# contexts 100-1,536): 256 sequences 231 -> 227 us, 128: 131 -> 124, 64: 78 -> 74, 32: 65 -> 48-50
+# contexts 100-1,536): 256 sequences 231 -> 227 us, 128: 131 -> 124, 64: 78 -> 74, 32: 65 -> 48 (3 stages, the default)
 WIDE_BLOCK_N, WIDE_BATCH = 128, 32
 
 
