@@ -218,8 +218,13 @@ def test_sampled_requests_compile_nothing_while_serving(bf16_dir: Path) -> None:
     kinds = [SamplingParams(temperature=0.7, max_tokens=6, ignore_eos=True),
              SamplingParams(temperature=0.7, top_p=0.9, seed=3, max_tokens=6, ignore_eos=True),
              SamplingParams(temperature=1.0, min_p=0.1, max_tokens=6, ignore_eos=True),
-             SamplingParams(temperature=0.7, top_k=20, top_p=0.8, max_tokens=6, ignore_eos=True)]
+             SamplingParams(temperature=0.7, top_k=20, top_p=0.8, max_tokens=6, ignore_eos=True),
+             SamplingParams(temperature=0.7, repetition_penalty=1.2, max_tokens=6, ignore_eos=True),  # widened
+             SamplingParams(temperature=0.0, presence_penalty=0.5, max_tokens=6, ignore_eos=True),
+             SamplingParams(temperature=0.8, top_k=30, frequency_penalty=0.5, seed=4, max_tokens=6, ignore_eos=True)]
     for params in kinds:  # each alone (one row: its parameters a view into [1, 3]), then all at once
         llm.generate([prompts()[0]], params)
     llm.generate(prompts() * 3, [kinds[i % len(kinds)] for i in range(12)])
-    assert len(variants) == compiled
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    llm.generate(prompts() * 2, [greedy if i % 2 else kinds[0] for i in range(8)])  # greedy and sampled rows mixed
+    assert len(variants) == compiled and len(greedy_variants) == greedy_compiled

@@ -134,3 +134,31 @@ def test_a_greedy_step_reads_the_heads_bf16_logits_in_one_pass() -> None:
         torch.cuda.set_sync_debug_mode("default")
     want = ref_greedy(logits.float(), INVALID_TOKEN)
     assert torch.equal(tokens, want) and int(tokens[17]) == INVALID_TOKEN
+
+
+def test_a_sampled_step_reads_the_heads_bf16_logits_as_they_are() -> None:
+    """Sampled rows on bf16 logits (the engine's head output) go to the kernel unwidened, without a
+    sync: the same tokens as on the same logits widened to float32 (the kernel divides by the
+    temperature as it reads, and takes top-k as a k-th largest value), for every kind of row, greedy
+    ones among them; a poisoned row gets the invalid token and changes no other."""
+    from engine.runner.sampler import INVALID_TOKEN
+
+    kinds = [SamplingParams(temperature=0.7, top_p=0.9, seed=1), SamplingParams(temperature=0.7),
+             SamplingParams(temperature=0.7, top_k=50), SamplingParams(temperature=1.3, min_p=0.05, seed=2),
+             SamplingParams(temperature=0.7, top_k=20, top_p=0.8), SamplingParams(temperature=0.0)]
+    logits = (torch.randn(256, 151936, device="cuda") * 3).to(torch.bfloat16)
+    logits[17, 3] = float("nan")
+    logits[18, 5] = float("inf")
+    for width in (1, len(kinds)):  # every row of a kind, then the kinds mixed in one batch
+        batch = [SampleRow(kinds[(i // 64 if width == 1 else i) % len(kinds)], [1, 2, 3], step=i) for i in range(256)]
+        half, wide = Sampler(0), Sampler(0)
+        half.sample(logits, batch)  # compiled and loaded
+        wide.sample(logits.float(), batch)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            tokens = half.sample(logits, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert tokens.tolist() == wide.sample(logits.float(), batch).tolist()
+        assert int(tokens[17]) == int(tokens[18]) == INVALID_TOKEN and INVALID_TOKEN not in tokens[19:].tolist()

@@ -466,32 +466,61 @@ def test_get_backend_triton(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> None:
-    """The GPU's sampling kernel (top-p and min-p by rejection, no sort): the same tokens as its
-    torch reference; over many seeds the reference's draws follow the nucleus renormalised, and
-    nothing outside it is ever drawn."""
+    """The GPU's sampling kernel (temperature, top-k, top-p and min-p, no sort): the same tokens as
+    its torch reference, in float32 and in bf16 (read as the head leaves it); over many seeds the
+    reference's draws follow the nucleus renormalised, and nothing outside it is ever drawn."""
+    from engine.runner.sampler import kth_largest
     from engine.runner.triton_sample import ref_sample, sample
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(48, 300, generator=gen) * 2
-    logits[:, 250:] = float("-inf")  # a top-k filter's work
+    logits[:, 250:] = float("-inf")  # masked entries (a grammar's, a ban's)
+    temperature = torch.rand(48, generator=gen) * 1.5 + 0.2
     top_p = torch.rand(48, generator=gen) * 0.9 + 0.1
     min_p = torch.where(torch.rand(48, generator=gen) < 0.3, torch.rand(48, generator=gen) * 0.2, torch.zeros(48))
     top_p[::4] = 1.0  # some rows filter nothing (min-p 0) or by min-p alone: the kernel's one-pass draw, or not
     seeds = torch.randint(-2**62, 2**62, (48,), generator=gen)
-    got = sample(logits.to(DEVICE), top_p.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu()
-    assert torch.equal(got, ref_sample(logits, top_p, min_p, seeds))
-    params = torch.stack([torch.ones(48), top_p, min_p], dim=1).to(DEVICE)  # read in place: columns of [S, 3]
+    ks = [0 if i % 3 else 1 + i for i in range(48)]  # top-k on a third of the rows, k 1 among them
+    on = [t.to(DEVICE) for t in (temperature, top_p, min_p, seeds)]
+    got = sample(logits.to(DEVICE), *on).cpu()
+    assert torch.equal(got, ref_sample(logits, temperature, top_p, min_p, seeds))
+    kth = kth_largest(logits, ks)
+    assert kth[1] == float("-inf") and kth[0] == logits[0].max()
+    with_k = sample(logits.to(DEVICE), *on, kth.to(DEVICE)).cpu()
+    assert torch.equal(with_k, ref_sample(logits, temperature, top_p, min_p, seeds, kth))
+    assert torch.equal(with_k[::3][:1], logits[:1].argmax(dim=-1))  # k 1: the argmax
+    ranks = (logits > logits.gather(1, with_k[:, None])).sum(dim=-1)  # tokens more likely than the one drawn
+    assert all(ranks[i] < ks[i] for i in range(0, 48, 3))
+    half = logits.to(torch.bfloat16)  # the head's dtype: read as it is, the same tokens as widened first
+    assert torch.equal(sample(half.to(DEVICE), *on, kth_largest(half, ks).to(DEVICE)).cpu(),
+                       ref_sample(half.float(), temperature, top_p, min_p, seeds, kth_largest(half.float(), ks)))
+    params = torch.stack([temperature, top_p, min_p], dim=1).to(DEVICE)  # read in place: columns of [S, 3]
     wide_seeds = torch.stack([seeds, seeds], dim=1).to(DEVICE)
-    assert torch.equal(sample(logits.to(DEVICE), params[:, 1], params[:, 2], wide_seeds[:, 0]).cpu(), got)
-    assert torch.equal(sample(logits[:1].to(DEVICE), params[:1, 1], params[:1, 2], wide_seeds[:1, 1]).cpu(), got[:1])
+    assert torch.equal(sample(logits.to(DEVICE), params[:, 0], params[:, 1], params[:, 2], wide_seeds[:, 0]).cpu(), got)
+    assert torch.equal(sample(logits[:1].to(DEVICE), params[:1, 0], params[:1, 1], params[:1, 2],
+                              wide_seeds[:1, 1]).cpu(), got[:1])
     tiny = torch.full((48,), 1e-46)  # 0 in float32: only the most likely token is left
-    assert torch.equal(sample(logits.to(DEVICE), tiny.to(DEVICE), min_p.to(DEVICE), seeds.to(DEVICE)).cpu(),
-                       logits.argmax(dim=-1))
+    assert torch.equal(sample(logits.to(DEVICE), on[0], tiny.to(DEVICE), *on[2:]).cpu(), logits.argmax(dim=-1))
+
+    bad = logits[:6].clone()  # the check, in the kernel's passes: a NaN, a +inf, nothing finite
+    bad[0, 7] = bad[3, 7] = float("nan")
+    bad[1, 299] = bad[4, 299] = float("inf")
+    bad[2] = bad[5] = float("-inf")
+    bad_p = torch.tensor([0.9, 0.9, 0.9, 1.0, 1.0, 1.0])  # the rounds' path, then the one-pass draw's
+    args = (torch.ones(6), bad_p, torch.zeros(6), seeds[:6])
+    assert sample(bad.to(DEVICE), *[a.to(DEVICE) for a in args], invalid=-7).tolist() == [-7] * 6
+    assert ref_sample(bad, *args, invalid=-7).tolist() == [-7] * 6
+    late = torch.full((4, 4200), float("-inf"))  # a first block of 4,096 with nothing finite, then 104 tokens
+    late[:, 4096:] = torch.randn(4, 104, generator=gen)
+    args = (torch.ones(4), torch.full((4,), 0.5), torch.zeros(4), seeds[:4])
+    drawn = sample(late.to(DEVICE), *[a.to(DEVICE) for a in args]).cpu()
+    assert torch.equal(drawn, ref_sample(late, *args)) and not torch.equal(drawn, late.argmax(dim=-1))
 
     row = torch.randn(24, generator=gen) * 1.5
     n = 20000
     p, mp = 0.7, 0.05
-    draws = ref_sample(row.expand(n, -1).contiguous(), torch.full((n,), p), torch.full((n,), mp),
+    ones = torch.ones(n)
+    draws = ref_sample(row.expand(n, -1).contiguous(), ones, torch.full((n,), p), torch.full((n,), mp),
                        torch.arange(n, dtype=torch.int64) * 7919)
     probs = row.softmax(-1)
     order = probs.argsort(descending=True)
@@ -503,8 +532,14 @@ def test_sort_free_top_p_kernel_equals_its_reference_and_draws_the_nucleus() -> 
     seen = torch.bincount(draws, minlength=24).float() / n
     assert seen[expected == 0].sum() == 0
     assert (seen - expected).abs().max() < 0.015
-    plain = ref_sample(row.expand(n, -1).contiguous(), torch.ones(n), torch.zeros(n), torch.arange(n) * 7919)
-    assert (torch.bincount(plain, minlength=24).float() / n - probs).abs().max() < 0.015  # temperature alone
+    hot = ref_sample(row.expand(n, -1).contiguous(), ones * 2, ones, torch.zeros(n), torch.arange(n) * 7919)
+    assert (torch.bincount(hot, minlength=24).float() / n - (row / 2).softmax(-1)).abs().max() < 0.015  # temperature
+    kth = kth_largest(row[None], [5]).expand(n)
+    top5 = ref_sample(row.expand(n, -1).contiguous(), ones, ones, torch.zeros(n), torch.arange(n) * 7919, kth)
+    five = order[:5]
+    kept = torch.zeros(24)
+    kept[five] = probs[five] / probs[five].sum()
+    assert (torch.bincount(top5, minlength=24).float() / n - kept).abs().max() < 0.015  # top-k renormalised
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

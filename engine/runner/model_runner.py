@@ -140,16 +140,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _warm_up_sampler(self) -> None:
-        """Sample once each way a request may ask (temperature alone, top-p with min-p, top-k), so
-        that the first such request does not wait for the sampling kernel's compile (Triton's: a
-        second and more on a fresh machine, in the middle of serving) or its kernels' loading. The
-        rows are seeded: the engine's own generator is left as it was. And greedy rows, whose
-        one-pass kernel reads the logits in the head's dtype, as the forward leaves them."""
+        """Sample once each way a request may ask, so that the first such request does not wait for a
+        sampling kernel's compile (Triton's: a second and more on a fresh machine, in the middle of
+        serving) or its loading: greedy rows, and sampled ones with and without top-k, on the logits
+        as the forward leaves them (the head's dtype) and widened (a batch with a penalty). The rows
+        are seeded: the engine's own generator is left as it was."""
         logits = torch.randn(3, self.model_config.vocab_size, device=self.device).to(self.dtype)
-        rows = [SampleRow(SamplingParams(temperature=0.8, seed=0), [0]),
-                SampleRow(SamplingParams(temperature=0.8, top_p=0.9, min_p=0.05, seed=0), [0]),
-                SampleRow(SamplingParams(temperature=0.8, top_k=20, seed=0), [0])]
-        self.sampler.sample(logits, rows)
+        kinds = [dict(temperature=0.0), dict(temperature=0.8, seed=0), dict(temperature=0.8, top_p=0.9, min_p=0.05, seed=0),
+                 dict(temperature=0.8, top_k=20, seed=0)]
+        for adjust in ({}, {"repetition_penalty": 1.1}):
+            rows = [SampleRow(SamplingParams(**kind, **adjust), [0]) for kind in kinds]
+            self.sampler.sample(logits, rows[:3])  # greedy and sampled rows, no top-k
+            self.sampler.sample(logits[:1], rows[3:])  # top-k
         self.sampler.sample(logits, [SampleRow(SamplingParams(temperature=0.0), [0])] * 3)
         torch.cuda.synchronize(self.device)
 

@@ -13,10 +13,13 @@ A row with a NaN or +inf logit, or with every logit -inf (a fault in that reques
 INVALID_TOKEN instead of a token; every other row is sampled as if it were not there. Single -inf
 entries are masks, and fine.
 
-On a GPU, after temperature and top-k, the draw is one Triton program per row
-(engine/runner/triton_sample.py): top-p and min-p by rejection, with no sort and no softmax, its noise a
+On a GPU the draw is one Triton program per row (engine/runner/triton_sample.py): it reads the
+logits in the LM head's dtype, divides by the temperature as it reads, takes top-k as each row's
+k-th largest logit, and top-p and min-p by rejection, with no sort and no softmax, its noise a
 hash of the row's seed (row_seed for a seeded row, so still batch-independent; the host's own
-generator for the others). Nothing here waits for the device: per-row parameters and index lists
+generator for the others); greedy rows take a one-pass argmax (engine/runner/triton_greedy.py).
+Both make the row check in the passes they make anyway. Only a batch with a grammar, bans, a bias or
+penalties is widened to float32 first, to be edited. Nothing here waits for the device: per-row parameters and index lists
 go over from pinned host memory without blocking (in the engine the per-row ones ride in the step's
 one copy of its inputs, engine/runner/sampling_tensors.py; otherwise `on_device`), and sizes come from the
 host-side parameters, never from a device value. A decode step's sampling is queued behind its
@@ -98,23 +101,27 @@ class Sampler:
         for a row that cannot be sampled (see the module docstring).
 
         `staged`: the rows' per-row tensors, already on the device (`stage`, through StepInputs);
-        without them they are copied here. The caller's logits are never modified. The check costs
-        one reduction and no host sync.
+        without them they are copied here. The caller's logits are never modified. The check (made
+        on the logits as finally edited) costs no host sync: on a GPU it rides in the kernels' passes.
         """
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert staged is None or staged.vocab_size == logits.shape[1], "staged for another vocabulary"
         if all(r.plain_greedy for r in rows):  # argmax and the check, in one pass on a GPU
             kernel = greedy_kernel() if logits.is_cuda else None
             return (kernel or ref_greedy)(logits, INVALID_TOKEN)
-        logits = logits.float()
-        if any(r.guide is not None for r in rows):  # before the check: a grammar allowing nothing fails its row
+        on_gpu = logits.is_cuda and sort_free_sampler() is not None
+        if not on_gpu or any(r.guide is not None or r.banned or r.params.adjusts_logits for r in rows):
+            logits = logits.float()  # edited below, or read by torch's ops (the GPU kernels read any dtype)
+        if any(r.guide is not None for r in rows):  # a grammar allowing nothing fails its row (the check)
             from engine.runner.structured_output import apply_guides  # llguidance only where a grammar is used
             logits = apply_guides(logits, rows)
-        # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
-        sane = logits.amax(dim=-1).isfinite()
         if any(r.banned or r.params.adjusts_logits for r in rows):  # one pass over the batch, not four
             logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
             logits = apply_bans(logits, rows)
+        if on_gpu:  # the kernels check each row themselves, in the passes they make anyway
+            return self._sample_gpu(logits, rows, staged)
+        # [S]: amax propagates NaN, is +inf if any entry is, and -inf only if all are
+        sane = logits.amax(dim=-1).isfinite()
         tokens = self._sample(logits, rows, staged)
         return torch.where(sane, tokens, INVALID_TOKEN)  # rows are independent: a bad one harms none
 
@@ -123,6 +130,37 @@ class Sampler:
         """The rows' per-row tensors through `stage` (a Stage: StepInputs' one copy), for `sample`;
         None when every row is greedy. Draws the unseeded rows' GPU seeds now, in `sample`'s stead."""
         return stage_sampling(rows, vocab_size, device, stage, self._host_rng)
+
+    def _sample_gpu(self, logits: torch.Tensor, rows: list[SampleRow], staged: SamplingTensors | None) -> torch.Tensor:
+        """The GPU's way: greedy rows by the one-pass argmax, the others by the sort-free kernel, which
+        reads the logits in their dtype and applies temperature, top-k, top-p and min-p itself. Each
+        kernel gives INVALID_TOKEN for a row it cannot sample."""
+        greedy = [r.greedy for r in rows]
+        if all(greedy):
+            return greedy_kernel()(logits, INVALID_TOKEN)
+        device = logits.device
+        idx_t = None
+        if any(greedy):
+            idx_t = staged.random_rows if staged is not None else on_device(
+                [i for i, g in enumerate(greedy) if not g], torch.int64, device)
+            rows = [r for r in rows if not r.greedy]
+        # [R, 3] temperature, top_p, min_p and [R] seeds: staged with the step's inputs, or copied here
+        floats = staged.params if staged is not None else on_device(
+            [[r.params.temperature, r.params.top_p, r.params.min_p] for r in rows], torch.float32, device)
+        seeds = staged.seeds if staged is not None else None
+        if seeds is None:
+            seeds = on_device(gpu_seeds(rows, self._host_rng).view(np.int64).tolist(), torch.int64, device)
+        picked = logits if idx_t is None else logits[idx_t]
+        kth = None
+        top_k = [r.params.top_k for r in rows]
+        if any(k > 0 for k in top_k):
+            kth = kth_largest(picked, top_k, None if staged is None else staged.top_k)
+        tokens = sort_free_sampler()(picked, floats[:, 0], floats[:, 1], floats[:, 2], seeds, kth, INVALID_TOKEN)
+        if idx_t is None:
+            return tokens
+        out = greedy_kernel()(logits, INVALID_TOKEN)  # [S]; the sampled rows overwritten
+        out[idx_t] = tokens
+        return out
 
     def _sample(self, logits: torch.Tensor, rows: list[SampleRow], staged: SamplingTensors | None) -> torch.Tensor:
         greedy = [r.greedy for r in rows]
@@ -138,7 +176,7 @@ class Sampler:
 
     def _sample_random(self, logits: torch.Tensor, rows: list[SampleRow],
                        staged: SamplingTensors | None) -> torch.Tensor:
-        """Temperature, filters and the exponential race for rows that all sample."""
+        """Temperature, filters and the exponential race for rows that all sample (the CPU's way)."""
         device = logits.device
         # [S, 3] temperature, top_p, min_p: staged with the step's inputs, or in one pinned buffer, one copy
         floats = staged.params.to(logits.dtype) if staged is not None else on_device(
@@ -147,12 +185,6 @@ class Sampler:
         top_k = [r.params.top_k for r in rows]
         if any(k > 0 for k in top_k):
             apply_top_k(logits, top_k, None if staged is None else staged.top_k)
-        sort_free_sample = sort_free_sampler() if logits.is_cuda else None
-        if sort_free_sample is not None:  # top-p and min-p by rejection in one kernel per row: no sort, no softmax
-            seeds_t = staged.seeds if staged is not None else None
-            if seeds_t is None:
-                seeds_t = on_device(gpu_seeds(rows, self._host_rng).view(np.int64).tolist(), torch.int64, device)
-            return sort_free_sample(logits.float(), floats[:, 1].float(), floats[:, 2].float(), seeds_t)
         top_p = [r.params.top_p for r in rows]
         if any(p < 1.0 for p in top_p):
             apply_top_p(logits, top_p)
@@ -279,8 +311,10 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: list[SampleRow]) -> tor
     return out
 
 
-def apply_top_k(logits: torch.Tensor, top_k: list[int], ks: torch.Tensor | None = None) -> None:
-    """Keep each row's k largest logits (k 0 keeps all), in place, without a full sort.
+def kth_largest(logits: torch.Tensor, top_k: list[int], ks: torch.Tensor | None = None) -> torch.Tensor:
+    """[S] float32: each row's k-th largest logit (ties count: the k-th value of a descending sort),
+    -inf for a row whose k is 0 (off) or the whole vocabulary. A topk of the largest k, no full sort;
+    the size comes from the host, never from a device value.
 
     ks: the rows' clipped ks [S] int64 on the device, if already there (staged)."""
     vocab = logits.shape[1]
@@ -288,9 +322,14 @@ def apply_top_k(logits: torch.Tensor, top_k: list[int], ks: torch.Tensor | None 
     if ks is None:
         ks = on_device(host_ks, torch.int64, logits.device)
     top_values = logits.topk(max(host_ks), dim=-1).values  # [S, k_max], descending
-    threshold = top_values.gather(1, (ks - 1)[:, None])  # [S, 1], the k-th largest logit
-    threshold = threshold.masked_fill((ks == vocab)[:, None], -math.inf)  # a disabled row keeps everything
-    logits.masked_fill_(logits < threshold, -math.inf)  # ties with the k-th value are kept
+    kth = top_values.gather(1, (ks - 1)[:, None])[:, 0].float()
+    return kth.masked_fill(ks == vocab, -math.inf)  # a disabled row keeps everything
+
+
+def apply_top_k(logits: torch.Tensor, top_k: list[int], ks: torch.Tensor | None = None) -> None:
+    """Keep each row's k largest logits (k 0 keeps all), in place, without a full sort; ties with
+    the k-th value are kept. ks: as kth_largest's."""
+    logits.masked_fill_(logits < kth_largest(logits, top_k, ks)[:, None].to(logits.dtype), -math.inf)
 
 
 def apply_top_p(logits: torch.Tensor, top_p: list[float]) -> None:

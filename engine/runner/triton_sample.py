@@ -1,4 +1,4 @@
-"""Sampling on the GPU without a sort: top-p (and min-p) by rejection, one Triton program per row.
+"""Sampling on the GPU without a sort: temperature, top-k, top-p and min-p, one Triton program per row.
 
 The nucleus N of a row is the smallest set of most likely tokens whose mass reaches top_p: a token
 c is in it exactly when the tokens more likely than c hold less than top_p. So draw c from the
@@ -6,11 +6,18 @@ row's distribution (Gumbel-max over its logits, noise hashed from the row's seed
 token id) and check that one sum; if c is outside N, every token of N is more likely than c, so
 drop every token as likely as c or less (a pivot) and draw again. An accepted draw is a draw from
 N renormalised: the distribution top-p asks for, with no sort. Each round is two passes over the
-row (a draw, a sum) after one pass for the row's max and normaliser; the most likely token is
-never dropped, so a round is accepted almost always within a few. A row that filters nothing (top_p
-1, no min-p: temperature alone) takes round 0's draw in one pass. min-p drops tokens below
-min_p x the top probability before the draws, which leaves the same set as filtering after top-p.
-Top-k and temperature come before, in the logits given (-inf: filtered out).
+row (a draw, a sum) after one pass for the row's max and normaliser (online, one read); the most
+likely token is never dropped, so a round is accepted almost always within a few. A row that
+filters nothing but by top-k (top_p 1, no min-p) takes round 0's draw in one pass. min-p drops
+tokens below min_p x the top probability before the draws, which leaves the same set as filtering
+after top-p.
+
+The kernel reads the logits as the LM head leaves them (bf16 on a GPU: one pass over [256, 151,936]
+reads 78 MB, not the 156 MB of a widened copy) and divides each by its row's temperature as it
+reads it; top-k comes in as each row's k-th largest logit (a topk of k values, not a filtered copy of
+the row); and the sampler's check is made in the same passes: a row with a NaN or a +inf, or nothing
+finite, gets the invalid token. So a sampled step is one kernel on the logits, where it was a
+widening copy, a check, a division and the draw (0.68 ms a 256-wide step on an H200, before).
 
 `ref_sample` is the same algorithm in torch, vectorised over rows: the reference the tests hold the
 kernel to (and a way to read it). The CPU engine keeps its own path (engine.runner.sampler).
@@ -39,82 +46,110 @@ def _uniform(seed, idx):
 
 
 @triton.jit
-def _draw(base, vocab, round_seed, pivot, floor, BLOCK: tl.constexpr):
+def _scaled(base, idx, vocab, temperature):
+    """Logits at `idx` (any float dtype) as float32, divided by the temperature (correctly rounded, as
+    torch divides); -inf past the row's end."""
+    x = tl.load(base + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32)
+    return tl.math.div_rn(x, temperature)
+
+
+@triton.jit
+def _draw(base, vocab, temperature, round_seed, pivot, floor, BLOCK: tl.constexpr):
     """Gumbel-max over a row's logits above `pivot` and at or above `floor`: the index drawn (the
-    first of equal maxima)."""
+    first of equal maxima), its score (-inf: nothing to draw), and whether the row holds a NaN or a +inf."""
     offs = tl.arange(0, BLOCK)
     best = tl.full((), float("-inf"), tl.float32)
     best_i = tl.full((), 0, tl.int32)
+    bad = tl.full((), 0, tl.int32)
     for start in range(0, vocab, BLOCK):
         idx = start + offs
-        x = tl.load(base + idx, mask=idx < vocab, other=float("-inf"))
+        x = _scaled(base, idx, vocab, temperature)
+        bad = tl.maximum(bad, tl.max(((x != x) | (x == float("inf"))).to(tl.int32), axis=0))
         g = x - tl.log(-tl.log(_uniform(round_seed, idx)))
         g = tl.where((idx < vocab) & (x > pivot) & (x >= floor), g, float("-inf"))
-        block_best = tl.max(g, axis=0)
-        block_i = (tl.argmax(g, axis=0) + start).to(tl.int32)
+        block_best, block_i = tl.max(g, axis=0, return_indices=True, return_indices_tie_break_left=True)
         better = block_best > best
-        best_i = tl.where(better, block_i, best_i)
+        best_i = tl.where(better, block_i.to(tl.int32) + start, best_i)
         best = tl.where(better, block_best, best)
-    return best_i
+    return best_i, best, bad
 
 
 # the per-row parameters' pointers are views whose alignment varies (a lone row's top_p is a
 # view 4 bytes into [1, 3] parameters): specialising on it compiled a new variant mid-serving
 # (and their strides: the parameters are read in place, columns of the staged [S, 3], no copy)
-@triton.jit(do_not_specialize=["top_p_ptr", "min_p_ptr", "seed_ptr", "top_p_stride", "min_p_stride", "seed_stride"])
-def _sample_kernel(logits_ptr, stride, vocab, top_p_ptr, min_p_ptr, seed_ptr, top_p_stride, min_p_stride,
-                   seed_stride, out_ptr, MAX_ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["temp_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "kth_ptr", "temp_stride",
+                               "top_p_stride", "min_p_stride", "seed_stride"])
+def _sample_kernel(logits_ptr, stride, vocab, temp_ptr, top_p_ptr, min_p_ptr, seed_ptr, kth_ptr, temp_stride,
+                   top_p_stride, min_p_stride, seed_stride, out_ptr, invalid, HAS_KTH: tl.constexpr,
+                   MAX_ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride
+    temperature = tl.load(temp_ptr + row * temp_stride)
     top_p = tl.load(top_p_ptr + row * top_p_stride)
     min_p = tl.load(min_p_ptr + row * min_p_stride)
     seed = tl.load(seed_ptr + row * seed_stride).to(tl.uint64)
+    k_floor = tl.full((), float("-inf"), tl.float32)  # top-k: the k-th largest logit, scaled as the others
+    if HAS_KTH:
+        k_floor = tl.math.div_rn(tl.load(kth_ptr + row), temperature)
     offs = tl.arange(0, BLOCK)
-    if (top_p >= 1.0) & (min_p <= 0.0):  # nothing filtered: round 0's draw, in one pass (temperature alone)
-        token = _draw(base, vocab, seed, float("-inf"), float("-inf"), BLOCK)
+    if (top_p >= 1.0) & (min_p <= 0.0):  # no top-p, no min-p: round 0's draw, in one pass
+        token, best, bad = _draw(base, vocab, temperature, seed, float("-inf"), k_floor, BLOCK)
+        ok = (bad == 0) & (best > float("-inf"))
     else:
-        # the row's max and the sum of exp(x - max)
+        # one pass: the row's max m and the sum z of exp(x - m) over what top-k keeps (online, as
+        # flash attention's softmax), and whether it holds a NaN or a +inf
         m = tl.full((), float("-inf"), tl.float32)
-        for start in range(0, vocab, BLOCK):
-            x = tl.load(base + start + offs, mask=start + offs < vocab, other=float("-inf"))
-            m = tl.maximum(m, tl.max(x, axis=0))
         z = tl.full((), 0.0, tl.float32)
+        bad = tl.full((), 0, tl.int32)
         for start in range(0, vocab, BLOCK):
-            x = tl.load(base + start + offs, mask=start + offs < vocab, other=float("-inf"))
-            z += tl.sum(tl.exp(x - m), axis=0)
-        floor = m + tl.log(min_p)  # min-p: logits below are out (min_p 0: -inf, none)
+            x = _scaled(base, start + offs, vocab, temperature)
+            nan = x != x
+            bad = tl.maximum(bad, tl.max((nan | (x == float("inf"))).to(tl.int32), axis=0))
+            x = tl.where(nan, float("-inf"), x)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            grown = z * tl.exp(m - m_new) + tl.sum(tl.where(x >= k_floor, tl.exp(x - m_new), 0.0), axis=0)
+            z = tl.where(m_new > float("-inf"), grown, z)  # nothing finite yet: z stays 0 (not NaN)
+            m = m_new
+        ok = (bad == 0) & (m > float("-inf"))
+        floor = tl.maximum(m + tl.log(min_p), k_floor)  # min-p: logits below are out (min_p 0: -inf, none)
         pivot = tl.full((), float("-inf"), tl.float32)  # logits at or below a rejected draw's are out
         token = tl.full((), 0, tl.int32)
         rounds = tl.full((), 0, tl.int32)
-        done = tl.full((), 0, tl.int32)
+        done = (ok == 0).to(tl.int32)  # a row that cannot be sampled draws nothing
         while (done == 0) & (rounds < MAX_ROUNDS):
             round_seed = seed ^ (rounds.to(tl.uint64) * 0xD1B54A32D192ED03)  # the round mixed into the seed
-            best_i = _draw(base, vocab, round_seed, pivot, floor, BLOCK)
-            chosen = tl.load(base + best_i)
+            best_i, _, _ = _draw(base, vocab, temperature, round_seed, pivot, floor, BLOCK)
+            chosen = tl.math.div_rn(tl.load(base + best_i).to(tl.float32), temperature)
             above = tl.full((), 0.0, tl.float32)
             for start in range(0, vocab, BLOCK):
-                x = tl.load(base + start + offs, mask=start + offs < vocab, other=float("-inf"))
+                x = _scaled(base, start + offs, vocab, temperature)
                 above += tl.sum(tl.where(x > chosen, tl.exp(x - m), 0.0), axis=0)
             token = best_i
             done = ((above < top_p * z) | (chosen >= m)).to(tl.int32)  # the likeliest is always in
             pivot = chosen
             rounds += 1
-    tl.store(out_ptr + row, token.to(tl.int64))
+    tl.store(out_ptr + row, tl.where(ok, token.to(tl.int64), invalid))
 
 
-def sample(logits: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """logits [S, V] fp32 (temperature and top-k applied), top_p and min_p [S] fp32, seeds [S]
-    int64 (any stride) -> [S] int64 tokens, each drawn from its row's top-p and min-p filtered distribution."""
-    assert logits.dim() == 2 and logits.dtype == torch.float32 and logits.stride(1) == 1
-    assert top_p.dtype == min_p.dtype == torch.float32 and seeds.dtype == torch.int64
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+           seeds: torch.Tensor, kth: torch.Tensor | None = None, invalid: int = -1) -> torch.Tensor:
+    """logits [S, V] (float32, bfloat16 or float16; unit stride over V), temperature, top_p and min_p
+    [S] float32, seeds [S] int64 (any stride), kth [S] float32 (top-k: each row's k-th largest logit,
+    before the temperature, -inf for a row without; None: no row has one) -> [S] int64 tokens, each drawn
+    from its row's logits / temperature, top-k, top-p and min-p filtered; `invalid` for a row with a
+    NaN or a +inf, or nothing finite."""
+    assert logits.dim() == 2 and logits.stride(1) == 1, "logits must be [S, V] with rows of unit stride"
+    assert temperature.dtype == top_p.dtype == min_p.dtype == torch.float32 and seeds.dtype == torch.int64
+    assert kth is None or (kth.dtype == torch.float32 and kth.is_contiguous())
     rows, vocab = logits.shape
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
     if rows == 0:
         return out
     block = min(_BLOCK, triton.next_power_of_2(vocab))
-    _sample_kernel[(rows,)](logits, logits.stride(0), vocab, top_p, min_p, seeds, top_p.stride(0), min_p.stride(0),
-                            seeds.stride(0), out, MAX_ROUNDS=MAX_ROUNDS, BLOCK=block,
-                            num_warps=max(1, min(16, block // 256)))
+    _sample_kernel[(rows,)](logits, logits.stride(0), vocab, temperature, top_p, min_p, seeds,
+                            temperature if kth is None else kth, temperature.stride(0), top_p.stride(0),
+                            min_p.stride(0), seeds.stride(0), out, invalid, HAS_KTH=kth is not None,
+                            MAX_ROUNDS=MAX_ROUNDS, BLOCK=block, num_warps=max(1, min(16, block // 256)))
     return out
 
 
@@ -128,16 +163,23 @@ def _ref_uniform(seeds: torch.Tensor, width: int) -> torch.Tensor:
     return (((x >> 40) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
 
 
-def ref_sample(logits: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+def ref_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+               seeds: torch.Tensor, kth: torch.Tensor | None = None, invalid: int = -1) -> torch.Tensor:
     """The kernel's algorithm in torch, all rows at once, round by round."""
     rows, vocab = logits.shape
+    logits = logits.float() / temperature[:, None]
+    bad = logits.isnan().any(dim=-1) | (logits == float("inf")).any(dim=-1)
+    logits = logits.masked_fill(logits.isnan(), float("-inf"))
+    if kth is not None:  # top-k: what is below the k-th largest is out
+        logits = logits.masked_fill(logits < (kth / temperature)[:, None], float("-inf"))
     m = logits.amax(dim=-1, keepdim=True)
+    ok = ~bad & (m[:, 0] > float("-inf"))
     e = (logits - m).exp()
     z = e.sum(dim=-1)
     floor = m + min_p[:, None].log()
     pivot = torch.full((rows, 1), float("-inf"), device=logits.device)
     token = torch.zeros(rows, dtype=torch.int64, device=logits.device)
-    done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    done = ~ok
     for r in range(MAX_ROUNDS):
         mix = (r * _ROUND_MIX) % 2**64  # uint64 product, then as int64 bits
         round_seeds = seeds ^ (mix - 2**64 if mix >= 2**63 else mix)
@@ -152,4 +194,4 @@ def ref_sample(logits: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, s
         done = done | accept
         if bool(done.all()):
             break
-    return token
+    return torch.where(ok, token, invalid)
