@@ -362,3 +362,36 @@ def test_every_engine_step_equals_the_reference(tiny_dir: Path) -> None:
     assert all(seen.values()), seen
     assert llm.engine.metrics.total_cached_tokens > 0  # prefix-cache hits
 
+
+
+def test_an_eager_steps_rows_pad_to_a_row_size_and_the_engine_reads_the_real_ones(tiny_dir: Path) -> None:
+    """row_sizes (a GPU's decode graph sizes, which cuBLAS has seen): an unpadded step's logits rows
+    are padded up to the first size that holds them, the last real row repeated, the real rows as
+    the reference's; past the largest size, or with none, no padding. An engine whose steps are
+    padded so gives the same tokens, logprobs and prompt logprobs as one whose are not."""
+    inputs = make_inputs()
+    inputs.row_sizes = (1, 2, 4, 8)
+    for chunks in ([MIXED[0]], MIXED[:2], MIXED, MIXED[3:4], [MIXED[1]]):
+        real = reference(chunks, BS)["logits_indices"]
+        rows = inputs.build(chunks).meta.logits_indices.tolist()
+        want = next((s for s in inputs.row_sizes if s >= len(real)), len(real)) if real else 0
+        assert rows == real + real[-1:] * (want - len(real)), chunks
+    assert len(real) == 3 and len(rows) == 4  # a lone chunk of n = 3: padded too
+    inputs.row_sizes = (1, 2)
+    assert len(inputs.build(MIXED).meta.logits_indices) == len(reference(MIXED, BS)["logits_indices"])
+
+    rng = random.Random(1)
+    prompts = [[rng.randrange(500) for _ in range(n)] for n in (3, 30, 7, 12, 5)]
+    params = [SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2),
+              SamplingParams(temperature=0.9, seed=5, n=3, max_tokens=5, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, prompt_logprobs=2),
+              SamplingParams(temperature=0.7, top_k=20, seed=2, max_tokens=6, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)]
+    outputs = []
+    for sizes in ((), (1, 2, 4, 8, 16, 32)):
+        llm = LLM(str(tiny_dir), device="cpu", block_size=BS, num_blocks=96, max_num_batched_tokens=16)
+        llm.engine.runner.inputs.row_sizes = sizes
+        outs = llm.generate(prompts, params)
+        outputs.append([(o.token_ids, o.logprobs, o.prompt_logprobs) for r in outs for o in r.outputs])
+    assert outputs[0] == outputs[1]
+    assert any(p for _, _, p in outputs[0])  # prompt logprobs were read past the sampled rows

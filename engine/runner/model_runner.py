@@ -9,7 +9,7 @@ from engine.attention import get_backend
 from engine.attention.backend import AttentionShape
 from engine.core.config import CacheConfig, EngineConfig, ModelConfig
 from engine.runner.compiled_decode import CompiledDecode
-from engine.runner.cuda_graphs import DecodeGraphs
+from engine.runner.cuda_graphs import DecodeGraphs, graph_sizes
 from engine.runner.device_peaks import measure_peaks
 from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
 from engine.runner.model_loader import load_model
@@ -87,9 +87,12 @@ class ModelRunner:
         limits = StepLimits(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs, max_blocks,
                             sched.max_num_seqs)
         shape = AttentionShape(mc.num_heads, mc.num_kv_heads, self.num_blocks * self.block_size, self.device)
-        # the copy's event is recorded once a step is queued (launch): not before a lone prompt's graph runs
+        captures = self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton"
+        # the copy's event is recorded once a step is queued (launch): not before a lone prompt's graph
+        # runs; an eager step's logits rows are padded to a decode graph's batch size (StepInputs)
         self.inputs = StepInputs(limits, self.block_size, self.device, self.backend, shape, self.sampler,
-                                 mc.vocab_size, defer_record=True)
+                                 mc.vocab_size, defer_record=True,
+                                 row_sizes=graph_sizes(sched.max_num_seqs) if captures else ())
         self.compiled: CompiledDecode | None = None
         if config.compile_decode:
             if self.device.type != "cpu" or self.backend.name != "torch":
@@ -98,7 +101,7 @@ class ModelRunner:
             self.compiled.warm_up(lambda chunks: self.inputs.build(chunks).meta, sched.max_num_seqs)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
-        if self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton":
+        if captures:
             self.graphs = DecodeGraphs(self._logits_of, self.inputs, sched.max_num_seqs, max_blocks, self.device)
             self.prefill_graphs = PrefillGraphs(self._logits_of, self.inputs, sched.max_num_batched_tokens,
                                                 max_blocks, self.device)
@@ -188,8 +191,9 @@ class ModelRunner:
             logits = graphs.run(chunks, meta)
         elif self.compiled is not None and self.compiled.accepts(meta):
             logits = self.compiled.run(meta)
-        else:
-            logits = self._logits_of(meta.input_ids, meta.positions, meta)
+        else:  # its rows padded (StepInputs' row_sizes): the real ones first
+            real = len(rows) + sum(len(c.prompt_targets) for c in chunks)
+            logits = self._logits_of(meta.input_ids, meta.positions, meta)[:real]
         prompt = None
         if any(c.prompt_targets for c in chunks):  # the rows after the sampled ones
             targets = [t for c in chunks for t in c.prompt_targets]

@@ -99,11 +99,20 @@ class StepInputs:
 
     def __init__(self, limits: StepLimits, block_size: int, device: torch.device,
                  backend: AttentionBackend | None = None, shape: AttentionShape | None = None,
-                 sampler: Sampler | None = None, vocab_size: int = 0, defer_record: bool = False) -> None:
+                 sampler: Sampler | None = None, vocab_size: int = 0, defer_record: bool = False,
+                 row_sizes: Sequence[int] = ()) -> None:
         """backend and shape: plan each step (else the backend plans at each call); sampler and
         vocab_size: stage the sampled rows' tensors (else the sampler copies its own);
-        defer_record: the caller calls record_copy() once the step is queued (Staging's record)."""
+        defer_record: the caller calls record_copy() once the step is queued (Staging's record).
+
+        row_sizes (ascending): an unpadded step's logits rows are padded up to the first of these that
+        holds them, the last real row repeated; the caller reads the real ones, first. On a GPU these
+        are the decode graphs' batch sizes: the prefill's last layer and the LM head run on the rows
+        alone, and at a row count cuBLAS had not seen (no graph's capture ran it) each of their
+        matmuls spent 3-5 ms of the host's time choosing a kernel (H200's host; a W256 ramp step has
+        a new count nearly every time: its launch took 25 ms where 12 would do)."""
         self.defer_record = defer_record
+        self.row_sizes = tuple(row_sizes)
         self.limits, self.block_size, self.device = limits, block_size, torch.device(device)
         self.backend, self.shape = backend, shape
         self.sampler, self.vocab_size = sampler, vocab_size
@@ -162,6 +171,11 @@ class StepInputs:
             meta.plan = self.backend.finish_plan(plan, meta)  # device work, queued after the copy
         return StepTensors(meta, sampling, block_copies)
 
+    def _padded_rows(self, real: int) -> int:
+        """The logits rows of an unpadded step of `real` rows: the first row size that holds them (none
+        where there are none, or more than the largest)."""
+        return next((size for size in self.row_sizes if size >= real), real) if real else 0
+
     def record_copy(self) -> None:
         """Record the last build's copy event (with defer_record, once its step is queued)."""
         self.staging.record()
@@ -179,8 +193,8 @@ class StepInputs:
         tables, d_tables = take((seqs, width), np.int32)
         ctx, d_ctx = take((seqs,), np.int32)
         qsl, d_qsl = take((seqs + 1,), np.int32)
-        num_logits = seqs if pad else int(samples.sum() + p_lens.sum())
-        logits, d_logits = take((num_logits,), np.int64)
+        real = int(samples.sum() + p_lens.sum())
+        logits, d_logits = take((seqs if pad else self._padded_rows(real),), np.int64)
 
         ends = np.cumsum(q_lens)  # [B] end row of each sequence's query
         firsts = ends - q_lens
@@ -198,7 +212,8 @@ class StepInputs:
         query_lens, context_lens = q_lens.tolist(), (starts + q_lens).tolist()
         fresh = False  # a fresh prompt is a lone sequence's (_fill_one)
         if not pad:
-            logits[:] = _logits_rows(ends, firsts, samples, p_lens)
+            logits[:real] = _logits_rows(ends, firsts, samples, p_lens)
+            logits[real:] = logits[real - 1] if real else 0  # pad rows: the last real one again
         else:
             logits[:b] = ends - 1
             ids[t:], pos[t:], slots[t:] = 0, 0, -1
@@ -231,8 +246,8 @@ class StepInputs:
         tables, d_tables = take((seqs, width), np.int32)
         ctx, d_ctx = take((seqs,), np.int32)
         qsl, d_qsl = take((seqs + 1,), np.int32)
-        num_logits = seqs if pad else chunk.num_samples + len(chunk.prompt_targets)
-        logits, d_logits = take((num_logits,), np.int64)
+        real = chunk.num_samples + len(chunk.prompt_targets)
+        logits, d_logits = take((seqs if pad else self._padded_rows(real),), np.int64)
         ids[:t] = np.fromiter(chunk.token_ids, np.int64, t)  # a third quicker than from the list itself
         pos[:t] = _ARANGE[start:end] if end <= len(_ARANGE) else np.arange(start, end)
         tables.fill(0)  # past the table's end (never read) and the pad rows (block 0: read, written never)
@@ -248,7 +263,8 @@ class StepInputs:
             samples, p = chunk.num_samples, len(chunk.prompt_targets)
             logits[:samples] = t - 1  # every sample's row, then the prompt-logprobs rows (its first tokens)
             if p:
-                logits[samples:] = np.arange(p)
+                logits[samples:real] = np.arange(p)
+            logits[real:] = logits[real - 1] if real else 0  # pad rows: the last real one again
             query_lens, context_lens = [t], [end]
         else:
             logits[0] = t - 1
