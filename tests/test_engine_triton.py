@@ -38,3 +38,34 @@ def test_triton_backend_matches_torch_backend_in_the_engine(tiny_dir: Path) -> N
     assert llm.engine.runner.backend.name == "triton"
     assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.metrics.total_cached_tokens > 0
+
+
+def test_padded_eager_steps_give_the_same_tokens(tiny_dir: Path) -> None:
+    """An eager step padded to a token size and a row size (as a GPU's steps are, to counts cuBLAS
+    has seen: StepInputs' token_sizes and row_sizes) gives the tokens, logprobs and prompt logprobs of
+    the same step unpadded: the pad tokens write no key or value and belong to no sequence on the device
+    (the prefill kernel's tiles past the last sequence's query do nothing), and their rows are not read."""
+    rng = random.Random(1)
+    prompts = [[rng.randrange(500) for _ in range(n)] for n in (5, 23, 40, 3)]
+    params = [SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=2),
+              SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, prompt_logprobs=1),
+              SamplingParams(temperature=0.8, seed=3, n=2, max_tokens=4, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)]
+    kw = dict(device=DEVICE, dtype="float32", block_size=8, enforce_eager=True, num_blocks=32,
+              attention_backend="triton", max_num_batched_tokens=16)
+    outputs, padded = [], []
+    for tokens, rows in (((), ()), ((4, 8, 12, 16), (1, 2, 4, 8, 16))):
+        llm = LLM(str(tiny_dir), **kw)
+        inputs = llm.engine.runner.inputs
+        inputs.token_sizes, inputs.row_sizes = tokens, rows
+        build = inputs.build
+
+        def counted(chunks, *a, **k):
+            step = build(chunks, *a, **k)
+            padded.append(step.meta.num_tokens - sum(len(c.token_ids) for c in chunks))
+            return step
+        inputs.build = counted
+        out = llm.generate(prompts, params)
+        outputs.append([(o.token_ids, o.logprobs, o.prompt_logprobs) for r in out for o in r.outputs])
+    assert outputs[0] == outputs[1]
+    assert any(padded) and min(padded) == 0  # some steps were padded (a pure decode never is)

@@ -395,3 +395,25 @@ def test_an_eager_steps_rows_pad_to_a_row_size_and_the_engine_reads_the_real_one
         outputs.append([(o.token_ids, o.logprobs, o.prompt_logprobs) for r in outs for o in r.outputs])
     assert outputs[0] == outputs[1]
     assert any(p for _, _, p in outputs[0])  # prompt logprobs were read past the sampled rows
+
+
+def test_a_step_with_a_prompt_chunk_pads_its_tokens_to_a_token_size() -> None:
+    """token_sizes: a step feeding a prompt's chunk is padded up to the first size that holds its
+    tokens (id 0, position 0, slot -1), the pad in the last sequence's query on the host (the tiles
+    cover it) and in none on the device (query_start_loc as the real step's); a pure decode is not."""
+    inputs = make_inputs()
+    inputs.token_sizes = (4, 16, 32)
+    steps = [MIXED, MIXED[1:2], MIXED[2:4]]  # 16 tokens (a size: no pad); a lone 6 and 8: padded to 16
+    for chunks in steps:
+        ref = reference(chunks, BS)
+        meta = inputs.build(chunks).meta
+        t = len(ref["input_ids"])
+        size = next(s for s in inputs.token_sizes if s >= t)
+        assert meta.input_ids.tolist() == ref["input_ids"] + [0] * (size - t)
+        assert meta.positions.tolist() == ref["positions"] + [0] * (size - t)
+        assert meta.slot_mapping.tolist() == ref["slot_mapping"] + [-1] * (size - t)
+        assert meta.query_start_loc.tolist() == ref["query_start_loc"] and meta.logits_indices.tolist() == ref["logits_indices"]
+        assert meta.query_lens_cpu == ref["query_lens_cpu"][:-1] + [ref["query_lens_cpu"][-1] + size - t]
+        assert (size > t) == (chunks is not steps[0])
+    decodes = [ScheduledChunk([5], 9, [3, 1, 7], 1), ScheduledChunk([6], 0, [13], 1)]
+    assert inputs.build(decodes).meta.num_tokens == 2

@@ -13,12 +13,12 @@ from engine.runner.cuda_graphs import DecodeGraphs, graph_sizes
 from engine.runner.device_peaks import measure_peaks
 from engine.runner.forward_metadata import ForwardMetadata, ScheduledChunk
 from engine.runner.model_loader import load_model
-from engine.runner.prefill_graphs import PrefillGraphs
+from engine.runner.prefill_graphs import PrefillGraphs, prefill_sizes
 from engine.runner.logprobs import LogprobTensors, prompt_logprobs, sampled_logprobs
 from engine.core.outputs import TokenLogprobs
 from engine.core.sampling_params import SamplingParams
 from engine.runner.sampler import SampleRow, Sampler
-from engine.runner.step_inputs import Feed, StepInputs, StepLimits, build_metadata
+from engine.runner.step_inputs import Feed, Padding, StepInputs, StepLimits, build_metadata
 from engine.runner.token_return import TokenReturn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,6 +51,16 @@ def check_quantization_supported(mode: str | None, device: torch.device,
     if capability < (8, 0):
         raise ValueError(f"--quantization int4 needs a GPU of compute capability 8.0 or newer (this one has "
                          f"{capability[0]}.{capability[1]}); use int8, or run without quantization")
+
+
+def eager_token_sizes(max_seqs: int, max_tokens: int) -> list[int]:
+    """The token counts an eager step (prompt chunks, on a GPU with graphs) is padded up to: those the
+    graphs' captures run (the decode batch sizes, the prefill ladder), and every 1,024 up to the
+    budget. A count cuBLAS has not seen costs each of a step's matmul shapes 3-5 ms of host time
+    (an H200's host) the first time; padding costs only device time, which a mixed step, host-bound,
+    has to spare."""
+    sizes = {*graph_sizes(max_seqs), *prefill_sizes(max_tokens), *range(1024, max_tokens, 1024), max_tokens}
+    return sorted(n for n in sizes if n <= max_tokens)
 
 
 class ModelRunner:
@@ -89,10 +99,12 @@ class ModelRunner:
         shape = AttentionShape(mc.num_heads, mc.num_kv_heads, self.num_blocks * self.block_size, self.device)
         captures = self.device.type == "cuda" and not config.enforce_eager and self.backend.name == "triton"
         # the copy's event is recorded once a step is queued (launch): not before a lone prompt's graph
-        # runs; an eager step's logits rows are padded to a decode graph's batch size (StepInputs)
+        # runs; an eager step's logits rows and tokens are padded to counts cuBLAS has seen (StepInputs)
+        token_sizes = eager_token_sizes(sched.max_num_seqs, sched.max_num_batched_tokens) if captures else ()
         self.inputs = StepInputs(limits, self.block_size, self.device, self.backend, shape, self.sampler,
                                  mc.vocab_size, defer_record=True,
-                                 row_sizes=graph_sizes(sched.max_num_seqs) if captures else ())
+                                 row_sizes=graph_sizes(sched.max_num_seqs) if captures else (),
+                                 token_sizes=token_sizes)
         self.compiled: CompiledDecode | None = None
         if config.compile_decode:
             if self.device.type != "cpu" or self.backend.name != "torch":
@@ -105,6 +117,9 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self._logits_of, self.inputs, sched.max_num_seqs, max_blocks, self.device)
             self.prefill_graphs = PrefillGraphs(self._logits_of, self.inputs, sched.max_num_batched_tokens,
                                                 max_blocks, self.device)
+            # the eager token sizes no capture ran (nor the first warm-up's full budget)
+            seen = {*self.graphs.sizes, *self.prefill_graphs.sizes, sched.max_num_batched_tokens}
+            self._warm_up_matmuls([n for n in token_sizes if n not in seen], max_blocks)
         # the sampled tokens' way back to the host (a page-locked ring: CUDA only)
         self.returns = TokenReturn(sched.max_num_seqs, self.device) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
@@ -140,6 +155,15 @@ class ModelRunner:
         del self.kv_caches, self.kv_pool
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
+
+    @torch.inference_mode()
+    def _warm_up_matmuls(self, sizes: list[int], max_blocks: int) -> None:
+        """One all-padding forward of each of these token counts (pad slots: written nowhere), so that
+        cuBLAS has chosen its kernels for them before a step of that count waits for it."""
+        for n in sizes:
+            meta = self.inputs.build([], pad=Padding(1, n, max_blocks)).meta
+            self._logits_of(meta.input_ids, meta.positions, meta)
+        torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def _warm_up_sampler(self) -> None:

@@ -100,7 +100,7 @@ class StepInputs:
     def __init__(self, limits: StepLimits, block_size: int, device: torch.device,
                  backend: AttentionBackend | None = None, shape: AttentionShape | None = None,
                  sampler: Sampler | None = None, vocab_size: int = 0, defer_record: bool = False,
-                 row_sizes: Sequence[int] = ()) -> None:
+                 row_sizes: Sequence[int] = (), token_sizes: Sequence[int] = ()) -> None:
         """backend and shape: plan each step (else the backend plans at each call); sampler and
         vocab_size: stage the sampled rows' tensors (else the sampler copies its own);
         defer_record: the caller calls record_copy() once the step is queued (Staging's record).
@@ -110,9 +110,14 @@ class StepInputs:
         are the decode graphs' batch sizes: the prefill's last layer and the LM head run on the rows
         alone, and at a row count cuBLAS had not seen (no graph's capture ran it) each of their
         matmuls spent 3-5 ms of the host's time choosing a kernel (H200's host; a W256 ramp step has
-        a new count nearly every time: its launch took 25 ms where 12 would do)."""
+        a new count nearly every time: its launch took 25 ms where 12 would do).
+
+        token_sizes (ascending): likewise an unpadded step that feeds a prompt's chunk is padded up to
+        the first of these that holds its tokens (pad tokens: id 0, position 0, slot -1, in the last
+        sequence's query on the host and in none on the device, as a graph's padding), so that its
+        every layer's matmuls run at a count cuBLAS has seen (ModelRunner warms the ones no capture ran)."""
         self.defer_record = defer_record
-        self.row_sizes = tuple(row_sizes)
+        self.row_sizes, self.token_sizes = tuple(row_sizes), tuple(token_sizes)
         self.limits, self.block_size, self.device = limits, block_size, torch.device(device)
         self.backend, self.shape = backend, shape
         self.sampler, self.vocab_size = sampler, vocab_size
@@ -171,6 +176,11 @@ class StepInputs:
             meta.plan = self.backend.finish_plan(plan, meta)  # device work, queued after the copy
         return StepTensors(meta, sampling, block_copies)
 
+    def _padded_tokens(self, real: int) -> int:
+        """The tokens of an unpadded step of `real` that feeds a prompt's chunk: the first token size that
+        holds them (`real` past the largest)."""
+        return next((size for size in self.token_sizes if size >= real), real)
+
     def _padded_rows(self, real: int) -> int:
         """The logits rows of an unpadded step of `real` rows: the first row size that holds them (none
         where there are none, or more than the largest)."""
@@ -185,7 +195,7 @@ class StepInputs:
         """The ForwardMetadata's arrays, written into this step's host buffer (T tokens, B sequences)."""
         b, t, bs = len(chunks), int(q_lens.sum()), self.block_size
         seqs, tokens, width = (pad.num_seqs, pad.num_tokens, pad.table_width) if pad else \
-            (b, t, int(t_lens.max(initial=0)))
+            (b, self._padded_tokens(t) if q_lens.max(initial=0) > 1 else t, int(t_lens.max(initial=0)))
         extra = seqs - b  # pad sequences, one token each
         assert extra >= 0 and tokens >= t + extra and width >= t_lens.max(initial=0), "the step exceeds its padding"
         take = self.staging.take
@@ -214,6 +224,9 @@ class StepInputs:
         if not pad:
             logits[:real] = _logits_rows(ends, firsts, samples, p_lens)
             logits[real:] = logits[real - 1] if real else 0  # pad rows: the last real one again
+            if tokens > t:  # pad tokens (token_sizes), in the last sequence's query on the host alone
+                ids[t:], pos[t:], slots[t:] = 0, 0, -1
+                query_lens[-1] += tokens - t
         else:
             logits[:b] = ends - 1
             ids[t:], pos[t:], slots[t:] = 0, 0, -1
@@ -236,7 +249,8 @@ class StepInputs:
         step, a prefill graph's, is on its time to first token; a slow host pays ~3 us a numpy call)."""
         t, start, bs, table = len(chunk.token_ids), chunk.start_pos, self.block_size, chunk.block_table
         num_blocks, end = len(table), chunk.start_pos + len(chunk.token_ids)
-        seqs, tokens, width = (pad.num_seqs, pad.num_tokens, pad.table_width) if pad else (1, t, num_blocks)
+        seqs, tokens, width = (pad.num_seqs, pad.num_tokens, pad.table_width) if pad else \
+            (1, self._padded_tokens(t) if t > 1 else t, num_blocks)
         extra = seqs - 1  # pad sequences, one token each
         assert extra >= 0 and tokens >= t + extra and width >= num_blocks, "the step exceeds its padding"
         take = self.staging.take
@@ -265,7 +279,8 @@ class StepInputs:
             if p:
                 logits[samples:real] = np.arange(p)
             logits[real:] = logits[real - 1] if real else 0  # pad rows: the last real one again
-            query_lens, context_lens = [t], [end]
+            ids[t:], pos[t:], slots[t:] = 0, 0, -1  # pad tokens (token_sizes), if any: in its query on the host alone
+            query_lens, context_lens = [tokens], [end]
         else:
             logits[0] = t - 1
             ids[t:], pos[t:], slots[t:] = 0, 0, -1
