@@ -37,6 +37,18 @@ def rows() -> list[SampleRow]:
     return out
 
 
+def sampled_without_a_sync(sampler: Sampler, logits: torch.Tensor, batch: list[SampleRow]) -> torch.Tensor:
+    """sampler.sample(logits, batch) once warm (its kernels compiled and loaded), under
+    set_sync_debug_mode("error"), which raises on any synchronising call."""
+    sampler.sample(logits, batch)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return sampler.sample(logits, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_a_mixed_batch_samples_without_a_sync() -> None:
     sampler = Sampler(0)
     batch = rows()
@@ -121,17 +133,10 @@ def test_a_greedy_step_reads_the_heads_bf16_logits_in_one_pass() -> None:
     without a sync, and picks what the float32 path picks; a poisoned row gets the invalid token."""
     from engine.runner.sampler import INVALID_TOKEN, ref_greedy
 
-    sampler = Sampler(0)
     batch = [SampleRow(SamplingParams(temperature=0.0), [1, 2, 3]) for _ in range(256)]
     logits = torch.randn(256, 151936, device="cuda").to(torch.bfloat16)
     logits[17, 3] = float("nan")
-    sampler.sample(logits, batch)  # compiled and loaded
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        tokens = sampler.sample(logits, batch)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    tokens = sampled_without_a_sync(Sampler(0), logits, batch)
     want = ref_greedy(logits.float(), INVALID_TOKEN)
     assert torch.equal(tokens, want) and int(tokens[17]) == INVALID_TOKEN
 
@@ -140,7 +145,7 @@ def test_a_sampled_step_reads_the_heads_bf16_logits_as_they_are() -> None:
     """Sampled rows on bf16 logits (the engine's head output) go to the kernel unwidened, without a
     sync: the same tokens as on the same logits widened to float32 (the kernel divides by the
     temperature as it reads, and takes top-k as a k-th largest value), for every kind of row, greedy
-    ones among them; a poisoned row gets the invalid token and changes no other."""
+    ones among them; a poisoned row gets the invalid token."""
     from engine.runner.sampler import INVALID_TOKEN
 
     kinds = [SamplingParams(temperature=0.7, top_p=0.9, seed=1), SamplingParams(temperature=0.7),
@@ -149,16 +154,11 @@ def test_a_sampled_step_reads_the_heads_bf16_logits_as_they_are() -> None:
     logits = (torch.randn(256, 151936, device="cuda") * 3).to(torch.bfloat16)
     logits[17, 3] = float("nan")
     logits[18, 5] = float("inf")
-    for width in (1, len(kinds)):  # every row of a kind, then the kinds mixed in one batch
-        batch = [SampleRow(kinds[(i // 64 if width == 1 else i) % len(kinds)], [1, 2, 3], step=i) for i in range(256)]
-        half, wide = Sampler(0), Sampler(0)
-        half.sample(logits, batch)  # compiled and loaded
-        wide.sample(logits.float(), batch)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            tokens = half.sample(logits, batch)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    for mixed in (False, True):  # the kinds in blocks of rows, then interleaved row by row
+        batch = [SampleRow(kinds[i % len(kinds) if mixed else i * len(kinds) // 256], [1, 2, 3], step=i)
+                 for i in range(256)]
+        tokens = sampled_without_a_sync(Sampler(0), logits, batch)
+        wide = Sampler(0)
+        wide.sample(logits.float(), batch)  # as many draws of the host's seeds as the one above made
         assert tokens.tolist() == wide.sample(logits.float(), batch).tolist()
         assert int(tokens[17]) == int(tokens[18]) == INVALID_TOKEN and INVALID_TOKEN not in tokens[19:].tolist()
