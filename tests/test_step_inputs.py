@@ -417,3 +417,18 @@ def test_a_step_with_a_prompt_chunk_pads_its_tokens_to_a_token_size() -> None:
         assert (size > t) == (chunks is not steps[0])
     decodes = [ScheduledChunk([5], 9, [3, 1, 7], 1), ScheduledChunk([6], 0, [13], 1)]
     assert inputs.build(decodes).meta.num_tokens == 2
+
+
+@pytest.mark.parametrize("max_seqs,max_tokens", [(256, 8192), (16, 2048), (64, 1000)])
+def test_eager_token_sizes_hold_the_captured_counts_and_pad_little(max_seqs: int, max_tokens: int) -> None:
+    """A GPU's eager token sizes: every count the graphs' captures ran (cuBLAS has seen those), the
+    budget, nothing past it, and above 256 no step padded by more than an eighth."""
+    from engine.runner.cuda_graphs import graph_sizes
+    from engine.runner.model_runner import eager_token_sizes
+    from engine.runner.prefill_graphs import prefill_sizes
+
+    sizes = eager_token_sizes(max_seqs, max_tokens)
+    assert sizes == sorted(set(sizes)) and sizes[-1] == max_tokens
+    captured = {n for n in (*graph_sizes(max_seqs), *prefill_sizes(max_tokens)) if n <= max_tokens}
+    assert captured <= set(sizes)
+    assert all(b <= a * 9 / 8 for a, b in zip(sizes, sizes[1:]) if a >= 256)

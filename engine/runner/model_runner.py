@@ -55,11 +55,15 @@ def check_quantization_supported(mode: str | None, device: torch.device,
 
 def eager_token_sizes(max_seqs: int, max_tokens: int) -> list[int]:
     """The token counts an eager step (prompt chunks, on a GPU with graphs) is padded up to: those the
-    graphs' captures run (the decode batch sizes, the prefill ladder), and every 1,024 up to the
-    budget. A count cuBLAS has not seen costs each of a step's matmul shapes 3-5 ms of host time
-    (an H200's host) the first time; padding costs only device time, which a mixed step, host-bound,
-    has to spare."""
-    sizes = {*graph_sizes(max_seqs), *prefill_sizes(max_tokens), *range(1024, max_tokens, 1024), max_tokens}
+    graphs' captures run (the decode batch sizes, the prefill ladder), and above 256 eight sizes a
+    doubling (a pad of at most an eighth), up to the budget. A count cuBLAS has not seen costs each
+    of a step's matmul shapes 3-5 ms of host time (an H200's host) the first time; padding costs only
+    device time, which a mixed step, host-bound, mostly has to spare."""
+    sizes = {*graph_sizes(max_seqs), *prefill_sizes(max_tokens), max_tokens}
+    octave = 256
+    while octave < max_tokens:
+        sizes.update(range(octave, 2 * octave, octave // 8))
+        octave *= 2
     return sorted(n for n in sizes if n <= max_tokens)
 
 

@@ -321,8 +321,10 @@ def kth_largest(logits: torch.Tensor, top_k: list[int], ks: torch.Tensor | None 
     host_ks = [clip_top_k(k, vocab) for k in top_k]
     if ks is None:
         ks = on_device(host_ks, torch.int64, logits.device)
-    top_values = logits.topk(max(host_ks), dim=-1).values  # [S, k_max], descending
-    kth = top_values.gather(1, (ks - 1)[:, None])[:, 0].float()
+    # the largest k that filters: a row without top-k (k = the vocabulary) must not make every row sort it all
+    k_max = max((k for k in host_ks if k < vocab), default=1)
+    top_values = logits.topk(k_max, dim=-1).values  # [S, k_max], descending
+    kth = top_values.gather(1, (ks.clamp(max=k_max) - 1)[:, None])[:, 0].float()
     return kth.masked_fill(ks == vocab, -math.inf)  # a disabled row keeps everything
 
 
