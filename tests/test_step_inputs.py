@@ -412,7 +412,8 @@ def test_a_step_with_a_prompt_chunk_pads_its_tokens_to_a_token_size() -> None:
         assert meta.input_ids.tolist() == ref["input_ids"] + [0] * (size - t)
         assert meta.positions.tolist() == ref["positions"] + [0] * (size - t)
         assert meta.slot_mapping.tolist() == ref["slot_mapping"] + [-1] * (size - t)
-        assert meta.query_start_loc.tolist() == ref["query_start_loc"] and meta.logits_indices.tolist() == ref["logits_indices"]
+        assert meta.query_start_loc.tolist() == ref["query_start_loc"]
+        assert meta.logits_indices.tolist() == ref["logits_indices"]
         assert meta.query_lens_cpu == ref["query_lens_cpu"][:-1] + [ref["query_lens_cpu"][-1] + size - t]
         assert (size > t) == (chunks is not steps[0])
     decodes = [ScheduledChunk([5], 9, [3, 1, 7], 1), ScheduledChunk([6], 0, [13], 1)]

@@ -177,8 +177,8 @@ class ModelRunner:
         as the forward leaves them (the head's dtype) and widened (a batch with a penalty). The rows
         are seeded: the engine's own generator is left as it was."""
         logits = torch.randn(3, self.model_config.vocab_size, device=self.device).to(self.dtype)
-        kinds = [dict(temperature=0.0), dict(temperature=0.8, seed=0), dict(temperature=0.8, top_p=0.9, min_p=0.05, seed=0),
-                 dict(temperature=0.8, top_k=20, seed=0)]
+        kinds = [dict(temperature=0.0), dict(temperature=0.8, seed=0),
+                 dict(temperature=0.8, top_p=0.9, min_p=0.05, seed=0), dict(temperature=0.8, top_k=20, seed=0)]
         for adjust in ({}, {"repetition_penalty": 1.1}):
             rows = [SampleRow(SamplingParams(**kind, **adjust), [0]) for kind in kinds]
             self.sampler.sample(logits, rows[:3])  # greedy and sampled rows, no top-k

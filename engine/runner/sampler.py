@@ -19,8 +19,8 @@ k-th largest logit, and top-p and min-p by rejection, with no sort and no softma
 hash of the row's seed (row_seed for a seeded row, so still batch-independent; the host's own
 generator for the others); greedy rows take a one-pass argmax (engine/runner/triton_greedy.py).
 Both make the row check in the passes they make anyway. Only a batch with a grammar, bans, a bias or
-penalties is widened to float32 first, to be edited. Nothing here waits for the device: per-row parameters and index lists
-go over from pinned host memory without blocking (in the engine the per-row ones ride in the step's
+penalties is widened to float32 first, to be edited. Nothing here waits for the device: per-row
+parameters and index lists go over from pinned host memory without blocking (in the engine the per-row ones ride in the step's
 one copy of its inputs, engine/runner/sampling_tensors.py; otherwise `on_device`), and sizes come from the
 host-side parameters, never from a device value. A decode step's sampling is queued behind its
 forward pass and the host goes on; tests run a mixed batch under torch.cuda.set_sync_debug_mode("error").
