@@ -577,12 +577,14 @@ def test_greedy_kernel_equals_its_reference(dtype: torch.dtype) -> None:
     logits[4, :100] = float("-inf")
     logits[5, 10] = logits[5, 8500] = logits[5].max() + 1  # equal maxima in the first and the last block
     logits[6, 5000] = logits[6, 5001] = logits[6].max() + 1  # and within one block
+    logits[10, 100] = logits[10, 4196] = logits[10].max() + 1  # 4,096 apart: one lane's, two blocks apart
     logits[7, 8999] = logits[7].max() + 1  # the very last entry
     logits[8, 4096] = float("nan")  # a NaN where a block starts
     logits[9] = float("-inf")
     logits[9, 6000] = -1e30 if dtype == torch.float32 else -1e38  # one finite entry among masks
     want = ref_greedy(logits, -1)
     assert want[[1, 2, 3, 8]].tolist() == [-1] * 4 and want[5] == 10 and want[6] == 5000 and want[9] == 6000
+    assert want[10] == 100
     got = greedy(logits.to(DEVICE), -1).cpu()
     assert torch.equal(got, want)
     strided = torch.zeros(12, vocab + 40, dtype=dtype)

@@ -110,12 +110,14 @@ class Sampler:
             kernel = greedy_kernel() if logits.is_cuda else None
             return (kernel or ref_greedy)(logits, INVALID_TOKEN)
         on_gpu = logits.is_cuda and sort_free_sampler() is not None
-        if not on_gpu or any(r.guide is not None or r.banned or r.params.adjusts_logits for r in rows):
+        guided = any(r.guide is not None for r in rows)
+        adjusted = any(r.banned or r.params.adjusts_logits for r in rows)
+        if not on_gpu or guided or adjusted:
             logits = logits.float()  # edited below, or read by torch's ops (the GPU kernels read any dtype)
-        if any(r.guide is not None for r in rows):  # a grammar allowing nothing fails its row (the check)
+        if guided:  # a grammar allowing nothing fails its row (the check)
             from engine.runner.structured_output import apply_guides  # llguidance only where a grammar is used
             logits = apply_guides(logits, rows)
-        if any(r.banned or r.params.adjusts_logits for r in rows):  # one pass over the batch, not four
+        if adjusted:  # one pass over the batch, not four
             logits = apply_repetition_penalty(apply_output_penalties(apply_logit_bias(logits, rows), rows), rows)
             logits = apply_bans(logits, rows)
         if on_gpu:  # the kernels check each row themselves, in the passes they make anyway

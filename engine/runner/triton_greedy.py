@@ -22,25 +22,36 @@ _BLOCK = 2048  # entries per inner step, 16 warps: one program a row keeps many 
 
 
 @triton.jit
+def lane_max(best, best_i, x, idx):
+    """Each lane's running maximum of x and the first index it was at: strictly greater (a lane's later
+    equal value is not its first; NaN never wins). Kept per lane over the blocks, the lanes compared
+    once at the end (first_max): a reduction across the program at every block, a barrier each, made
+    a pass latency-bound."""
+    better = x > best
+    return tl.where(better, x, best), tl.where(better, idx, best_i)
+
+
+@triton.jit
+def first_max(best, best_i, vocab):
+    """The lanes' maximum and the first index holding it (as torch.argmax: the first of equal maxima)."""
+    top = tl.max(best, axis=0)
+    return top, tl.min(tl.where(best == top, best_i, vocab), axis=0)
+
+
+@triton.jit
 def _greedy_kernel(logits_ptr, stride, vocab, out_ptr, invalid, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride
     offs = tl.arange(0, BLOCK)
-    # each lane keeps its own best over the blocks, the lanes compared once at the end (a reduction
-    # across the program at every block, a barrier each, made the pass latency-bound)
     best = tl.full((BLOCK,), float("-inf"), tl.float32)
     best_i = tl.zeros((BLOCK,), tl.int32)
     bad = tl.zeros((BLOCK,), tl.int1)
     for start in range(0, vocab, BLOCK):
         idx = start + offs
         x = tl.load(base + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32)
-        nan = x != x
-        bad = bad | nan | (x == float("inf"))
-        better = x > best  # strictly: a lane's later equal maximum is not its first (NaN: never)
-        best_i = tl.where(better, idx, best_i)
-        best = tl.where(better, x, best)
-    top = tl.max(best, axis=0)
-    first = tl.min(tl.where(best == top, best_i, vocab), axis=0)  # the first index of the maximum
+        bad = bad | (x != x) | (x == float("inf"))
+        best, best_i = lane_max(best, best_i, x, idx)
+    top, first = first_max(best, best_i, vocab)
     ok = (tl.max(bad.to(tl.int32), axis=0) == 0) & (top > float("-inf"))
     tl.store(out_ptr + row, tl.where(ok, first.to(tl.int64), invalid))
 

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.runner.triton_greedy import first_max, lane_max
+
 # vocabulary entries per inner step, 16 warps at 2048 (4 entries a lane): one program a row, so each
 # must keep many loads in flight. H200, 256 rows of 151,936, top-p 0.9 on bf16 logits: 464 us at
 # 2048 and 16, 601 at 4096 and 16, 645 at 1024 and 8 (the passes are bound by the noise's arithmetic)
@@ -61,9 +63,7 @@ def _scaled(base, idx, vocab, temperature):
 def _draw(base, vocab, temperature, round_seed, pivot, floor, BLOCK: tl.constexpr):
     """Gumbel-max over a row's logits above `pivot` and at or above `floor`: the index drawn (the
     first of equal maxima), its score (-inf: nothing to draw), and whether the row holds a NaN or a +inf.
-
-    Each lane keeps its own best over the blocks, and the lanes are compared once at the end: a
-    reduction across the program at every block (a barrier each) made the pass latency-bound."""
+    Each lane keeps its own best over the blocks, as the greedy kernel's (lane_max, first_max)."""
     offs = tl.arange(0, BLOCK)
     best = tl.full((BLOCK,), float("-inf"), tl.float32)
     best_i = tl.zeros((BLOCK,), tl.int32)
@@ -74,11 +74,8 @@ def _draw(base, vocab, temperature, round_seed, pivot, floor, BLOCK: tl.constexp
         bad = bad | (x != x) | (x == float("inf"))
         g = x - tl.log(-tl.log(_uniform(round_seed, idx)))
         g = tl.where((idx < vocab) & (x > pivot) & (x >= floor), g, float("-inf"))
-        better = g > best  # strictly: a lane's later equal score is not its first
-        best_i = tl.where(better, idx, best_i)
-        best = tl.where(better, g, best)
-    top = tl.max(best, axis=0)
-    first = tl.min(tl.where(best == top, best_i, vocab), axis=0)  # the first index of the best score
+        best, best_i = lane_max(best, best_i, g, idx)
+    top, first = first_max(best, best_i, vocab)
     return first, top, tl.max(bad.to(tl.int32), axis=0)
 
 
